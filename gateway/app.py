@@ -1,0 +1,165 @@
+"""The FastAPI application: ``create_app(settings)``. A thin layer over the core.
+
+Routes translate HTTP into canonical events with a provider adapter and hand them to a
+service; they hold no business logic. Settings are passed in, never read at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from gateway import content as content_mod
+from gateway import keys as keys_mod
+from gateway.db import Database
+from gateway.engine import Engine, Rules
+from gateway.logs import configure_logging
+from gateway.migrate import prepare_database
+from gateway.providers import africastalking as at
+from gateway.settings import Settings, production_problems
+from gateway.ussd import UssdPolicy, UssdService
+from gateway.validate import check_content, errors
+from gateway.webhooks import Refused, read_form
+
+log = logging.getLogger("gateway.app")
+
+
+class StartupError(Exception):
+    """The gateway refuses to start; the message says why and what to do."""
+
+
+@dataclass
+class Runtime:
+    """Everything built from settings at start, shared by the routes."""
+
+    settings: Settings
+    db: Database
+    keys: keys_mod.KeyRing
+    engine: Engine
+    ussd: UssdService
+
+
+def engine_rules(settings: Settings) -> Rules:
+    return Rules(
+        budget=settings.ussd_budget,
+        next_key=settings.ussd_next,
+        back_key=settings.ussd_back,
+        home_key=settings.ussd_home,
+        transliterate=settings.transliterate,
+        params={"minutes": str(settings.ussd_resume_minutes)},
+    )
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Open the database, load keys and content; refuse to start on what is unsafe."""
+    problems = production_problems(settings)
+    if problems:
+        raise StartupError("; ".join(problems))
+    try:
+        keyring = keys_mod.load(settings.key_file, create=not settings.is_production)
+    except keys_mod.KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    root = content_mod.locate(settings.content_dir)
+    content, load_problems = content_mod.load(root)
+    rules = engine_rules(settings)
+    bad = errors(load_problems + list(check_content(content, rules)))
+    if bad:
+        raise StartupError(f"content in {root} has {len(bad)} problem(s); run "
+                           f"`gateway flows check {root}`. First: {bad[0]}")
+    db = Database(settings.database_url)
+    prepare_database(db)
+    engine = Engine(content, rules)
+    policy = UssdPolicy(default_region=settings.default_region,
+                        resume_minutes=settings.ussd_resume_minutes)
+    ussd = UssdService(db=db, keys=keyring, engine=engine, policy=policy)
+    return Runtime(settings, db, keyring, engine, ussd)
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None,
+               background: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
+               ) -> FastAPI:
+    """The HTTP service. ``background`` (the outbox worker) runs beside it when given."""
+    configure_logging()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or build_runtime(settings)
+        app.state.runtime = rt
+        task = asyncio.create_task(background(rt)) if background else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if runtime is None:
+                rt.db.dispose()
+
+    app = FastAPI(title="Dannaya gateway", version="0.1.0", lifespan=lifespan,
+                  docs_url=None if settings.is_production else "/docs",
+                  redoc_url=None, openapi_url=None if settings.is_production else "/openapi.json")
+    if runtime is not None:
+        app.state.runtime = runtime
+
+    def rt_of(request: Request) -> Runtime:
+        rt: Runtime = request.app.state.runtime
+        return rt
+
+    async def form(request: Request) -> dict[str, str]:
+        return await read_form(request, max_bytes=settings.max_body_bytes,
+                               token=settings.token)
+
+    @app.exception_handler(Refused)
+    async def _refused(_request: Request, exc: Refused) -> Response:
+        return exc.response
+
+    async def call(rt: Runtime, fn: Callable[..., Any], *args: Any) -> Any:
+        # SQLite work is short and serialised by its write lock: run it inline. PostgreSQL
+        # round trips are network waits: run them on the thread pool.
+        if rt.db.sqlite:
+            return fn(*args)
+        return await run_in_threadpool(fn, *args)
+
+    @app.post("/webhooks/africastalking/ussd", response_class=PlainTextResponse)
+    async def at_ussd(request: Request) -> Response:
+        rt = rt_of(request)
+        fields = await form(request)
+        turn = at.parse_ussd(fields)
+        if turn is None:
+            log.warning("ussd: request without sessionId or phoneNumber refused")
+            return PlainTextResponse(rt.ussd.apology())
+        body = await call(rt, rt.ussd.handle, turn)
+        return PlainTextResponse(body)
+
+    @app.post("/webhooks/africastalking/ussd/events", response_class=PlainTextResponse)
+    async def at_ussd_events(request: Request) -> Response:
+        rt = rt_of(request)
+        event = at.parse_ussd_end(await form(request))
+        if event is None:
+            return PlainTextResponse("ignored: no sessionId")
+        await call(rt, rt.ussd.ended, event)
+        return PlainTextResponse("OK")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        rt = rt_of(request)
+        checks = {"database": await run_in_threadpool(rt.db.ping), "keys": True}
+        ready = all(checks.values())
+        return JSONResponse({"ready": ready, "checks": checks},
+                            status_code=200 if ready else 503)
+
+    return app

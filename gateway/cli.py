@@ -1,0 +1,149 @@
+"""The ``gateway`` command (also ``python -m gateway``). Usage errors exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway import content as content_mod
+from gateway.settings import Settings
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Dannaya SMS and USSD community-feedback gateway."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP service (and the outbox worker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true",
+                       help="do not run the outbox worker in this process")
+
+    sub.add_parser("worker", help="run the outbox worker alone")
+
+    flows = sub.add_parser("flows", help="work with flows and catalogs")
+    flows_sub = flows.add_subparsers(dest="flows_command", required=True, metavar="COMMAND")
+    check = flows_sub.add_parser("check", help="validate DIR/flows and DIR/messages")
+    check.add_argument("dir", nargs="?", type=Path, default=None, metavar="DIR")
+
+    simulate = sub.add_parser("simulate", help="a terminal phone for a running gateway")
+    simulate.add_argument("--url", default="http://127.0.0.1:8000", metavar="BASE")
+    simulate.add_argument("--phone", default="+22370000000", metavar="+223…")
+    simulate.add_argument("--service-code", default="*123#", help=argparse.SUPPRESS)
+
+    sub.add_parser("migrate", help="bring the database to the latest schema")
+
+    keys = sub.add_parser("keys", help="manage the key file")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    keys_sub.add_parser("rotate", help="add a master-key version and re-wrap data keys")
+
+    sub.add_parser("purge", help="apply the retention rules once")
+    return parser
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "GATEWAY_" + "_".join(str(p) for p in error["loc"]).upper()
+            print(f"gateway: setting {name}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def cmd_flows_check(directory: Path | None) -> int:
+    from gateway.app import engine_rules
+    from gateway.validate import check, errors
+
+    settings = _settings()
+    root = directory if directory is not None else content_mod.locate(settings.content_dir)
+    if not (root / "flows").is_dir():
+        print(f"gateway flows check: {root} has no flows/ folder", file=sys.stderr)
+        return EXIT_USAGE
+    problems = check(root, engine_rules(settings))
+    for problem in problems:
+        print(problem)
+    bad = errors(problems)
+    if not bad:
+        flows = len(list((root / "flows").glob("*.yml")))
+        print(f"ok: {flows} flows in {root}" + (f", {len(problems)} warning(s)"
+                                                  if problems else ""))
+    return EXIT_PROBLEMS if bad else EXIT_OK
+
+
+def cmd_serve(host: str, port: int, worker: bool) -> int:
+    import uvicorn
+
+    from gateway.app import StartupError, build_runtime, create_app
+    from gateway.logs import configure_logging
+    from gateway.worker import run_worker
+
+    configure_logging()
+    settings = _settings()
+    try:
+        runtime = build_runtime(settings)
+    except StartupError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    app = create_app(settings, runtime=runtime, background=run_worker if worker else None)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
+                server_header=False, timeout_graceful_shutdown=20)
+    return EXIT_OK
+
+
+def cmd_worker() -> int:
+    from gateway.app import StartupError, build_runtime
+    from gateway.logs import configure_logging
+    from gateway.worker import run_worker_until_signal
+
+    configure_logging()
+    try:
+        runtime = build_runtime(_settings())
+    except StartupError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    asyncio.run(run_worker_until_signal(runtime))
+    return EXIT_OK
+
+
+def cmd_migrate() -> int:
+    from gateway.db import Database
+    from gateway.migrate import prepare_database
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    prepare_database(db)
+    print("database at the latest schema")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "flows":
+        return cmd_flows_check(args.dir)
+    if args.command == "serve":
+        return cmd_serve(args.host, args.port, not args.no_worker)
+    if args.command == "worker":
+        return cmd_worker()
+    if args.command == "simulate":
+        from gateway.simulate import run as simulate
+
+        return simulate(base=args.url, phone=args.phone, service_code=args.service_code,
+                        token=_settings().token)
+    if args.command == "migrate":
+        return cmd_migrate()
+    print(f"gateway: '{args.command}' is not available yet", file=sys.stderr)
+    return EXIT_PROBLEMS
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Settings, read from the environment (prefix ``GATEWAY_``) or a ``.env`` file.
+
+Nothing reads settings at import time: the CLI builds a ``Settings`` and passes it to
+``create_app(settings)`` and to the worker. Tests build their own.
+
+Every field here is a documented setting: the README's settings table lists each one and
+``tests/test_readme.py`` fails when one is missing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class ProviderName(StrEnum):
+    fake = "fake"
+    africastalking = "africastalking"
+    kannel = "kannel"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Environment = Field(Environment.development, description="`development` or `production`.")
+    database_url: str = Field(
+        "sqlite:///gateway.db",
+        description="SQLAlchemy URL. Default: the SQLite file `gateway.db` in the current "
+        "directory; `postgresql+psycopg://user@host/db` for PostgreSQL.",
+    )
+    key_file: Path = Field(
+        Path("gateway.keys"),
+        description="The key file (pseudonym HMAC key, master encryption keys). Created on "
+        "first start in development, with a warning; required in production.",
+    )
+    content_dir: Path | None = Field(
+        None,
+        description="Folder holding `flows/` and `messages/`. Default: the current directory "
+        "when it has a `flows/` folder, else the content shipped in the package.",
+    )
+    provider: ProviderName = Field(
+        ProviderName.fake, description="`fake`, `africastalking` or `kannel`."
+    )
+    webhook_token: SecretStr | None = Field(
+        None,
+        description="When set, every webhook requires `?token=<value>` and answers 403 "
+        "without it. Required in production.",
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="The gateway's own base URL, used to build delivery-report callback URLs.",
+    )
+    default_region: str = Field(
+        "ML",
+        description="Region used to read a phone number written without its country code.",
+    )
+
+    # USSD conventions (brief: "Conventions on the phone").
+    ussd_budget: int = Field(
+        160, ge=40, le=182,
+        description="USSD screen budget in GSM-7 septets, `CON `/`END ` prefix not counted.",
+    )
+    ussd_next: str = Field("9", description="Digit(s) for the next page of a menu.")
+    ussd_back: str = Field("0", description="Digit(s) for the previous page or step.")
+    ussd_home: str = Field("00", description="Digit(s) for the main menu.")
+    ussd_resume_minutes: int = Field(
+        5, ge=0,
+        description="A new dial within this many minutes of a dropped session from the same "
+        "phone is offered to continue it (0 turns resuming off).",
+    )
+    ussd_session_minutes: int = Field(
+        10, ge=1,
+        description="A USSD session untouched this long is treated as closed.",
+    )
+    transliterate: bool = Field(
+        True,
+        description="Send the GSM-safe form of text (Bambara ɛ ɔ ɲ ŋ as è ò ny ng, French "
+        "ê ç as e c). Off sends the catalog text as written (UCS-2 where needed).",
+    )
+    max_body_bytes: int = Field(
+        16384, description="Webhook bodies larger than this get 413."
+    )
+
+    # Africa's Talking.
+    at_username: str = Field("sandbox", description="Africa's Talking application username.")
+    at_api_key: SecretStr | None = Field(None, description="Africa's Talking API key.")
+    at_from: str | None = Field(
+        None, description="Short code or sender id; unset, Africa's Talking's default."
+    )
+    at_sms_url: str | None = Field(
+        None,
+        description="Full messaging endpoint, e.g. `https://api.sandbox.africastalking.com/"
+        "version1/messaging`. Default: live or sandbox, chosen by the username.",
+    )
+
+    # Kannel.
+    kannel_sendsms_url: str | None = Field(
+        None,
+        description="smsbox's sendsms URL with its `username` and `password` query parameters.",
+    )
+    kannel_from: str | None = Field(None, description="Kannel sender: the short code.")
+
+    @field_validator("ussd_next", "ussd_back", "ussd_home")
+    @classmethod
+    def _digits(cls, value: str) -> str:
+        if not value.isdigit():
+            raise ValueError("navigation keys are digits")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_navigation(self) -> Settings:
+        keys = {self.ussd_next, self.ussd_back, self.ussd_home}
+        if len(keys) != 3:
+            raise ValueError("GATEWAY_USSD_NEXT, _BACK and _HOME must differ")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.production
+
+    @property
+    def token(self) -> str | None:
+        return self.webhook_token.get_secret_value() if self.webhook_token else None
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What stops ``settings`` from running in production (empty in development)."""
+    if not settings.is_production:
+        return []
+    problems = []
+    if not settings.token:
+        problems.append("GATEWAY_WEBHOOK_TOKEN is required in production")
+    return problems

@@ -1,0 +1,258 @@
+"""The USSD service: one provider hop in, one screen out, state kept in the database.
+
+Per hop, in one transaction: find the session by the provider's session id, work out the
+latest input from the cumulative ``text`` (without ever storing that text: only its
+length and a keyed digest), run the engine, carry out its effects, save the new state
+(sealed) and remember the answer so a repeated hop gets the identical screen.
+
+Nothing here does network I/O. Any failure answers ``END`` with a short apology.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from gateway import store
+from gateway.db import Database
+from gateway.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
+from gateway.flowdef import Action
+from gateway.keys import KeyRing
+from gateway.models import utcnow
+from gateway.phone import normalise
+from gateway.providers.base import UssdEnded, UssdTurn
+
+log = logging.getLogger("gateway.ussd")
+
+MAX_DEEP_DIAL = 8  # inputs accepted on a session's first request (*code*1*2#)
+DEFAULT_LANGUAGE = "fr"
+
+
+@dataclass(frozen=True)
+class UssdPolicy:
+    default_region: str = "ML"
+    resume_minutes: int = 5
+
+
+class UssdService:
+    def __init__(
+        self, *, db: Database, keys: KeyRing, engine: Engine, policy: UssdPolicy,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.keys = keys
+        self.engine = engine
+        self.policy = policy
+        self.clock = clock
+        languages = engine.content.languages
+        self.default_language = DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in languages else languages[0]
+        self._apologies = {lang: "END " + engine.say(lang, "apology") for lang in languages}
+
+    def apology(self, lang: str | None = None) -> str:
+        return self._apologies.get(lang or self.default_language,
+                                   self._apologies[self.default_language])
+
+    # --- hops ------------------------------------------------------------------------
+
+    def handle(self, turn: UssdTurn) -> str:
+        """The response body (``CON …`` or ``END …``) for one hop. Never raises."""
+        try:
+            e164 = normalise(turn.phone, self.policy.default_region)
+            if e164 is None:
+                log.warning("ussd: unreadable phoneNumber; session %s refused", turn.session_id)
+                return self.apology()
+            pseudonym = self.keys.pseudonym(e164)
+            for attempt in (1, 2):
+                try:
+                    with self.db.transaction() as conn:
+                        return self._hop(conn, turn, e164, pseudonym)
+                except IntegrityError:
+                    # Two copies of a session's first hop raced; the second attempt finds
+                    # the session the first one created and answers as a repeat.
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        except OperationalError as exc:
+            log.error("ussd: database unavailable (%s); session %s got an apology",
+                      exc.__class__.__name__, turn.session_id)
+            return self.apology()
+        except Exception as exc:
+            log.error("ussd: %s while handling session %s\n%s", exc.__class__.__name__,
+                      turn.session_id, frames(exc))
+            return self.apology()
+
+    def _hop(self, conn: Connection, turn: UssdTurn, e164: str, pseudonym: str) -> str:
+        now = self.clock()
+        text_mac = self._text_mac(turn, turn.text)
+        row = store.get_session(conn, provider=turn.provider, session_id=turn.session_id,
+                                lock=True)
+        if row is None:
+            return self._first_hop(conn, turn, e164, pseudonym, text_mac, now)
+        if row.pseudonym != pseudonym:
+            log.warning("ussd: session %s continued from another number; refused",
+                        turn.session_id)
+            return self.apology()
+        if row.text_mac == text_mac:
+            return str(row.response)  # the same hop again: the same screen
+        latest = self._latest_input(turn, row)
+        if latest is None:
+            earlier = store.get_hop(conn, session_pk=row.id, text_mac=text_mac)
+            if earlier is not None:
+                return earlier
+            latest = turn.text.rsplit("*", 1)[-1]  # history diverged: best effort
+        if row.status != "active":
+            return str(row.response) if row.status == "ended" else self.apology()
+        state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
+        result = self.engine.advance(state, latest)
+        return self._save(conn, turn, e164, pseudonym, row.id, row.hops, result, text_mac, now)
+
+    def _first_hop(
+        self, conn: Connection, turn: UssdTurn, e164: str, pseudonym: str, text_mac: str,
+        now: datetime,
+    ) -> str:
+        contact = store.touch_contact(conn, pseudonym=pseudonym,
+                                      pseudonym_version=self.keys.pseudonym_version, now=now)
+        lang = contact.language or self.default_language
+        suspended = None
+        if turn.text == "" and self.policy.resume_minutes > 0:
+            suspended = self._take_dropped(conn, turn, pseudonym, now)
+        if suspended is not None:
+            result = self.engine.begin("", lang, suspended=suspended)
+        else:
+            result = self.engine.begin(MAIN_FLOW if contact.language else LANGUAGE_FLOW, lang)
+        effects: list[Effect] = []
+        if turn.text:  # a deep dial (*code*1*2#) or a session first seen mid-way
+            for part in turn.text.split("*")[:MAX_DEEP_DIAL]:
+                effects.extend(result.effects)
+                if result.state.ended:
+                    break
+                result = self.engine.advance(result.state, part)
+        result = Turn(result.screen, result.state, (*effects, *result.effects))
+        pk = store.insert_session(
+            conn, provider=turn.provider, session_id=turn.session_id, pseudonym=pseudonym,
+            state="", status="active", text_len=0, text_mac="", response="", hops=0,
+            created_at=now, updated_at=now,
+        )
+        return self._save(conn, turn, e164, pseudonym, pk, 0, result, text_mac, now)
+
+    def _take_dropped(
+        self, conn: Connection, turn: UssdTurn, pseudonym: str, now: datetime
+    ) -> State | None:
+        """The unfinished dialogue of a session this phone dropped within the window."""
+        since = now - timedelta(minutes=self.policy.resume_minutes)
+        old = store.find_resumable(conn, pseudonym=pseudonym, since=since,
+                                   provider=turn.provider)
+        if old is None or not old.state:
+            return None
+        store.set_session_status(conn, pk=old.id, status="abandoned")
+        old_state = State.loads(self.keys.open_text(
+            old.state, aad=f"ussd:{old.provider}:{old.session_id}"))
+        if old_state.suspended is not None:  # the offer itself was dropped: offer again
+            old_state = old_state.suspended
+        if old_state.ended:
+            return None
+        return old_state
+
+    def _save(
+        self, conn: Connection, turn: UssdTurn, e164: str, pseudonym: str, pk: int,
+        hops: int, result: Turn, text_mac: str, now: datetime,
+    ) -> str:
+        screen = result.screen
+        body = ("END " if screen.end else "CON ") + screen.text
+        store.update_session(
+            conn, pk=pk,
+            state=self.keys.seal_text(result.state.dumps(), aad=self._aad(turn)),
+            status="ended" if screen.end else "active",
+            text_len=len(turn.text), text_mac=text_mac, response=body, hops=hops + 1,
+            updated_at=now,
+        )
+        store.insert_hop(conn, session_pk=pk, text_mac=text_mac, response=body, now=now)
+        source = f"ussd:{turn.provider}:{turn.session_id}"
+        apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
+                      language=result.state.lang, source=source, channel="ussd", now=now)
+        return body
+
+    def _latest_input(self, turn: UssdTurn, row: Row[Any]) -> str | None:
+        """The input this hop adds to the last one handled, or None if it adds none.
+
+        The text is the previous text plus ``*`` plus the new input, so the new input is
+        everything after that prefix, a ``*`` the resident typed included. The first
+        answer after the dial (previous text empty) is the whole text.
+        """
+        text, prev_len = turn.text, int(row.text_len)
+        if prev_len == 0:  # the dial's text was empty, this text differs from it
+            return text
+        if len(text) > prev_len and text[prev_len] == "*" and \
+                self._text_mac(turn, text[:prev_len]) == row.text_mac:
+            return text[prev_len + 1:]
+        return None
+
+    def _text_mac(self, turn: UssdTurn, text: str) -> str:
+        return self.keys.mac("ussd", turn.provider, turn.session_id, text)
+
+    @staticmethod
+    def _aad(turn: UssdTurn) -> str:
+        return f"ussd:{turn.provider}:{turn.session_id}"
+
+    # --- end-of-session notifications -------------------------------------------------
+
+    def ended(self, event: UssdEnded) -> None:
+        with self.db.transaction() as conn:
+            store.record_ussd_event(
+                conn, provider=event.provider, session_id=event.session_id,
+                status=event.status, hops_count=event.hops, duration_ms=event.duration_ms,
+                now=self.clock(),
+            )
+
+
+def frames(exc: BaseException) -> str:
+    """A traceback's frames without the exception's message, which may quote data."""
+    return "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+
+
+def apply_effects(
+    conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str, e164: str,
+    language: str, source: str, channel: str, now: datetime,
+) -> None:
+    """Carry out what a dialogue asked for, in the caller's transaction."""
+    for effect in effects:
+        coded = {k: v for k, v in effect.results.items() if k not in effect.sensitive}
+        if effect.action is Action.set_language:
+            store.update_contact(conn, pseudonym=pseudonym, language=language)
+        elif effect.action is Action.save_report:
+            typed = {k: v for k, v in effect.results.items() if k in effect.sensitive}
+            sealed = None
+            if typed:
+                contact = store.get_contact(conn, pseudonym=pseudonym)
+                wrapped = contact.data_key if contact is not None else None
+                if wrapped is None:
+                    wrapped = keys.new_data_key(pseudonym=pseudonym)
+                    store.update_contact(conn, pseudonym=pseudonym, data_key=wrapped)
+                sealed = keys.encrypt_for(wrapped, json.dumps(typed, ensure_ascii=False),
+                                          pseudonym=pseudonym, aad=source)
+            store.insert_report(conn, source=source, flow=effect.flow,
+                                flow_version=effect.version, channel=channel,
+                                pseudonym=pseudonym, answers=coded, text=sealed, now=now)
+        elif effect.action is Action.save_poll:
+            assert effect.poll is not None
+            store.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,
+                                      answers=coded, flow_version=effect.version, now=now)
+        elif effect.action is Action.subscribe:
+            area = coded.get("commune") if coded.get("commune") not in (None, OTHER) else None
+            area = area or (coded.get("cercle") if coded.get("cercle") != OTHER else None)
+            store.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
+            store.upsert_vault(conn, pseudonym=pseudonym, now=now,
+                               number=keys.seal_text(e164, aad=f"vault:{pseudonym}"))
+        elif effect.action is Action.unsubscribe:
+            store.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
+            store.delete_vault(conn, pseudonym=pseudonym)
+        elif effect.action is Action.erase:
+            store.erase_contact(conn, pseudonym=pseudonym, now=now)

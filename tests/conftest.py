@@ -1,0 +1,119 @@
+"""Shared fixtures: a real database (SQLite file, and PostgreSQL when configured), a key
+file, the app behind a TestClient, and a phone that talks to it as Africa's Talking does.
+
+PostgreSQL: set ``GATEWAY_TEST_POSTGRES_URL`` (e.g. ``postgresql+psycopg://postgres@
+127.0.0.1:5432/postgres``); every database test then also runs on a fresh database
+created there. Without it those runs are skipped with the reason "service missing".
+``GATEWAY_TEST_REQUIRE_SERVICES=1`` (set by .ci/run) turns such skips into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from gateway.app import Runtime, build_runtime, create_app
+from gateway.settings import Settings
+from tests.phone import Phone
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICE_MISSING = "service missing"
+POSTGRES_ENV = "GATEWAY_TEST_POSTGRES_URL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "nodb: does not need the database parametrisation")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With GATEWAY_TEST_REQUIRE_SERVICES=1, a test skipped for a missing service fails
+    the run: CI must have PostgreSQL and Kannel."""
+    if os.environ.get("GATEWAY_TEST_REQUIRE_SERVICES") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    missing = [
+        rep for rep in reporter.stats.get("skipped", [])
+        if SERVICE_MISSING in str(getattr(rep, "longrepr", ""))
+    ]
+    if missing:
+        reporter.write_line(
+            f"FAILED: {len(missing)} test(s) skipped for a missing service, and "
+            "GATEWAY_TEST_REQUIRE_SERVICES=1 requires every service", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str | None:
+    return os.environ.get(POSTGRES_ENV)
+
+
+def _fresh_postgres_database(server_url: str) -> tuple[str, str]:
+    url = make_url(server_url)
+    name = f"dannaya_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False), name
+
+
+def _drop_postgres_database(server_url: str, name: str) -> None:
+    admin = create_engine(make_url(server_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path,
+                 postgres_server_url: str | None) -> Iterator[str]:
+    """A fresh, empty database: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        return
+    if not postgres_server_url:
+        pytest.skip(f"{SERVICE_MISSING}: PostgreSQL ({POSTGRES_ENV} is not set)")
+    url, name = _fresh_postgres_database(postgres_server_url)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(postgres_server_url, name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        key_file=tmp_path / "gateway.keys",
+        content_dir=REPO,
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = build_runtime(settings)
+    yield rt
+    rt.db.dispose()
+
+
+@pytest.fixture
+def client(settings: Settings, runtime: Runtime) -> Iterator[TestClient]:
+    app = create_app(settings, runtime=runtime)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def phone(client: TestClient) -> Phone:
+    return Phone(client, "+22370000001")

@@ -20,17 +20,37 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway import content as content_mod
 from gateway import keys as keys_mod
+from gateway import outbox
 from gateway.db import Database
 from gateway.engine import Engine, Rules
 from gateway.logs import configure_logging
 from gateway.migrate import prepare_database
+from gateway.models import utcnow
+from gateway.outbox import OutboxPolicy
 from gateway.providers import africastalking as at
+from gateway.providers.base import DeliveryReport, Sender
+from gateway.senders import make_sender
 from gateway.settings import Settings, production_problems
+from gateway.sms import SmsPolicy, SmsService, words
 from gateway.ussd import UssdPolicy, UssdService
 from gateway.validate import check_content, errors
 from gateway.webhooks import Refused, read_form
 
 log = logging.getLogger("gateway.app")
+
+
+def deliver(rt: Runtime, report: DeliveryReport) -> str:
+    with rt.db.transaction() as conn:
+        return outbox.apply_delivery(conn, report=report, now=utcnow())
+
+
+def queue_depth(rt: Runtime) -> int | None:
+    """Messages waiting to be sent, or None when the database does not answer."""
+    try:
+        with rt.db.transaction() as conn:
+            return outbox.queue_depth(conn)
+    except Exception:
+        return None
 
 
 class StartupError(Exception):
@@ -39,13 +59,23 @@ class StartupError(Exception):
 
 @dataclass
 class Runtime:
-    """Everything built from settings at start, shared by the routes."""
+    """Everything built from settings at start, shared by the routes and the worker."""
 
     settings: Settings
     db: Database
     keys: keys_mod.KeyRing
     engine: Engine
     ussd: UssdService
+    sms: SmsService
+    sender: Sender
+    outbox_policy: OutboxPolicy
+    wake: asyncio.Event
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def notify(self) -> None:
+        """Wake the worker: a message was queued (safe from any thread)."""
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.wake.set)
 
 
 def engine_rules(settings: Settings) -> Rules:
@@ -55,7 +85,18 @@ def engine_rules(settings: Settings) -> Rules:
         back_key=settings.ussd_back,
         home_key=settings.ussd_home,
         transliterate=settings.transliterate,
-        params={"minutes": str(settings.ussd_resume_minutes)},
+        params={"minutes": str(settings.ussd_resume_minutes), "ussd_code": settings.ussd_code},
+    )
+
+
+def sms_rules(settings: Settings) -> Rules:
+    return Rules(
+        budget=settings.sms_budget,
+        next_key=settings.ussd_next,
+        back_key=settings.ussd_back,
+        home_key=settings.ussd_home,
+        transliterate=settings.transliterate,
+        params={"minutes": str(settings.ussd_resume_minutes), "ussd_code": settings.ussd_code},
     )
 
 
@@ -81,7 +122,20 @@ def build_runtime(settings: Settings) -> Runtime:
     policy = UssdPolicy(default_region=settings.default_region,
                         resume_minutes=settings.ussd_resume_minutes)
     ussd = UssdService(db=db, keys=keyring, engine=engine, policy=policy)
-    return Runtime(settings, db, keyring, engine, ussd)
+    sender = make_sender(settings)
+    outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
+                                 lease_seconds=settings.send_lease_seconds)
+    sms_policy = SmsPolicy(
+        default_region=settings.default_region, stop_words=words(settings.stop_words),
+        start_words=words(settings.start_words), erase_words=words(settings.erase_words),
+        yes_words=words(settings.yes_words),
+    )
+    wake = asyncio.Event()
+    sms = SmsService(db=db, keys=keyring, engine=Engine(content, sms_rules(settings)),
+                     policy=sms_policy, outbox_policy=outbox_policy)
+    runtime = Runtime(settings, db, keyring, engine, ussd, sms, sender, outbox_policy, wake)
+    sms.notify = runtime.notify
+    return runtime
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None,
@@ -93,6 +147,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime or build_runtime(settings)
+        rt.loop = asyncio.get_running_loop()
+        rt.wake = asyncio.Event()
         app.state.runtime = rt
         task = asyncio.create_task(background(rt)) if background else None
         try:
@@ -103,6 +159,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if runtime is None:
+                await rt.sender.close()
                 rt.db.dispose()
 
     app = FastAPI(title="Dannaya gateway", version="0.1.0", lifespan=lifespan,
@@ -150,6 +207,32 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         await call(rt, rt.ussd.ended, event)
         return PlainTextResponse("OK")
 
+    @app.post("/webhooks/africastalking/sms", response_class=PlainTextResponse)
+    async def at_sms(request: Request) -> Response:
+        rt = rt_of(request)
+        message = at.parse_sms(await form(request))
+        if message is None:
+            log.warning("sms: message without id or sender ignored")
+            return PlainTextResponse("ignored: no id or sender")
+        return PlainTextResponse(await call(rt, rt.sms.receive, message))
+
+    @app.post("/webhooks/africastalking/delivery", response_class=PlainTextResponse)
+    async def at_delivery(request: Request) -> Response:
+        rt = rt_of(request)
+        report = at.parse_delivery(await form(request))
+        if report is None:
+            return PlainTextResponse("ignored: no id")
+        return PlainTextResponse(await call(rt, deliver, rt, report))
+
+    @app.post("/webhooks/africastalking/optout", response_class=PlainTextResponse)
+    async def at_optout(request: Request) -> Response:
+        rt = rt_of(request)
+        phone = at.parse_optout(await form(request))
+        if phone is None:
+            return PlainTextResponse("ignored: no phoneNumber")
+        done = await call(rt, lambda: rt.sms.opt_out(provider=at.NAME, phone=phone))
+        return PlainTextResponse("OK" if done else "ignored: unreadable phoneNumber")
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -157,9 +240,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
         rt = rt_of(request)
-        checks = {"database": await run_in_threadpool(rt.db.ping), "keys": True}
+        depth = await run_in_threadpool(queue_depth, rt)
+        checks = {
+            "database": depth is not None,
+            "keys": True,
+            "queue": depth is not None and depth <= settings.max_queue,
+        }
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks},
+        return JSONResponse({"ready": ready, "checks": checks, "queued": depth},
                             status_code=200 if ready else 503)
 
     return app

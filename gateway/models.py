@@ -26,6 +26,7 @@ class Contact(SQLModel, table=True):
     subscribed: bool = False
     area: str | None = Field(default=None, max_length=64)  # commune or cercle id
     stopped: bool = False  # STOP by SMS: sent nothing but direct answers
+    help_sent_at: datetime | None = None  # the keyword help goes out at most once a day
     data_key: str | None = Field(default=None, sa_column=Column(Text))  # wrapped
     created_at: datetime = Field(default_factory=utcnow)
     last_seen_at: datetime = Field(default_factory=utcnow, index=True)
@@ -125,4 +126,104 @@ class PollAnswer(SQLModel, table=True):
     question: str = Field(max_length=64)
     answer: str = Field(max_length=64)
     flow_version: int
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Outbox(SQLModel, table=True):
+    """Every outbound SMS, written in the same transaction as what caused it.
+
+    ``kind`` decides what is safe: an ``ack`` (a reporter's acknowledgement) or a
+    ``reply`` whose send is ambiguous is marked ``unknown`` and never sent again; a
+    ``broadcast`` may be retried once. ``control`` answers STOP, START and SUPPRIMER and
+    is the only kind a stopped contact receives.
+    """
+
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "priority", "next_attempt_at"),
+        Index("ix_outbox_provider_id", "provider", "provider_message_id"),
+        # Ids go into Kannel's dlr-url: never reuse one, even after rows are deleted.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dedupe_key: str = Field(max_length=200, unique=True)
+    kind: str = Field(max_length=16)  # ack | reply | help | control | broadcast
+    pseudonym: str = Field(max_length=64, index=True)
+    recipient: str = Field(sa_column=Column(Text, nullable=False))  # sealed E.164
+    text: str = Field(sa_column=Column(Text, nullable=False))  # as sent over the air
+    encoding: str = Field(max_length=8)
+    segments: int
+    provider: str = Field(max_length=32)
+    priority: int = 0  # lower first: replies before broadcasts
+    status: str = Field(default="queued", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = None
+    valid_until: datetime
+    provider_message_id: str | None = Field(default=None, max_length=128)
+    last_error: str | None = Field(default=None, max_length=64)  # a code, never text
+    broadcast_id: int | None = Field(default=None, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class PendingReport(SQLModel, table=True):
+    """A delivery report that arrived before its send was recorded (or for an unknown
+    id): kept, reconciled when the send is recorded, expired and counted otherwise."""
+
+    __tablename__ = "pending_report"
+    __table_args__ = (UniqueConstraint("provider", "provider_message_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=32)
+    provider_message_id: str = Field(max_length=128)
+    status: str = Field(max_length=16)
+    raw_status: str = Field(max_length=64)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class InboundMessage(SQLModel, table=True):
+    """An accepted inbound SMS: its provider id (for deduplication) and nothing of its
+    text or sender beyond the pseudonym."""
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (UniqueConstraint("provider", "external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=32)
+    external_id: str = Field(max_length=128)
+    pseudonym: str = Field(max_length=64, index=True)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class SmsConversation(SQLModel, table=True):
+    """A resident's SMS dialogue: one question per message, sealed state, an expiry."""
+
+    __tablename__ = "sms_conversation"
+
+    pseudonym: str = Field(max_length=64, primary_key=True)
+    state: str = Field(sa_column=Column(Text, nullable=False))  # sealed JSON
+    waiting: str = Field(default="flow", max_length=16)  # flow | confirm | erase
+    expires_at: datetime
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Counter(SQLModel, table=True):
+    """Named counters the operators read (e.g. delivery reports that never matched)."""
+
+    name: str = Field(max_length=64, primary_key=True)
+    value: int = 0
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RateBucket(SQLModel, table=True):
+    """A token bucket per provider, shared by every worker process: the send rate holds
+    however many workers run."""
+
+    __tablename__ = "rate_bucket"
+
+    provider: str = Field(max_length=32, primary_key=True)
+    tokens: float = 0.0
     updated_at: datetime = Field(default_factory=utcnow)

@@ -90,6 +90,47 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16384, description="Webhook bodies larger than this get 413."
     )
+    ussd_code: str = Field(
+        "*123#", description="The USSD code residents dial, quoted in SMS messages."
+    )
+
+    # SMS channel.
+    sms_budget: int = Field(
+        306, ge=70, le=1530,
+        description="Septets one SMS question may take before it is split into pages "
+        "(`9` for more). One GSM-7 segment is 160; `flows check` warns beyond that.",
+    )
+    stop_words: str = Field(
+        "STOP,ARRET,ARRÊT,DABILA",
+        description="Comma-separated words that stop all messages (case and accents folded).",
+    )
+    start_words: str = Field("START", description="Words that undo a stop.")
+    erase_words: str = Field(
+        "SUPPRIMER", description="Words that ask to erase the sender's data (confirmed first)."
+    )
+    yes_words: str = Field(
+        "OUI,1,OWO,ƆWƆ,AWO,YES", description="Words that confirm a question by SMS."
+    )
+
+    # Outbound messages.
+    send_rate: float = Field(
+        10.0, gt=0,
+        description="Messages per second sent through the provider, all workers together.",
+    )
+    send_lease_seconds: int = Field(
+        60, ge=5,
+        description="How long a worker holds a message it is sending. A message whose "
+        "worker died is looked at again after this (a broadcast may go out once more; an "
+        "acknowledgement is marked unknown, never resent).",
+    )
+    max_queue: int = Field(
+        100_000, description="`/readyz` fails while more messages than this wait to be sent.",
+    )
+    fake_smsc_url: str | None = Field(
+        None,
+        description="With the fake provider: also POST each message as JSON to this URL "
+        "(a stand-in SMSC on loopback).",
+    )
 
     # Africa's Talking.
     at_username: str = Field("sandbox", description="Africa's Talking application username.")

@@ -16,8 +16,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.models import (
     Contact,
+    InboundMessage,
+    Outbox,
     PollAnswer,
     Report,
+    SmsConversation,
     Tombstone,
     UssdEvent,
     UssdHop,
@@ -39,6 +42,9 @@ hops = _t(UssdHop)
 events = _t(UssdEvent)
 reports = _t(Report)
 poll_answers = _t(PollAnswer)
+_outbox = _t(Outbox)
+_conversations = _t(SmsConversation)
+_inbound = _t(InboundMessage)
 
 
 def _insert(conn: Connection, table: Table) -> Any:
@@ -163,14 +169,21 @@ def erase_contact(conn: Connection, *, pseudonym: str, now: datetime) -> None:
     """Erase what is kept about a contact and leave a tombstone.
 
     Gone: the vault row (the number), the data key (so their report text is unreadable in
-    every backup), their poll answers, their sessions' state and the contact itself.
-    Reports stay as unlinked, coded records: pseudonym cleared, text unreadable.
+    every backup), their poll answers, their sessions' state, their SMS conversation, the
+    messages queued or kept for them (numbers sealed inside) and the contact itself.
+    Reports stay as unlinked, coded records: pseudonym cleared, text unreadable. A message
+    in flight at this moment is left to finish; the retention job clears it later.
     """
     conn.execute(delete(vault).where(vault.c.pseudonym == pseudonym))
     conn.execute(delete(poll_answers).where(poll_answers.c.pseudonym == pseudonym))
     conn.execute(update(reports).where(reports.c.pseudonym == pseudonym)
                  .values(pseudonym=None, text=None))
     conn.execute(delete(contacts).where(contacts.c.pseudonym == pseudonym))
+    conn.execute(delete(_conversations).where(_conversations.c.pseudonym == pseudonym))
+    # Keep provider ids (a retried message must stay a duplicate), unlinked.
+    conn.execute(update(_inbound).where(_inbound.c.pseudonym == pseudonym).values(pseudonym=""))
+    conn.execute(delete(_outbox).where(_outbox.c.pseudonym == pseudonym,
+                                       _outbox.c.status != "sending"))
     conn.execute(
         update(sessions).where(sessions.c.pseudonym == pseudonym)
         .values(state="", status="erased")

@@ -37,11 +37,14 @@ SYSTEM_KEYS = (
     "error-not-digits",
     "resume-offer", "resume-continue", "resume-restart",
     "apology",
+    # The SMS channel's own messages.
+    "sms-help", "sms-stopped", "sms-started", "sms-erase-confirm", "sms-erased",
+    "sms-erase-cancelled", "sms-cancelled",
 )
 # Keys of the SMS channel; checked when present, each must fit one segment.
 SMS_KEYS = (
     "sms-help", "sms-stopped", "sms-started", "sms-erase-confirm", "sms-erased",
-    "sms-erase-cancelled", "sms-confirm-yes", "sms-reply-hint",
+    "sms-erase-cancelled", "sms-cancelled",
 )
 ERROR_KEYS = ("error-too-long", "error-too-short", "error-digits", "error-not-digits",
               "error-empty")

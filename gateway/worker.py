@@ -1,6 +1,7 @@
 """The outbox worker: runs in ``gateway serve`` (unless ``--no-worker``) or alone as
-``gateway worker``. It claims outbound messages, sends them at each provider's rate and
-runs housekeeping. Stops claiming on SIGTERM and finishes or releases what it holds.
+``gateway worker``. It claims due messages within the provider's rate, sends them, and
+records each outcome. On SIGTERM it stops claiming and finishes what it holds: it only
+ever holds messages it is sending.
 """
 
 from __future__ import annotations
@@ -8,25 +9,115 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
+
+from gateway import outbox
+from gateway.models import utcnow
+from gateway.providers.base import OutboundSms, Sender, SendOutcome, SendResult
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
 
 log = logging.getLogger("gateway.worker")
 
-IDLE_SECONDS = 1.0
+IDLE_SECONDS = 0.5
+TICK_SECONDS = 0.02
+PENDING_REPORTS_KEPT = timedelta(hours=48)
+HOUSEKEEPING_EVERY = timedelta(minutes=10)
+
+
+class Worker:
+    def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.rt = runtime
+        self.db = runtime.db
+        self.keys = runtime.keys
+        self.sender: Sender = runtime.sender
+        self.policy = runtime.outbox_policy
+        self.clock = clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.sent = 0
+        self._last_housekeeping: datetime | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("worker %s started: provider %s, %.1f messages/s", self.owner,
+                 self.policy.provider, self.policy.rate)
+        wake = self.rt.wake
+        while not stop.is_set():
+            try:
+                handled, more = await self.step()
+            except Exception as exc:  # the database may be away: wait and try again
+                log.error("worker: %s; retrying shortly", exc.__class__.__name__)
+                handled, more = 0, False
+            if handled and more:
+                continue
+            # Nothing to send (wait for a wake-up), or waiting for the rate's next tokens.
+            wake.clear()
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+            await asyncio.wait(waits, timeout=TICK_SECONDS if more else IDLE_SECONDS,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        log.info("worker %s stopped after %d messages", self.owner, self.sent)
+
+    async def step(self) -> tuple[int, bool]:
+        """Claim a batch, send it, record the outcomes: (how many, whether more are due)."""
+        now = self.clock()
+        if self._last_housekeeping is None or now - self._last_housekeeping > HOUSEKEEPING_EVERY:
+            await asyncio.to_thread(self._housekeeping, now)
+            self._last_housekeeping = now
+        claimed, more = await asyncio.to_thread(self._claim, now)
+        if not claimed:
+            return 0, more
+        results = await asyncio.gather(*(self._send(c) for c in claimed))
+        await asyncio.to_thread(self._record, list(zip(claimed, results, strict=True)))
+        self.sent += len(claimed)
+        return len(claimed), True
+
+    def _claim(self, now: datetime) -> tuple[list[outbox.Claimed], bool]:
+        with self.db.transaction() as conn:
+            claimed = outbox.claim(conn, policy=self.policy, owner=self.owner, now=now)
+            more = bool(claimed) or outbox.oldest_due(conn, now=now) is not None
+        return claimed, more
+
+    async def _send(self, claimed: outbox.Claimed) -> SendResult:
+        try:
+            to = outbox.open_recipient(self.keys, claimed)
+            message = OutboundSms(claimed.id, to, claimed.text, claimed.encoding)
+            return await self.sender.send(message)
+        except Exception as exc:  # a provider adapter bug must not lose the row
+            log.error("worker: %s sending outbox #%d", exc.__class__.__name__, claimed.id)
+            return SendResult(SendOutcome.ambiguous, code=exc.__class__.__name__)
+
+    def _record(self, results: list[tuple[outbox.Claimed, SendResult]]) -> None:
+        with self.db.transaction() as conn:
+            outbox.record(conn, policy=self.policy, owner=self.owner, results=results,
+                          now=self.clock())
+
+    def _housekeeping(self, now: datetime) -> None:
+        with self.db.transaction() as conn:
+            expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
+        if expired:
+            log.warning("worker: %d delivery report(s) never matched a message", expired)
 
 
 async def run_worker(runtime: Runtime, stop: asyncio.Event | None = None) -> None:
-    """Work until ``stop`` is set (or the task is cancelled)."""
+    """Work until ``stop`` is set or the task is cancelled (then finish the batch)."""
     stop = stop or asyncio.Event()
-    log.info("worker started")
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=IDLE_SECONDS)
-    log.info("worker stopped")
+    worker = Worker(runtime)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 async def run_worker_until_signal(runtime: Runtime) -> None:
@@ -34,4 +125,7 @@ async def run_worker_until_signal(runtime: Runtime) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await run_worker(runtime, stop)
+    try:
+        await Worker(runtime).run(stop)
+    finally:
+        await runtime.sender.close()

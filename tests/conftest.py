@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.app import Runtime, build_runtime, create_app
 from gateway.settings import Settings
+from tests.handset import Handset
 from tests.phone import Phone
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,6 +98,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_url=database_url,
         key_file=tmp_path / "gateway.keys",
         content_dir=REPO,
+        send_rate=1000.0,
     )
 
 
@@ -117,3 +119,8 @@ def client(settings: Settings, runtime: Runtime) -> Iterator[TestClient]:
 @pytest.fixture
 def phone(client: TestClient) -> Phone:
     return Phone(client, "+22370000001")
+
+
+@pytest.fixture
+def handset(client: TestClient, runtime: Runtime) -> Handset:
+    return Handset(client, runtime, "+22370000001")

@@ -9,8 +9,15 @@ end-of-session notification adds ``status``, ``hopsCount``, ``durationInMillis``
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
-from gateway.providers.base import UssdEnded, UssdTurn
+from gateway.providers.base import (
+    DeliveryReport,
+    DeliveryStatus,
+    InboundSms,
+    UssdEnded,
+    UssdTurn,
+)
 
 NAME = "africastalking"
 MAX_SESSION_ID = 128
@@ -45,6 +52,59 @@ def parse_ussd_end(form: Mapping[str, str]) -> UssdEnded | None:
         hops=_int(form.get("hopsCount")),
         duration_ms=_int(form.get("durationInMillis")),
     )
+
+
+# Delivery report statuses (reference §2.2): only Success is delivered; Sent, Submitted
+# and Buffered are on their way; the rest failed.
+_DELIVERY = {
+    "sent": DeliveryStatus.sent, "submitted": DeliveryStatus.sent,
+    "buffered": DeliveryStatus.sent, "success": DeliveryStatus.delivered,
+    "rejected": DeliveryStatus.failed, "failed": DeliveryStatus.failed,
+    "absentsubscriber": DeliveryStatus.failed, "expired": DeliveryStatus.failed,
+}
+_DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d %H:%M:%S")
+MAX_ID = 128
+MAX_TEXT = 1600
+
+
+def parse_date(value: str) -> datetime | None:
+    """AT's dates come in three shapes (reference §2.1); anything else is None."""
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.strptime(value.strip(), fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def parse_sms(form: Mapping[str, str]) -> InboundSms | None:
+    """An incoming message, or None without its id or sender."""
+    external_id = form.get("id", "").strip()
+    sender = form.get("from", "")
+    if not external_id or len(external_id) > MAX_ID or not sender.strip():
+        return None
+    return InboundSms(
+        provider=NAME, external_id=external_id, phone=sender, to=form.get("to", "")[:32],
+        text=form.get("text", "")[:MAX_TEXT], received_at=parse_date(form.get("date", "")),
+    )
+
+
+def parse_delivery(form: Mapping[str, str]) -> DeliveryReport | None:
+    message_id = form.get("id", "").strip()
+    if not message_id or len(message_id) > MAX_ID:
+        return None
+    raw = form.get("status", "").strip()
+    status = _DELIVERY.get(raw.lower(), DeliveryStatus.unknown)
+    reason = form.get("failureReason", "").strip()
+    return DeliveryReport(provider=NAME, status=status,
+                          raw_status=f"{raw}:{reason}" if reason else raw,
+                          provider_message_id=message_id)
+
+
+def parse_optout(form: Mapping[str, str]) -> str | None:
+    """The phone number that opted out of bulk messages, or None."""
+    phone = form.get("phoneNumber", "")
+    return phone if phone.strip() else None
 
 
 def render_ussd(text: str, *, end: bool) -> str:

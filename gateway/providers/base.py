@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,55 @@ class InboundSms:
     to: str
     text: str
     received_at: datetime | None
+
+
+class DeliveryStatus(StrEnum):
+    """Where a sent message is, as far as the provider can tell."""
+
+    sent = "sent"  # accepted by the provider or the operator, not yet on the handset
+    delivered = "delivered"
+    failed = "failed"
+    unknown = "unknown"
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    provider: str
+    status: DeliveryStatus
+    raw_status: str
+    provider_message_id: str | None = None  # Africa's Talking's id
+    outbox_id: int | None = None  # our own id, carried in Kannel's dlr-url
+
+
+@dataclass(frozen=True)
+class OutboundSms:
+    outbox_id: int
+    to: str  # E.164
+    text: str  # exactly what goes over the air
+    encoding: str  # GSM-7 | UCS-2
+
+
+class SendOutcome(StrEnum):
+    accepted = "accepted"  # the provider took it
+    retry = "retry"  # not sent, and worth another try later (timeout before sending, 5xx)
+    failed = "failed"  # not sent, and trying again will not help
+    ambiguous = "ambiguous"  # may or may not have been sent (answer lost)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: SendOutcome
+    provider_message_id: str | None = None
+    code: str | None = None  # the provider's status code, kept as last_error
+    retry_after: float | None = None  # seconds, when the provider says
+
+
+class Sender(Protocol):
+    """One provider's outbound side. ``send`` never raises for a provider's answer: it
+    classifies it."""
+
+    name: str
+
+    async def send(self, message: OutboundSms) -> SendResult: ...
+
+    async def close(self) -> None: ...

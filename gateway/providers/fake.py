@@ -1,0 +1,60 @@
+"""The fake provider: for development and for tests of the layers above the providers.
+
+By default it records each message in memory (``sent``) and logs its id and size, never
+its recipient. With a URL (``GATEWAY_FAKE_SMSC_URL``) it also POSTs each message as JSON
+to that URL, a stand-in SMSC on loopback, and classifies the answer as a real provider
+would: 2xx accepted, 429/5xx or no connection retry, a lost answer ambiguous.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from gateway.providers.base import OutboundSms, SendOutcome, SendResult
+
+log = logging.getLogger("gateway.providers.fake")
+NAME = "fake"
+
+
+class FakeSender:
+    name = NAME
+
+    def __init__(self, *, url: str | None = None, timeout: float = 10.0) -> None:
+        self.sent: list[OutboundSms] = []
+        self.url = url
+        self._client = httpx.AsyncClient(timeout=timeout) if url else None
+
+    async def send(self, message: OutboundSms) -> SendResult:
+        if self._client is not None and self.url is not None:
+            return await self._post(message)
+        self.sent.append(message)
+        log.info("fake send: outbox #%d, %d chars, %s", message.outbox_id, len(message.text),
+                 message.encoding)
+        return SendResult(SendOutcome.accepted, provider_message_id=f"fake-{message.outbox_id}")
+
+    async def _post(self, message: OutboundSms) -> SendResult:
+        assert self._client is not None and self.url is not None
+        payload = {"id": message.outbox_id, "to": message.to, "text": message.text,
+                   "encoding": message.encoding}
+        try:
+            response = await self._client.post(self.url, json=payload)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            return SendResult(SendOutcome.retry, code="connect")
+        except httpx.HTTPError:
+            return SendResult(SendOutcome.ambiguous, code="no-answer")
+        if response.is_success:
+            self.sent.append(message)
+            return SendResult(SendOutcome.accepted,
+                              provider_message_id=f"fake-{message.outbox_id}")
+        code = str(response.status_code)
+        if response.status_code == 429 or response.status_code >= 500:
+            after = response.headers.get("retry-after")
+            return SendResult(SendOutcome.retry, code=code,
+                              retry_after=float(after) if after and after.isdigit() else None)
+        return SendResult(SendOutcome.failed, code=code)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

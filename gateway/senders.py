@@ -1,0 +1,19 @@
+"""Build the configured provider's sender."""
+
+from __future__ import annotations
+
+from gateway.providers.base import Sender
+from gateway.providers.fake import FakeSender
+from gateway.settings import ProviderName, Settings
+
+
+def make_sender(settings: Settings) -> Sender:
+    if settings.provider is ProviderName.africastalking:
+        from gateway.providers.africastalking_sender import AfricasTalkingSender
+
+        return AfricasTalkingSender.from_settings(settings)
+    if settings.provider is ProviderName.kannel:
+        from gateway.providers.kannel import KannelSender
+
+        return KannelSender.from_settings(settings)
+    return FakeSender(url=settings.fake_smsc_url)

@@ -1,0 +1,298 @@
+"""The SMS channel: the same flows as USSD, one question per message.
+
+Per inbound message, in one transaction with its deduplication row:
+1. stop, start and erase words, before anything else (a stopped contact gets nothing but
+   the direct answers to these);
+2. an open conversation: its answer (a keyword interrupts it, except where the step
+   waits for typed text); an expired conversation is dropped silently;
+3. a keyword starts its flow; a flow with ``sms_confirm`` (reports) first warns that SMS
+   stay in the inbox while USSD leaves no trace, and waits for a yes;
+4. anything else gets one neutral help message, at most once a day.
+
+Every reply is an outbox row written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row, delete, select
+
+from gateway import outbox, store
+from gateway.db import Database
+from gateway.engine import Engine, State, Turn
+from gateway.flowdef import InputStep
+from gateway.keys import KeyRing
+from gateway.models import InboundMessage, SmsConversation, utcnow
+from gateway.outbox import OutboxPolicy
+from gateway.phone import normalise
+from gateway.providers.base import InboundSms
+from gateway.text import fold
+from gateway.ussd import apply_effects
+
+log = logging.getLogger("gateway.sms")
+
+inbound = store._t(InboundMessage)
+conversations = store._t(SmsConversation)
+HELP_INTERVAL = timedelta(days=1)
+
+
+def words(setting: str) -> frozenset[str]:
+    """A comma-separated setting of words, folded for matching."""
+    return frozenset(fold(w) for w in setting.split(",") if fold(w))
+
+
+@dataclass(frozen=True)
+class SmsPolicy:
+    default_region: str = "ML"
+    stop_words: frozenset[str] = field(default_factory=lambda: words("STOP,ARRET,DABILA"))
+    start_words: frozenset[str] = field(default_factory=lambda: words("START"))
+    erase_words: frozenset[str] = field(default_factory=lambda: words("SUPPRIMER"))
+    yes_words: frozenset[str] = field(default_factory=lambda: words("OUI,1,OWO,AWO,YES"))
+    bambara_words: frozenset[str] = field(default_factory=lambda: words("DABILA,JOSI"))
+
+
+@dataclass(frozen=True)
+class Keyword:
+    flow: str
+    languages: tuple[str, ...]
+
+
+class SmsService:
+    def __init__(
+        self, *, db: Database, keys: KeyRing, engine: Engine, policy: SmsPolicy,
+        outbox_policy: OutboxPolicy, clock: Callable[[], datetime] = utcnow,
+        notify: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.db = db
+        self.keys = keys
+        self.engine = engine
+        self.policy = policy
+        self.outbox_policy = outbox_policy
+        self.clock = clock
+        self.notify = notify
+        self.keywords = self._keyword_index()
+        self.languages = engine.content.languages
+        self.default_language = "fr" if "fr" in self.languages else self.languages[0]
+
+    def _keyword_index(self) -> dict[str, Keyword]:
+        index: dict[str, list[tuple[str, str]]] = {}
+        for flow in self.engine.content.flows.values():
+            for lang, words_ in flow.keywords.items():
+                for word in words_:
+                    index.setdefault(fold(word), []).append((flow.flow, lang))
+        return {
+            key: Keyword(pairs[0][0], tuple(dict.fromkeys(lang for _, lang in pairs)))
+            for key, pairs in index.items()
+        }
+
+    def keyword_list(self, language: str) -> str:
+        """The keywords to advertise in ``language``: the first of each flow's."""
+        seen: list[str] = []
+        for flow in self.engine.content.flows.values():
+            listed = flow.keywords.get(language, ())
+            if listed and listed[0].upper() not in seen:
+                seen.append(listed[0].upper())
+        return ", ".join(self.engine.name(w) for w in seen)
+
+    # --- receiving -------------------------------------------------------------------
+
+    def receive(self, message: InboundSms) -> str:
+        """Accept one inbound SMS: ``accepted``, ``duplicate`` or ``refused``."""
+        e164 = normalise(message.phone, self.policy.default_region)
+        if e164 is None:
+            log.warning("sms: unreadable sender on %s message %s; ignored", message.provider,
+                        message.external_id)
+            return "refused"
+        pseudonym = self.keys.pseudonym(e164)
+        with self.db.transaction() as conn:
+            now = self.clock()
+            stmt = store._insert(conn, inbound).values(
+                provider=message.provider, external_id=message.external_id,
+                pseudonym=pseudonym, received_at=now,
+            ).on_conflict_do_nothing()
+            if not conn.execute(stmt).rowcount:
+                return "duplicate"
+            contact = store.touch_contact(conn, pseudonym=pseudonym,
+                                          pseudonym_version=self.keys.pseudonym_version, now=now)
+            queued = _Reply(self, conn, message, pseudonym, e164, contact, now).handle()
+        if queued:
+            self.notify()
+        return "accepted"
+
+    def opt_out(self, *, provider: str, phone: str) -> bool:
+        """A provider says this number opted out: stop sending to it. No reply."""
+        e164 = normalise(phone, self.policy.default_region)
+        if e164 is None:
+            return False
+        pseudonym = self.keys.pseudonym(e164)
+        with self.db.transaction() as conn:
+            now = self.clock()
+            store.touch_contact(conn, pseudonym=pseudonym,
+                                pseudonym_version=self.keys.pseudonym_version, now=now)
+            store.update_contact(conn, pseudonym=pseudonym, stopped=True)
+            outbox.cancel_for(conn, pseudonym=pseudonym, keep_control=False, now=now)
+            conn.execute(delete(conversations).where(conversations.c.pseudonym == pseudonym))
+        log.info("sms: %s opt-out recorded for contact %s", provider, pseudonym[:8])
+        return True
+
+
+class _Reply:
+    """Handling of one accepted message, inside its transaction."""
+
+    def __init__(self, service: SmsService, conn: Connection, message: InboundSms,
+                 pseudonym: str, e164: str, contact: Row[Any], now: datetime) -> None:
+        self.s = service
+        self.conn = conn
+        self.message = message
+        self.pseudonym = pseudonym
+        self.e164 = e164
+        self.contact = contact
+        self.now = now
+        self.folded = fold(message.text)
+        self.sent = 0
+
+    @property
+    def language(self) -> str:
+        lang = self.contact.language
+        if lang in self.s.languages:
+            return str(lang)
+        if self.folded in self.s.policy.bambara_words and "bm" in self.s.languages:
+            return "bm"
+        return self.s.default_language
+
+    def handle(self) -> int:
+        policy = self.s.policy
+        if self.folded in policy.stop_words:
+            store.update_contact(self.conn, pseudonym=self.pseudonym, stopped=True)
+            outbox.cancel_for(self.conn, pseudonym=self.pseudonym, now=self.now)
+            self._drop_conversation()
+            self._send("control", self._say("sms-stopped"))
+            return self.sent
+        if self.folded in policy.start_words:
+            store.update_contact(self.conn, pseudonym=self.pseudonym, stopped=False)
+            self._send("control", self._say("sms-started"))
+            return self.sent
+        conversation = self._conversation()
+        if self.folded in policy.erase_words:
+            state = State(lang=self.language, flow="", step="")
+            self._keep(state, waiting="erase", minutes=60)
+            self._send("control", self._say("sms-erase-confirm"))
+            return self.sent
+        if conversation is not None and conversation.waiting == "erase":
+            self._drop_conversation()
+            if self.folded in policy.yes_words:
+                outbox.cancel_for(self.conn, pseudonym=self.pseudonym, keep_control=False,
+                                  now=self.now)
+                language = self.language
+                store.erase_contact(self.conn, pseudonym=self.pseudonym, now=self.now)
+                self._send("control", self.s.engine.say(language, "sms-erased"))
+            else:
+                self._send("control", self._say("sms-erase-cancelled"))
+            return self.sent
+        if self.contact.stopped:
+            return self.sent  # nothing but the answers to STOP, START and SUPPRIMER
+        if conversation is not None and conversation.expires_at <= self.now:
+            self._drop_conversation()  # expired: dropped silently
+            conversation = None
+        if conversation is not None:
+            state = State.loads(self.s.keys.open_text(conversation.state, aad=self._aad))
+            if conversation.waiting == "confirm":
+                return self._confirm(state)
+            keyword = self.s.keywords.get(self.folded)
+            waits_for_text = isinstance(self.s.engine.step(state), InputStep)
+            if keyword is None or waits_for_text:
+                self._answer(self.s.engine.advance(state, self.message.text))
+                return self.sent
+        keyword = self.s.keywords.get(self.folded)
+        if keyword is not None:
+            self._start(keyword)
+            return self.sent
+        self._help()
+        return self.sent
+
+    # --- steps -----------------------------------------------------------------------
+
+    def _start(self, keyword: Keyword) -> None:
+        lang = self.contact.language
+        if lang not in keyword.languages:
+            lang = "fr" if "fr" in keyword.languages else keyword.languages[0]
+        engine = self.s.engine
+        flow = engine.flow(keyword.flow)
+        turn = engine.begin(keyword.flow, lang)
+        if flow.sms_confirm:
+            self._keep(turn.state, waiting="confirm", minutes=flow.expires_after_minutes)
+            self._send("reply", engine.say(lang, flow.sms_confirm))
+            return
+        self._answer(turn)
+
+    def _confirm(self, state: State) -> int:
+        if self.folded in self.s.policy.yes_words:
+            self._answer(Turn(self.s.engine.render(state), state))
+        else:
+            self._drop_conversation()
+            self._send("reply", self.s.engine.say(state.lang, "sms-cancelled"))
+        return self.sent
+
+    def _answer(self, turn: Turn) -> None:
+        state = turn.state
+        source = f"sms:{self.message.provider}:{self.message.external_id}"
+        apply_effects(self.conn, self.s.keys, turn.effects, pseudonym=self.pseudonym,
+                      e164=self.e164, language=state.lang, source=source, channel="sms",
+                      now=self.now)
+        if turn.screen.end:
+            self._drop_conversation()
+            self._send("ack", turn.screen.text)
+            return
+        flow = self.s.engine.flow(state.flow)
+        self._keep(state, waiting="flow", minutes=flow.expires_after_minutes)
+        self._send("reply", turn.screen.text)
+
+    def _help(self) -> None:
+        last = self.contact.help_sent_at
+        if last is not None and self.now - last < HELP_INTERVAL:
+            return
+        store.update_contact(self.conn, pseudonym=self.pseudonym, help_sent_at=self.now)
+        lang = self.language
+        self._send("help", self.s.engine.say(lang, "sms-help",
+                                             keywords=self.s.keyword_list(lang)))
+
+    # --- storage -----------------------------------------------------------------------
+
+    @property
+    def _aad(self) -> str:
+        return f"sms:{self.pseudonym}"
+
+    def _conversation(self) -> Row[Any] | None:
+        return self.conn.execute(select(conversations).where(
+            conversations.c.pseudonym == self.pseudonym)).first()
+
+    def _keep(self, state: State, *, waiting: str, minutes: int) -> None:
+        values = {
+            "state": self.s.keys.seal_text(state.dumps(), aad=self._aad),
+            "waiting": waiting,
+            "expires_at": self.now + timedelta(minutes=minutes),
+            "updated_at": self.now,
+        }
+        stmt = store._insert(self.conn, conversations).values(pseudonym=self.pseudonym, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=[conversations.c.pseudonym],
+                                          set_=values)
+        self.conn.execute(stmt)
+
+    def _drop_conversation(self) -> None:
+        self.conn.execute(delete(conversations).where(
+            conversations.c.pseudonym == self.pseudonym))
+
+    def _say(self, key: str) -> str:
+        return self.s.engine.say(self.language, key)
+
+    def _send(self, kind: str, text: str) -> None:
+        key = f"{kind}:{self.message.provider}:{self.message.external_id}"
+        if outbox.enqueue(self.conn, keys=self.s.keys, policy=self.s.outbox_policy,
+                          pseudonym=self.pseudonym, e164=self.e164, text=text, kind=kind,
+                          dedupe_key=key, now=self.now):
+            self.sent += 1

@@ -28,6 +28,7 @@ from gateway.migrate import prepare_database
 from gateway.models import utcnow
 from gateway.outbox import OutboxPolicy
 from gateway.providers import africastalking as at
+from gateway.providers import kannel
 from gateway.providers.base import DeliveryReport, Sender
 from gateway.senders import make_sender
 from gateway.settings import Settings, production_problems
@@ -232,6 +233,25 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             return PlainTextResponse("ignored: no phoneNumber")
         done = await call(rt, lambda: rt.sms.opt_out(provider=at.NAME, phone=phone))
         return PlainTextResponse("OK" if done else "ignored: unreadable phoneNumber")
+
+    @app.api_route("/webhooks/kannel/sms", methods=["GET", "POST"],
+                   response_class=PlainTextResponse)
+    async def kannel_sms(request: Request) -> Response:
+        rt = rt_of(request)
+        message = kannel.parse_sms(await form(request))
+        if message is None:
+            log.warning("sms: Kannel message without id or sender ignored")
+            return PlainTextResponse("ignored: no id or sender")
+        return PlainTextResponse(await call(rt, rt.sms.receive, message))
+
+    @app.api_route("/webhooks/kannel/delivery", methods=["GET", "POST"],
+                   response_class=PlainTextResponse)
+    async def kannel_delivery(request: Request) -> Response:
+        rt = rt_of(request)
+        report = kannel.parse_delivery(await form(request))
+        if report is None:
+            return PlainTextResponse("ignored: no id")
+        return PlainTextResponse(await call(rt, deliver, rt, report))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

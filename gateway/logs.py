@@ -2,7 +2,7 @@
 
 Code logs pseudonyms and ids, never numbers. As a second line of defence, every record
 that reaches a handler has anything shaped like a phone number (8 to 15 digits, with an
-optional ``+`` and separators) replaced by ``[number]``, and the ``token`` query value
+optional ``+`` and spaces or dots) replaced by ``[number]``, and the ``token`` query value
 by ``[token]``. uvicorn's access log is off: query strings (Kannel's get-url) carry
 numbers.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import re
 
-_NUMBER = re.compile(r"(?<![\w])(?:\+|%2[bB]|00)?\d(?:[\s.\-]?\d){7,14}(?![\w])")
+# 8 to 15 digits, optionally after + (or its form encoding) and split by single spaces
+# or dots as people write them (+223 70 00 00 01). Dashes are left alone: dates.
+_NUMBER = re.compile(r"(?<![\w.:-])(?:\+|%2[bB])?\d(?:[ .]?\d){7,14}(?![\w:-])")
 _TOKEN = re.compile(r"(token=)[^&\s]+")
 
 

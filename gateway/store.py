@@ -120,12 +120,14 @@ def record_ussd_event(
     conn: Connection, *, provider: str, session_id: str, status: str,
     hops_count: int | None, duration_ms: int | None, now: datetime,
 ) -> None:
-    """Store an end-of-session notification once, and note it on the session."""
+    """Store an end-of-session notification once, and note it on the session; a late
+    duplicate changes nothing."""
     stmt = _insert(conn, events).values(
         provider=provider, session_id=session_id, status=status, hops=hops_count,
         duration_ms=duration_ms, received_at=now,
     ).on_conflict_do_nothing()
-    conn.execute(stmt)
+    if not conn.execute(stmt).rowcount:
+        return
     changes: dict[str, Any] = {
         "end_status": status, "end_hops": hops_count, "end_duration_ms": duration_ms,
     }

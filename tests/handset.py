@@ -59,7 +59,7 @@ class Handset:
 def drain(runtime: Runtime) -> int:
     """Send everything due now (the fake provider answers at once)."""
     async def run() -> int:
-        worker = Worker(runtime)
+        worker = Worker(runtime, clock=runtime.sms.clock)
         total = 0
         for _ in range(200):
             handled, more = await worker.step()

@@ -1,0 +1,235 @@
+"""The SMS channel, as a resident uses it: text a keyword, answer one question per
+message, stop and erase at any time. Each test is a transcript of messages both ways.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from textwrap import dedent
+
+import pytest
+from sqlalchemy import select
+
+from gateway import outbox, store
+from gateway.app import Runtime
+from gateway.models import utcnow
+from tests.handset import Handset
+
+HELP_FR = "Dannaya: envoyez DANNAYA, SONDAGE, D1, INFO. Pour arreter: STOP."
+WARNING_FR = (
+    "Attention: les SMS restent dans le téléphone. Le menu *123# ne laisse aucune trace. "
+    "Continuer par SMS? 1 Oui, 2 Non"
+)
+
+
+def lines(text: str) -> str:
+    return dedent(text).strip("\n")
+
+
+def reports(runtime: Runtime) -> list[dict[str, object]]:
+    with runtime.db.transaction() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(store.reports)).all()]
+
+
+def poll_answers(runtime: Runtime) -> dict[str, str]:
+    with runtime.db.transaction() as conn:
+        rows = conn.execute(select(store.poll_answers)).all()
+    return {r.question: r.answer for r in rows}
+
+
+def outbox_rows(runtime: Runtime) -> list[dict[str, object]]:
+    with runtime.db.transaction() as conn:
+        return [dict(r._mapping) for r in conn.execute(
+            select(outbox.outbox).order_by(outbox.outbox.c.id)).all()]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self):  # type: ignore[no-untyped-def]
+        return self.now
+
+
+@pytest.fixture
+def clock(runtime: Runtime) -> Clock:
+    clock = Clock()
+    runtime.sms.clock = clock
+    return clock
+
+
+def test_a_report_by_sms_starts_with_the_no_trace_warning(handset: Handset,
+                                                          runtime: Runtime) -> None:
+    assert handset.send("D1") == [WARNING_FR]
+    assert handset.send("1") == [lines("""
+        Qu'avez-vous vécu avec les FDS?
+        1. Aide ou protection
+        2. Comportement respectueux
+        3. Argent exigé
+        4. Arrestation abusive
+        5. Violence, mauvais traitement
+        6. Menace ou insulte
+        7. Vol ou confiscation
+        8. Personne disparue
+        9. Suite
+    """)]
+    assert handset.send("3")[0].startswith("Quelle force?\n1. Armée (FAMa)\n")
+    assert handset.send("6")[0].startswith("Quand?\n")
+    assert handset.send("3")[0].startswith("Dans quel cercle?\n")
+    assert handset.send("7") == [lines("""
+        Vous pouvez ajouter un court message. N'écrivez aucun nom.
+        1. Écrire un message
+        2. Envoyer sans message
+        0. Retour
+    """)]
+    assert handset.send("1") == [
+        "Votre message, 120 signes au plus. Aucun nom, aucun numéro:\n0. Retour"
+    ]
+    assert handset.send("On m'a pris 2000F au barrage") == ["Merci, message recu."]
+
+    [report] = reports(runtime)
+    assert report["channel"] == "sms"
+    assert json.loads(str(report["answers"])) == {
+        "category": "extortion", "force": "unknown", "when": "this_month", "cercle": "other"}
+    assert "barrage" not in str(report["text"])
+    kinds = [row["kind"] for row in outbox_rows(runtime)]
+    assert kinds[-1] == "ack" and set(kinds[:-1]) == {"reply"}
+
+
+def test_declining_the_warning_starts_nothing(handset: Handset, runtime: Runtime) -> None:
+    assert handset.send("d1") == [WARNING_FR]
+    assert handset.send("2") == ["C'est noté."]
+    assert handset.send("1") == [HELP_FR]  # no conversation: "1" is not a keyword
+    assert reports(runtime) == []
+
+
+def test_a_poll_by_sms_in_bambara_with_any_spelling_of_the_keyword(
+        handset: Handset, runtime: Runtime) -> None:
+    first = lines("""
+        I da bè sòròdasiw (FAMa) la wa?
+        1. Abada
+        2. Dòònin
+        3. A dò la
+        4. Kosèbè
+        5. N t'a dòn
+        6. N t'a fè ka jaabi
+    """)
+    for spelling in ("Ɲininkali", "nyininkali", "GNININKALI", "ñininkali"):
+        assert handset.send(spelling) == [first], spelling
+    assert handset.send("4")[0].startswith("I da bè zandaramuw la wa?\n")
+    handset.send("4")
+    handset.send("4")
+    assert handset.send("4")[0].startswith("I sigilen bè sèrikili jumèn na?\n")
+    assert handset.send("7") == ["I ni ce, jaabi sòròla."]
+    assert poll_answers(runtime) == {
+        "army": "a_lot", "gendarmerie": "a_lot", "police": "a_lot",
+        "national_guard": "a_lot", "cercle": "other",
+    }
+
+
+def test_an_invalid_answer_repeats_the_question_with_the_error(handset: Handset) -> None:
+    handset.send("SONDAGE")
+    [again] = handset.send("12")
+    assert again.startswith("Choix invalide.\nFaites-vous confiance à l'armée (FAMa)?\n")
+
+
+def test_a_keyword_interrupts_a_question_but_not_typed_text(handset: Handset,
+                                                          runtime: Runtime) -> None:
+    handset.send("sondage")
+    assert handset.send("D1") == [WARNING_FR]  # a keyword restarts
+    handset.send("1")
+    for answer in ("1", "1", "1", "7", "1"):
+        handset.send(answer)
+    assert handset.send("SONDAGE") == ["Merci, message recu."]  # typed text, not a keyword
+    [report] = reports(runtime)
+    assert report["text"] is not None
+
+
+def test_unknown_text_gets_the_help_once_a_day(handset: Handset, clock: Clock) -> None:
+    assert handset.send("bonjour") == [HELP_FR]
+    assert handset.send("allo?") == []
+    clock.now += timedelta(hours=25)
+    assert handset.send("allo?") == [HELP_FR]
+
+
+def test_an_expired_conversation_is_dropped_silently(handset: Handset, clock: Clock,
+                                                     runtime: Runtime) -> None:
+    handset.send("SONDAGE")
+    clock.now += timedelta(minutes=61)
+    assert handset.send("4") == [HELP_FR]  # "4" no longer answers anything
+    assert poll_answers(runtime) == {}
+
+
+def test_stop_is_handled_before_any_flow_and_silences_everything(
+        handset: Handset, runtime: Runtime) -> None:
+    handset.send("SONDAGE")
+    assert handset.send("Arrêt") == [
+        "Vous ne recevrez plus de SMS. Pour reprendre, envoyez START."
+    ]
+    assert handset.send("SONDAGE") == []
+    assert handset.send("bonjour") == []
+    assert handset.send("start") == [
+        "Vous recevrez de nouveau nos SMS. Pour arreter, envoyez STOP."
+    ]
+    assert handset.send("SONDAGE")[0].startswith("Faites-vous confiance")
+
+
+@pytest.mark.parametrize("word", ["STOP", "stop", "ARRET", "arrêt", "Dabila", "DABILA."])
+def test_every_stop_word_stops(word: str, handset: Handset, runtime: Runtime) -> None:
+    [answer] = handset.send(word)
+    assert "STOP" not in answer or "START" in answer
+    contact = store.get_contact(runtime.db.engine.connect(),
+                                pseudonym=runtime.keys.pseudonym(handset.number))
+    assert contact is not None and contact.stopped
+
+
+def test_a_stopped_contact_gets_no_broadcast(handset: Handset, runtime: Runtime) -> None:
+    with runtime.db.transaction() as conn:
+        outbox.enqueue(conn, keys=runtime.keys, policy=runtime.outbox_policy,
+                       pseudonym=runtime.keys.pseudonym(handset.number), e164=handset.number,
+                       text="Information", kind="broadcast", dedupe_key="b:1", now=utcnow())
+    handset.deliver("STOP")
+    assert handset.inbox() == ["Vous ne recevrez plus de SMS. Pour reprendre, envoyez START."]
+    statuses = {row["kind"]: row["status"] for row in outbox_rows(runtime)}
+    assert statuses == {"broadcast": "cancelled", "control": "sent"}
+
+
+def test_erase_by_sms_asks_first_then_erases(handset: Handset, runtime: Runtime) -> None:
+    handset.send("SONDAGE")
+    for answer in ("1", "1", "1", "1", "7"):
+        handset.send(answer)
+    assert poll_answers(runtime) != {}
+    assert handset.send("supprimer") == [
+        "Effacer toutes vos données? Répondez OUI pour confirmer."
+    ]
+    assert handset.send("non") == ["Rien n'a été effacé."]
+    assert poll_answers(runtime) != {}
+    handset.send("SUPPRIMER")
+    assert handset.send("Oui") == ["C'est fait, vos données sont effacées."]
+    assert poll_answers(runtime) == {}
+    with runtime.db.transaction() as conn:
+        pseudonym = runtime.keys.pseudonym(handset.number)
+        assert store.get_contact(conn, pseudonym=pseudonym) is None
+        assert store.is_tombstoned(conn, pseudonym=pseudonym)
+    # What was kept for them is gone too, but the answer to SUPPRIMER itself.
+    assert [row["kind"] for row in outbox_rows(runtime)] == ["control"]
+
+
+def test_a_stopped_contact_can_still_erase(handset: Handset) -> None:
+    handset.send("STOP")
+    assert handset.send("SUPPRIMER") == [
+        "Effacer toutes vos données? Répondez OUI pour confirmer."
+    ]
+    assert handset.send("OUI") == ["C'est fait, vos données sont effacées."]
+
+
+def test_a_repeated_message_is_handled_once(handset: Handset, runtime: Runtime) -> None:
+    handset.deliver("SONDAGE", message_id="ATXid_same")
+    handset.deliver("SONDAGE", message_id="ATXid_same")
+    assert len(handset.inbox()) == 1
+    assert len(outbox_rows(runtime)) == 1
+
+
+def test_bambara_stop_answers_in_bambara(handset: Handset) -> None:
+    assert handset.send("dabila") == ["SMS si tèna ci i ma tugun. Ka segin a ma, START ci."]

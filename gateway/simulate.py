@@ -109,7 +109,7 @@ class Simulator:
             while True:
                 error = self.hop(call)
                 if error is not None:
-                    print(f"warning: malformed reply: {error}; Africa's Talking ends the session")
+                    print(f"warning: {error}; Africa's Talking ends the session")
                     if call.last_response:
                         print(f"  body: {call.last_response[:200]!r}")
                     status = "Failed"
@@ -145,7 +145,7 @@ class Simulator:
             call.labels.append(call.echo)
         problem = malformed(response)
         if problem is not None:
-            return problem
+            return f"malformed reply: {problem}"
         kind, screen = response.text[:3], response.text[4:]
         for line in screen.split("\n"):
             print(f"│ {line}")

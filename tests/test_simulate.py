@@ -205,8 +205,17 @@ def test_a_url_that_is_not_http_is_a_usage_error(capsys: pytest.CaptureFixture[s
 # --- a misbehaving gateway, in process ------------------------------------------------
 
 
+@pytest.fixture
+def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run`` reads ``Settings()``: give it the defaults, whatever this shell has set."""
+    monkeypatch.chdir(tmp_path)  # no .env
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("settings_env")
 def test_over_budget_and_malformed_replies_are_flagged_and_fail_the_session(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     requests: list[httpx.Request] = []
 
@@ -220,9 +229,6 @@ def test_over_budget_and_malformed_replies_are_flagged_and_fail_the_session(
                                   headers={simulate.HOP_METADATA: "welcome"})
         return httpx.Response(200, text="Oops")
 
-    monkeypatch.chdir(tmp_path)
-    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
-        monkeypatch.delenv(name)
     monkeypatch.setattr(sys, "stdin", io.StringIO("1\nn\n"))
     code = simulate.run(base="http://gateway.test", phone=PHONE, service_code="*123#",
                         token="t0k", transport=httpx.MockTransport(fake_gateway))
@@ -249,8 +255,30 @@ def test_over_budget_and_malformed_replies_are_flagged_and_fail_the_session(
         "sessionId": forms[0]["sessionId"], "serviceCode": "*123#", "networkCode": "99999",
         "phoneNumber": PHONE, "status": "Failed", "cost": "XOF 0.00", "hopsCount": "2",
         "hopsMetadata": "welcome", "input": "1", "lastAppResponse": "Oops",
-        "errorMessage": "Response should start with a CON or an END",
+        "errorMessage": "malformed reply: Response should start with a CON or an END",
     }
+
+
+@pytest.mark.usefixtures("settings_env")
+def test_a_gateway_too_slow_to_answer_fails_the_session(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    events: list[dict[str, str]] = []
+
+    def slow_gateway(request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/events"):
+            raise httpx.ReadTimeout("timed out", request=request)
+        events.append(dict(parse_qsl(request.content.decode(), keep_blank_values=True)))
+        return httpx.Response(200, text="OK")
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code = simulate.run(base="http://gateway.test", phone=PHONE, service_code="*123#",
+                        token=None, transport=httpx.MockTransport(slow_gateway))
+    assert code == 0
+    assert "warning: no reply within 10 s" in capsys.readouterr().out
+    [event] = events
+    assert (event["status"], event["hopsCount"], event["errorMessage"]) == (
+        "Failed", "1", "no reply within 10 s")
 
 
 def test_a_ucs2_screen_is_counted_in_units_and_charged_double() -> None:

@@ -24,7 +24,7 @@ from gateway import outbox
 from gateway.db import Database
 from gateway.engine import Engine, Rules
 from gateway.logs import configure_logging
-from gateway.migrate import prepare_database
+from gateway.migrate import SchemaBehind, prepare_database
 from gateway.models import utcnow
 from gateway.outbox import OutboxPolicy
 from gateway.providers import africastalking as at
@@ -118,7 +118,11 @@ def build_runtime(settings: Settings) -> Runtime:
         raise StartupError(f"content in {root} has {len(bad)} problem(s); run "
                            f"`gateway flows check {root}`. First: {bad[0]}")
     db = Database(settings.database_url)
-    prepare_database(db)
+    try:
+        prepare_database(db)
+    except SchemaBehind as exc:
+        db.dispose()
+        raise StartupError(str(exc)) from None
     engine = Engine(content, rules)
     policy = UssdPolicy(default_region=settings.default_region,
                         resume_minutes=settings.ussd_resume_minutes)

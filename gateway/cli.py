@@ -116,13 +116,27 @@ def cmd_worker() -> int:
 
 
 def cmd_migrate() -> int:
-    from gateway.db import Database
-    from gateway.migrate import prepare_database
+    from sqlalchemy.exc import OperationalError
+
+    from gateway import migrate
+    from gateway.db import make_engine
 
     settings = _settings()
-    db = Database(settings.database_url)
-    prepare_database(db)
-    print("database at the latest schema")
+    engine = make_engine(settings.database_url)
+    try:
+        before = migrate.current(engine)
+        migrate.upgrade(engine)
+        after = migrate.current(engine)
+    except OperationalError as exc:
+        print(f"gateway migrate: cannot reach the database ({exc.__class__.__name__})",
+              file=sys.stderr)
+        return EXIT_PROBLEMS
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"database already at the latest migration ({after})")
+    else:
+        print(f"database migrated from {before or 'empty'} to {after}")
     return EXIT_OK
 
 

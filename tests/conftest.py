@@ -10,6 +10,7 @@ created there. Without it those runs are skipped with the reason "service missin
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from gateway import migrate
 from gateway.app import Runtime, build_runtime, create_app
+from gateway.db import make_engine
 from gateway.settings import Settings
 from tests.handset import Handset
 from tests.phone import Phone
@@ -58,12 +61,13 @@ def postgres_server_url() -> str | None:
     return os.environ.get(POSTGRES_ENV)
 
 
-def _fresh_postgres_database(server_url: str) -> tuple[str, str]:
+def _fresh_postgres_database(server_url: str, template: str | None = None) -> tuple[str, str]:
     url = make_url(server_url)
     name = f"dannaya_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        copy = f' TEMPLATE "{template}"' if template else ""
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     admin.dispose()
     return url.set(database=name).render_as_string(hide_password=False), name
 
@@ -75,12 +79,70 @@ def _drop_postgres_database(server_url: str, name: str) -> None:
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated once; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "gateway.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server_url: str | None) -> Iterator[str | None]:
+    """A PostgreSQL database migrated once; each test gets a copy (CREATE ... TEMPLATE)."""
+    if not postgres_server_url:
+        yield None
+        return
+    url, name = _fresh_postgres_database(postgres_server_url)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield name
+    finally:
+        _drop_postgres_database(postgres_server_url, name)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path,
                  postgres_server_url: str | None) -> Iterator[str]:
-    """A fresh, empty database: an SQLite file, or a new PostgreSQL database."""
+    """A fresh database at the latest migration: an SQLite file, or a new PostgreSQL
+    database."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+        path = tmp_path / "gateway.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    if not postgres_server_url:
+        pytest.skip(f"{SERVICE_MISSING}: PostgreSQL ({POSTGRES_ENV} is not set)")
+    template = request.getfixturevalue("postgres_template")
+    url, name = _fresh_postgres_database(postgres_server_url, template=template)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(postgres_server_url, name)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_server_url: str | None) -> Iterator[str]:
+    """A fresh PostgreSQL database with no tables at all."""
+    if not postgres_server_url:
+        pytest.skip(f"{SERVICE_MISSING}: PostgreSQL ({POSTGRES_ENV} is not set)")
+    url, name = _fresh_postgres_database(postgres_server_url)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(postgres_server_url, name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path,
+                       postgres_server_url: str | None) -> Iterator[str]:
+    """A fresh database with no tables at all."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     if not postgres_server_url:
         pytest.skip(f"{SERVICE_MISSING}: PostgreSQL ({POSTGRES_ENV} is not set)")

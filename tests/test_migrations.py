@@ -1,0 +1,89 @@
+"""Migrations: an empty database reaches the latest schema; the schema the migrations
+build is exactly the models; one step down and up again works; a PostgreSQL database
+behind the latest migration stops the gateway from starting; SQLite migrates itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlmodel import SQLModel
+
+from gateway import migrate
+from gateway.app import StartupError, build_runtime
+from gateway.cli import main
+from gateway.db import make_engine
+from gateway.settings import Settings
+from tests.conftest import REPO
+
+TABLES = {"contact", "vault", "tombstone", "ussd_session", "ussd_hop", "ussd_event",
+          "report", "poll_answer", "outbox", "pending_report", "inbound_message",
+          "sms_conversation", "counter", "rate_bucket", "alembic_version"}
+
+
+def test_gateway_migrate_takes_an_empty_database_to_the_latest_schema(
+        empty_database_url: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", empty_database_url)
+    assert main(["migrate"]) == 0
+    assert f"migrated from empty to {migrate.head()}" in capsys.readouterr().out
+    engine = make_engine(empty_database_url)
+    assert set(inspect(engine).get_table_names()) >= TABLES
+    assert migrate.current(engine) == migrate.head()
+    engine.dispose()
+    assert main(["migrate"]) == 0
+    assert "already at the latest migration" in capsys.readouterr().out
+
+
+def test_the_migrations_build_exactly_the_models(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        differences = compare_metadata(context, SQLModel.metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def test_one_step_down_and_up_again(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate.upgrade(engine)
+    script = ScriptDirectory.from_config(migrate.alembic_config())
+    previous = script.get_revision(migrate.head()).down_revision
+    migrate.downgrade(engine, str(previous) if previous else "base")
+    assert migrate.current(engine) == previous
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == migrate.head()
+    engine.dispose()
+
+
+def test_migration_files_are_named_by_date() -> None:
+    for path in (REPO / "alembic" / "versions").glob("*.py"):
+        assert path.name[:10].count("-") == 2 and path.name[:4].isdigit(), path.name
+
+
+def test_an_empty_sqlite_database_migrates_itself_at_start(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path / 'new.db'}",
+                        key_file=tmp_path / "keys", content_dir=REPO)
+    runtime = build_runtime(settings)
+    assert migrate.current(runtime.db.engine) == migrate.head()
+    runtime.db.dispose()
+
+
+def test_a_postgres_database_behind_the_latest_migration_refuses_to_start(
+        empty_postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, database_url=empty_postgres_url,
+                        key_file=tmp_path / "keys", content_dir=REPO)
+    with pytest.raises(StartupError, match="run `gateway migrate`"):
+        build_runtime(settings)  # empty
+    engine = make_engine(empty_postgres_url)
+    migrate.upgrade(engine)
+    migrate.downgrade(engine, "base")  # behind the latest migration
+    engine.dispose()
+    with pytest.raises(StartupError, match="needs " + migrate.head()):
+        build_runtime(settings)

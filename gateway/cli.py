@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage the key file")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     keys_sub.add_parser("rotate", help="add a master-key version and re-wrap data keys")
+    keys_sub.add_parser("shred", help="destroy old data-wrapping keys now (after erasures)")
 
     sub.add_parser("purge", help="apply the retention rules once")
     return parser
@@ -140,6 +141,64 @@ def cmd_migrate() -> int:
     return EXIT_OK
 
 
+def cmd_keys_rotate() -> int:
+    from gateway import keys as keys_mod
+    from gateway import retention
+    from gateway.db import Database
+
+    settings = _settings()
+    if not settings.key_file.exists():
+        print(f"gateway keys rotate: no key file at {settings.key_file}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        keys_mod.load(settings.key_file, create=False)
+    except keys_mod.KeyFileError as exc:
+        print(f"gateway keys rotate: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    db = Database(settings.database_url)
+    try:
+        done = retention.rotate(db, key_file=settings.key_file)
+    finally:
+        db.dispose()
+    print(f"master key version {done.master_version} is now current; re-wrapped "
+          f"{done.data_keys} data key(s) and {done.numbers} vault number(s). Copy "
+          f"{settings.key_file} to every replica and to your key backup now.")
+    return EXIT_OK
+
+
+def cmd_keys_shred() -> int:
+    from gateway import retention
+    from gateway.db import Database
+    from gateway.models import utcnow
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    try:
+        version = retention.shred(db, key_file=settings.key_file, now=utcnow(), force=True)
+    finally:
+        db.dispose()
+    print(f"data-wrapping key version {version} is now the only one: typed text in dumps "
+          f"taken before now can no longer be read. Copy {settings.key_file} to every replica "
+          "and replace your key backup now.")
+    return EXIT_OK
+
+
+def cmd_purge() -> int:
+    from gateway import retention
+    from gateway.db import Database
+    from gateway.models import utcnow
+
+    settings = _settings()
+    db = Database(settings.database_url)
+    try:
+        done = retention.purge(db, retention=retention.Retention.of(settings), now=utcnow(),
+                               key_file=settings.key_file)
+    finally:
+        db.dispose()
+    print(f"purged: {done}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "flows":
@@ -155,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         token=_settings().token)
     if args.command == "migrate":
         return cmd_migrate()
-    print(f"gateway: '{args.command}' is not available yet", file=sys.stderr)
-    return EXIT_PROBLEMS
+    if args.command == "keys":
+        return cmd_keys_rotate() if args.keys_command == "rotate" else cmd_keys_shred()
+    return cmd_purge()
 
 
 if __name__ == "__main__":  # pragma: no cover

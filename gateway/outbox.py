@@ -25,14 +25,14 @@ from sqlalchemy import Connection, and_, func, or_, select, update
 
 from gateway import store
 from gateway.keys import KeyRing
-from gateway.models import Counter, Outbox, PendingReport, RateBucket
+from gateway.models import Outbox, PendingReport, RateBucket
 from gateway.providers.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
 from gateway.text import sms_cost
 
 outbox = store._t(Outbox)
 pending = store._t(PendingReport)
 buckets = store._t(RateBucket)
-counters = store._t(Counter)
+counters = store.counters
 
 PRIORITY = {"control": 0, "ack": 1, "reply": 1, "help": 2, "broadcast": 5}
 RETRY_WHEN_AMBIGUOUS = frozenset({"broadcast"})
@@ -314,17 +314,8 @@ def expire_pending(conn: Connection, *, older_than: datetime, now: datetime) -> 
     result = conn.execute(pending.delete().where(pending.c.received_at < older_than))
     expired = int(result.rowcount)
     if expired:
-        bump(conn, name="delivery_reports_unmatched", by=expired, now=now)
+        store.bump(conn, name="delivery_reports_unmatched", by=expired, now=now)
     return expired
-
-
-def bump(conn: Connection, *, name: str, by: int = 1, now: datetime) -> None:
-    stmt = store._insert(conn, counters).values(name=name, value=by, updated_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[counters.c.name],
-        set_={"value": counters.c.value + by, "updated_at": now},
-    )
-    conn.execute(stmt)
 
 
 def queue_depth(conn: Connection) -> int:

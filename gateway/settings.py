@@ -123,6 +123,19 @@ class Settings(BaseSettings):
         "worker died is looked at again after this (a broadcast may go out once more; an "
         "acknowledgement is marked unknown, never resent).",
     )
+    retention_number_days: int = Field(
+        180, ge=1,
+        description="Phone numbers of contacts inactive this many days are deleted (they "
+        "then receive no more broadcasts).",
+    )
+    retention_text_days: int = Field(
+        180, ge=1, description="Typed report text older than this many days is deleted.",
+    )
+    retention_outbox_days: int = Field(
+        7, ge=1,
+        description="Finished outbound messages (and the sealed numbers in them) are deleted "
+        "after this many days.",
+    )
     max_queue: int = Field(
         100_000, description="`/readyz` fails while more messages than this wait to be sent.",
     )

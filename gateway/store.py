@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.models import (
     Contact,
+    Counter,
     InboundMessage,
     Outbox,
     PollAnswer,
@@ -42,6 +43,7 @@ hops = _t(UssdHop)
 events = _t(UssdEvent)
 reports = _t(Report)
 poll_answers = _t(PollAnswer)
+counters = _t(Counter)
 _outbox = _t(Outbox)
 _conversations = _t(SmsConversation)
 _inbound = _t(InboundMessage)
@@ -194,6 +196,8 @@ def erase_contact(conn: Connection, *, pseudonym: str, now: datetime) -> None:
         _insert(conn, tombstones).values(pseudonym=pseudonym, erased_at=now)
         .on_conflict_do_nothing()
     )
+    # Older dumps still hold the wrapped data key until the next shred (retention.shred).
+    bump(conn, name=ERASURES_PENDING_SHRED, now=now)
 
 
 # --- reports and polls ---------------------------------------------------------------
@@ -240,3 +244,27 @@ def upsert_vault(conn: Connection, *, pseudonym: str, number: str, now: datetime
 
 def delete_vault(conn: Connection, *, pseudonym: str) -> None:
     conn.execute(delete(vault).where(vault.c.pseudonym == pseudonym))
+
+
+ERASURES_PENDING_SHRED = "erasures_pending_shred"
+
+
+def bump(conn: Connection, *, name: str, by: int = 1, now: datetime) -> None:
+    stmt = _insert(conn, counters).values(name=name, value=by, updated_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[counters.c.name],
+        set_={"value": counters.c.value + by, "updated_at": now},
+    )
+    conn.execute(stmt)
+
+
+def set_counter(conn: Connection, *, name: str, value: int, now: datetime) -> None:
+    stmt = _insert(conn, counters).values(name=name, value=value, updated_at=now)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[counters.c.name],
+                                            set_={"value": value, "updated_at": now}))
+
+
+def get_counter(conn: Connection, *, name: str) -> int | None:
+    value = conn.execute(select(counters.c.value).where(counters.c.name == name))
+    found = value.scalar_one_or_none()
+    return int(found) if found is not None else None

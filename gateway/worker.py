@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from gateway import outbox
+from gateway import outbox, retention, store
 from gateway.models import utcnow
 from gateway.providers.base import OutboundSms, Sender, SendOutcome, SendResult
 
@@ -30,6 +30,8 @@ IDLE_SECONDS = 0.5
 TICK_SECONDS = 0.02
 PENDING_REPORTS_KEPT = timedelta(hours=48)
 HOUSEKEEPING_EVERY = timedelta(minutes=10)
+PURGE_EVERY = timedelta(days=1)
+PURGE_COUNTER = "retention_last_run"  # seconds since the epoch
 
 
 class Worker:
@@ -102,8 +104,15 @@ class Worker:
     def _housekeeping(self, now: datetime) -> None:
         with self.db.transaction() as conn:
             expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
+            last = store.get_counter(conn, name=PURGE_COUNTER)
         if expired:
             log.warning("worker: %d delivery report(s) never matched a message", expired)
+        if last is None or now.timestamp() - last >= PURGE_EVERY.total_seconds():
+            done = retention.purge(self.db, retention=retention.Retention.of(self.rt.settings),
+                                   now=now, key_file=self.rt.settings.key_file)
+            with self.db.transaction() as conn:
+                store.set_counter(conn, name=PURGE_COUNTER, value=int(now.timestamp()), now=now)
+            log.info("worker: retention purge done (%s)", done)
 
 
 async def run_worker(runtime: Runtime, stop: asyncio.Event | None = None) -> None:

@@ -1,5 +1,6 @@
 """A stand-in SMSC on loopback for the fake provider's URL mode: it records every message
-POSTed to it (the ground truth for loss and duplicate checks), after an optional delay.
+POSTed to it on arrival (the ground truth for loss and duplicate checks), then answers after
+an optional delay, so a sender killed meanwhile loses the answer, not the message.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ class FakeSmsc:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                with smsc.lock:  # taken on arrival: the answer may then be lost
+                    smsc.received.append(body)
                 if smsc.delay:
                     time.sleep(smsc.delay)
-                with smsc.lock:
-                    smsc.received.append(body)
                 try:
                     self.send_response(200)
                     self.send_header("content-length", "2")

@@ -41,10 +41,32 @@ def leaks(haystack: str) -> list[str]:
     return [form for form in FORMS if form in haystack]
 
 
+class Raw(logging.Handler):
+    """Sees each record before the redacting handler rewrites it: the code itself must
+    not log a number, whatever the second line of defence would catch."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.getMessage()} {record.exc_text or ''}")
+
+
 def test_no_canary_anywhere_but_the_residents_own_screen(
         client: TestClient, runtime: Runtime, settings: object, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    raw = Raw()
+    logging.getLogger().handlers.insert(0, raw)
+    try:
+        drive(client, runtime, caplog, raw, tmp_path)
+    finally:
+        logging.getLogger().removeHandler(raw)
+
+
+def drive(client: TestClient, runtime: Runtime, caplog: pytest.LogCaptureFixture, raw: Raw,
+          tmp_path: Path) -> None:
     others: list[str] = []  # every response that is not the resident's own screen
 
     def post(path: str, data: dict[str, str]) -> None:
@@ -104,8 +126,10 @@ def test_no_canary_anywhere_but_the_residents_own_screen(
         "database dump": leaks(dump(runtime.settings.database_url, tmp_path)),
         "log records": leaks("\n".join(
             f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)),
+        "log calls before redaction": leaks("\n".join(raw.lines)),
         "other responses": leaks("\n".join(others)),
     }
-    assert found == {"database dump": [], "log records": [], "other responses": []}
+    assert found == {"database dump": [], "log records": [], "log calls before redaction": [],
+                     "other responses": []}
     # The checks can see: the canary did reach the gateway and was stored, sealed.
-    assert len(caplog.records) > 0 and len(others) > 15
+    assert len(caplog.records) > 0 and len(raw.lines) >= len(caplog.records) and len(others) > 15

@@ -131,6 +131,29 @@ def _validation_lines(exc: ValidationError) -> Iterator[str]:
         yield f"{loc}: {error['msg']}" if loc else str(error["msg"])
 
 
+def _flow_problems(where: str, exc: ValidationError) -> Iterator[Problem]:
+    """One line per defect, naming the step when the defect is in one."""
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        if error["type"] == "union_tag_invalid":
+            tag = (error.get("ctx") or {}).get("tag", "?")
+            message = f"unknown step type '{tag}' (menu, input, branch or end)"
+        elif error["type"] == "union_tag_not_found":
+            message = "no step type (type: menu, input, branch or end)"
+        else:
+            message = str(error["msg"])
+        if len(loc) > 1 and loc[0] == "steps":
+            # loc is steps.<name>[.<step type>].<field>...: the type tag is not a field.
+            fields = loc[3:] if len(loc) > 2 and loc[2] in _STEP_TYPES else loc[2:]
+            at = f"{'.'.join(fields)}: " if fields else ""
+            yield Problem(f"{where}: step '{loc[1]}'", f"{at}{message}")
+        else:
+            yield Problem(where, f"{'.'.join(loc)}: {message}" if loc else message)
+
+
+_STEP_TYPES = ("menu", "input", "branch", "end")
+
+
 def _load_flows(root: Path, problems: list[Problem]) -> tuple[dict[str, Flow], dict[str, str]]:
     flows: dict[str, Flow] = {}
     files: dict[str, str] = {}
@@ -145,13 +168,7 @@ def _load_flows(root: Path, problems: list[Problem]) -> tuple[dict[str, Flow], d
         try:
             flow = Flow.model_validate(data)
         except ValidationError as exc:
-            for line in _validation_lines(exc):
-                step = line.split(".", 2)
-                if step[0] == "steps" and len(step) > 1:
-                    rest = line.split(": ", 1)[-1]
-                    problems.append(Problem(f"{where}: step '{step[1]}'", rest))
-                else:
-                    problems.append(Problem(where, line))
+            problems.extend(_flow_problems(where, exc))
             continue
         if flow.flow != path.stem:
             problems.append(Problem(where, f"flow id '{flow.flow}' differs from the file name"))

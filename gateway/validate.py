@@ -238,7 +238,13 @@ def _can_finish(flow: Flow) -> set[str]:
 
 
 def _worst_rules(content: Content, rules: Rules) -> Rules:
-    return replace(rules, params={**content.worst_cases, **rules.params})
+    """Each placeholder at the longer of its configured value and its declared worst case:
+    content that passes here still fits when a deployment changes the code it quotes."""
+    params = dict(content.worst_cases)
+    for name, value in rules.params.items():
+        if len(value) > len(params.get(name, "")):
+            params[name] = value
+    return replace(rules, params=params)
 
 
 def _check_screens(content: Content, rules: Rules) -> Iterable[Problem]:

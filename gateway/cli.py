@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage the key file")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    keys_sub.add_parser("init", help="create the key file (refuses to overwrite one)")
     keys_sub.add_parser("rotate", help="add a master-key version and re-wrap data keys")
     keys_sub.add_parser("shred", help="destroy old data-wrapping keys now (after erasures)")
 
@@ -141,6 +142,20 @@ def cmd_migrate() -> int:
     return EXIT_OK
 
 
+def cmd_keys_init() -> int:
+    from gateway import keys as keys_mod
+
+    settings = _settings()
+    if settings.key_file.exists():
+        print(f"gateway keys init: {settings.key_file} already exists; not touched",
+              file=sys.stderr)
+        return EXIT_PROBLEMS
+    keys_mod.write_new(settings.key_file)
+    print(f"created {settings.key_file} (mode 0600). Back it up now, apart from the database: "
+          "without it, nothing encrypted can be read.")
+    return EXIT_OK
+
+
 def cmd_keys_rotate() -> int:
     from gateway import keys as keys_mod
     from gateway import retention
@@ -215,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return cmd_migrate()
     if args.command == "keys":
-        return cmd_keys_rotate() if args.keys_command == "rotate" else cmd_keys_shred()
+        commands = {"init": cmd_keys_init, "rotate": cmd_keys_rotate, "shred": cmd_keys_shred}
+        return commands[args.keys_command]()
     return cmd_purge()
 
 

@@ -266,6 +266,13 @@ def load(path: Path, *, create: bool) -> KeyRing:
     return _parse(path, raw, stamp)
 
 
+def write_new(path: Path) -> None:
+    """Create a new key file at ``path`` (which must not exist), mode 0600."""
+    if path.exists():
+        raise KeyFileError(f"key file {path} already exists")
+    _write(path, _new_file_data())
+
+
 def _add_version(path: Path, family: str) -> int:
     raw, stamp = _read(path)
     _parse(path, raw, stamp)

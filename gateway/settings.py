@@ -78,10 +78,6 @@ class Settings(BaseSettings):
         description="A new dial within this many minutes of a dropped session from the same "
         "phone is offered to continue it (0 turns resuming off).",
     )
-    ussd_session_minutes: int = Field(
-        10, ge=1,
-        description="A USSD session untouched this long is treated as closed.",
-    )
     transliterate: bool = Field(
         True,
         description="Send the GSM-safe form of text (Bambara ɛ ɔ ɲ ŋ as è ò ny ng, French "

@@ -100,6 +100,20 @@ def test_development_creates_a_key_file_with_a_warning(
     assert "created a new key file" in caplog.text
 
 
+def test_keys_init_creates_a_key_file_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "prod.keys"
+    monkeypatch.setenv("GATEWAY_KEY_FILE", str(path))
+    assert main(["keys", "init"]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    first = path.read_bytes()
+    keys_mod.load(path, create=False)  # a valid key file
+    assert main(["keys", "init"]) == 1  # never overwritten
+    assert path.read_bytes() == first
+    assert "already exists" in capsys.readouterr().err
+
+
 # --- rotation ------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from textwrap import dedent
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from gateway import outbox, store
@@ -233,3 +234,26 @@ def test_a_repeated_message_is_handled_once(handset: Handset, runtime: Runtime) 
 
 def test_bambara_stop_answers_in_bambara(handset: Handset) -> None:
     assert handset.send("dabila") == ["SMS si tèna ci i ma tugun. Ka segin a ma, START ci."]
+
+
+def test_an_africastalking_opt_out_stops_everything_silently(
+        handset: Handset, client: TestClient, runtime: Runtime) -> None:
+    handset.send("SONDAGE")  # a conversation in progress
+    with runtime.db.transaction() as conn:
+        outbox.enqueue(conn, keys=runtime.keys, policy=runtime.outbox_policy,
+                       pseudonym=runtime.keys.pseudonym(handset.number), e164=handset.number,
+                       text="Information", kind="broadcast", dedupe_key="b:2", now=utcnow())
+    response = client.post("/webhooks/africastalking/optout", data={
+        "senderId": "DANNAYA", "phoneNumber": handset.number})
+    assert (response.status_code, response.text) == (200, "OK")
+    assert handset.inbox() == []  # no reply to an opt-out, and the broadcast is cancelled
+    assert {row["kind"]: row["status"] for row in outbox_rows(runtime)}["broadcast"] == \
+        "cancelled"
+    assert handset.send("1") == []  # the conversation is gone; no help to a stopped contact
+    assert handset.send("START") == [
+        "Vous recevrez de nouveau nos SMS. Pour arreter, envoyez STOP."]
+
+
+def test_an_opt_out_without_a_readable_number_is_ignored(client: TestClient) -> None:
+    response = client.post("/webhooks/africastalking/optout", data={"phoneNumber": "n/a"})
+    assert (response.status_code, response.text) == (200, "ignored: unreadable phoneNumber")

@@ -39,6 +39,8 @@ from gateway.webhooks import Refused, read_form
 
 log = logging.getLogger("gateway.app")
 
+CHECKPOINT_SECONDS = 0.1  # SQLite: how often the log is copied back, off the event loop
+
 
 def deliver(rt: Runtime, report: DeliveryReport) -> str:
     with rt.db.transaction() as conn:
@@ -52,6 +54,28 @@ def queue_depth(rt: Runtime) -> int | None:
             return outbox.queue_depth(conn)
     except Exception:
         return None
+
+
+async def checkpoints(db: Database) -> None:
+    """SQLite requests run on the event loop; checkpoints run here, on a thread, so no
+    request waits for one (see gateway.db). Runs until cancelled."""
+    db.checkpoint_in_background()
+    failing = False
+    while True:
+        await asyncio.sleep(CHECKPOINT_SECONDS)
+        done = asyncio.ensure_future(asyncio.to_thread(db.checkpoint))
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await done  # let the thread finish before the database is closed
+            raise
+        except Exception as exc:
+            if not failing:
+                log.warning("sqlite checkpoint failed (%s); retrying", exc.__class__.__name__)
+            failing = True
+        else:
+            failing = False
 
 
 class StartupError(Exception):
@@ -117,6 +141,7 @@ def build_runtime(settings: Settings) -> Runtime:
     if bad:
         raise StartupError(f"content in {root} has {len(bad)} problem(s); run "
                            f"`gateway flows check {root}`. First: {bad[0]}")
+    sender = make_sender(settings)  # refuses a provider without its settings: before any I/O
     db = Database(settings.database_url)
     try:
         prepare_database(db)
@@ -127,7 +152,6 @@ def build_runtime(settings: Settings) -> Runtime:
     policy = UssdPolicy(default_region=settings.default_region,
                         resume_minutes=settings.ussd_resume_minutes)
     ussd = UssdService(db=db, keys=keyring, engine=engine, policy=policy)
-    sender = make_sender(settings)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
                                  lease_seconds=settings.send_lease_seconds)
     sms_policy = SmsPolicy(
@@ -155,11 +179,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         rt.loop = asyncio.get_running_loop()
         rt.wake = asyncio.Event()
         app.state.runtime = rt
-        task = asyncio.create_task(background(rt)) if background else None
+        tasks = [asyncio.create_task(checkpoints(rt.db))] if rt.db.sqlite else []
+        if background:
+            tasks.append(asyncio.create_task(background(rt)))
         try:
             yield
         finally:
-            if task is not None:
+            for task in reversed(tasks):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -221,8 +221,11 @@ def record(
 ) -> None:
     """Store what the provider said about each claimed message."""
     for claimed, result in results:
-        row = conn.execute(select(outbox.c.status, outbox.c.lease_owner, outbox.c.last_error)
-                           .where(outbox.c.id == claimed.id)).first()
+        stmt = select(outbox.c.status, outbox.c.lease_owner, outbox.c.last_error).where(
+            outbox.c.id == claimed.id)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).first()
         if row is None:
             continue  # erased meanwhile
         changes: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_until": None}
@@ -283,7 +286,10 @@ def apply_delivery(conn: Connection, *, report: DeliveryReport, now: datetime) -
                      outbox.c.provider_message_id == report.provider_message_id)
     else:
         return "ignored"
-    row = conn.execute(select(outbox.c.id, outbox.c.status).where(where)).first()
+    stmt = select(outbox.c.id, outbox.c.status).where(where)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
     if row is None:
         key = report.provider_message_id or f"outbox:{report.outbox_id}"
         conn.execute(store._insert(conn, pending).values(

@@ -9,11 +9,19 @@ from gateway.settings import ProviderName, Settings
 
 def make_sender(settings: Settings) -> Sender:
     if settings.provider is ProviderName.africastalking:
+        from gateway.app import StartupError
         from gateway.providers.africastalking_sender import AfricasTalkingSender
 
-        return AfricasTalkingSender.from_settings(settings)
+        try:
+            return AfricasTalkingSender.from_settings(settings)
+        except ValueError as exc:  # a missing key or a malformed URL: say which, and stop
+            raise StartupError(str(exc)) from None
     if settings.provider is ProviderName.kannel:
-        from gateway.providers.kannel import KannelSender
+        from gateway.app import StartupError
+        from gateway.providers.kannel import KannelConfigError, KannelSender
 
-        return KannelSender.from_settings(settings)
+        try:
+            return KannelSender.from_settings(settings)
+        except KannelConfigError as exc:
+            raise StartupError(str(exc)) from None
     return FakeSender(url=settings.fake_smsc_url)

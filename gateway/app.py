@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +41,10 @@ from gateway.webhooks import Refused, read_form
 
 log = logging.getLogger("gateway.app")
 
-CHECKPOINT_SECONDS = 0.1  # SQLite: how often the log is copied back, off the event loop
+# PostgreSQL: request database work runs on this many threads of the service's own. Each
+# waits on the network most of the time; many more would only contend for the interpreter
+# lock (or queue for one of the pool's connections) and cost CPU per request.
+DB_THREADS = 8
 
 
 def deliver(rt: Runtime, report: DeliveryReport) -> str:
@@ -54,28 +59,6 @@ def queue_depth(rt: Runtime) -> int | None:
             return outbox.queue_depth(conn)
     except Exception:
         return None
-
-
-async def checkpoints(db: Database) -> None:
-    """SQLite requests run on the event loop; checkpoints run here, on a thread, so no
-    request waits for one (see gateway.db). Runs until cancelled."""
-    db.checkpoint_in_background()
-    failing = False
-    while True:
-        await asyncio.sleep(CHECKPOINT_SECONDS)
-        done = asyncio.ensure_future(asyncio.to_thread(db.checkpoint))
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await done  # let the thread finish before the database is closed
-            raise
-        except Exception as exc:
-            if not failing:
-                log.warning("sqlite checkpoint failed (%s); retrying", exc.__class__.__name__)
-            failing = True
-        else:
-            failing = False
 
 
 class StartupError(Exception):
@@ -104,17 +87,21 @@ class Runtime:
 
 
 def engine_rules(settings: Settings) -> Rules:
+    """USSD: screens always go out in the GSM-safe form (a UCS-2 screen holds half as
+    much, and the flows are checked against that budget)."""
     return Rules(
         budget=settings.ussd_budget,
         next_key=settings.ussd_next,
         back_key=settings.ussd_back,
         home_key=settings.ussd_home,
-        transliterate=settings.transliterate,
+        transliterate=True,
         params={"minutes": str(settings.ussd_resume_minutes), "ussd_code": settings.ussd_code},
     )
 
 
 def sms_rules(settings: Settings) -> Rules:
+    """SMS: the GSM-safe form unless ``GATEWAY_TRANSLITERATE`` is off (then UCS-2 where the
+    catalog's letters need it, at about twice the segments)."""
     return Rules(
         budget=settings.sms_budget,
         next_key=settings.ussd_next,
@@ -172,23 +159,28 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                ) -> FastAPI:
     """The HTTP service. ``background`` (the outbox worker) runs beside it when given."""
     configure_logging()
+    db_threads: ThreadPoolExecutor | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal db_threads
         rt = runtime or build_runtime(settings)
         rt.loop = asyncio.get_running_loop()
         rt.wake = asyncio.Event()
         app.state.runtime = rt
-        tasks = [asyncio.create_task(checkpoints(rt.db))] if rt.db.sqlite else []
-        if background:
-            tasks.append(asyncio.create_task(background(rt)))
+        if not rt.db.sqlite:
+            db_threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="gateway-db")
+        task = asyncio.create_task(background(rt)) if background else None
         try:
             yield
         finally:
-            for task in reversed(tasks):
+            if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if db_threads is not None:
+                db_threads.shutdown(wait=True)
+                db_threads = None
             if runtime is None:
                 await rt.sender.close()
                 rt.db.dispose()
@@ -213,10 +205,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
 
     async def call(rt: Runtime, fn: Callable[..., Any], *args: Any) -> Any:
         # SQLite work is short and serialised by its write lock: run it inline. PostgreSQL
-        # round trips are network waits: run them on the thread pool.
+        # round trips are network waits: run them on the service's database threads (the
+        # shared thread pool when the app runs without its lifespan).
         if rt.db.sqlite:
             return fn(*args)
-        return await run_in_threadpool(fn, *args)
+        if db_threads is None:
+            return await run_in_threadpool(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            db_threads, functools.partial(fn, *args))
 
     @app.post("/webhooks/africastalking/ussd", response_class=PlainTextResponse)
     async def at_ussd(request: Request) -> Response:

@@ -7,8 +7,7 @@ that later writes never fails with SQLITE_BUSY (reference/security-and-reliabili
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -37,7 +36,7 @@ def make_engine(url: str) -> Engine:
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" event issue BEGIN
+        dbapi_conn.isolation_level = None  # the begin hook below issues BEGIN IMMEDIATE
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -45,9 +44,17 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # The dialect's own begin hook sends BEGIN IMMEDIATE straight to the driver: SQLAlchemy
+    # wraps its errors like any statement's (a lock timeout is an OperationalError), and no
+    # engine event listener is left to dispatch around every statement of the hot path.
+    def _begin_immediate(dbapi_conn: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        finally:
+            cursor.close()
+
+    engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign,assignment]
 
 
 class Database:
@@ -58,11 +65,9 @@ class Database:
         self.sqlite = is_sqlite(url)
         self.engine = make_engine(url)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> AbstractContextManager[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""
-        with self.engine.begin() as conn:
-            yield conn
+        return self.engine.begin()
 
     def ping(self) -> bool:
         try:

@@ -150,6 +150,8 @@ class Engine:
         self.rules = rules
         self._pages: dict[tuple[str, str, str, str | None, bool], list[Page]] = {}
         self._texts: dict[tuple[str, str], str] = {}
+        self._choices: dict[tuple[str, str, str, str | None], list[_Choice]] = {}
+        self._sensitive: dict[str, frozenset[str]] = {}
 
     # --- public API ---------------------------------------------------------------
 
@@ -241,6 +243,14 @@ class Engine:
         )
 
     def choices(self, state: State, step: MenuStep) -> list[_Choice]:
+        within = state.flow_results().get(step.within) if step.within else None
+        key = (state.flow, state.step, state.lang, within)
+        found = self._choices.get(key)
+        if found is None:
+            found = self._choices[key] = self._make_choices(state, step)
+        return found
+
+    def _make_choices(self, state: State, step: MenuStep) -> list[_Choice]:
         lang = state.lang
         if not step.options_from:
             return [_Choice(self.say(lang, o.label), o.value, o.next or step.next)
@@ -361,9 +371,12 @@ class Engine:
 
     def _effect(self, state: State, action: Action) -> Effect:
         flow = self.flow(state.flow)
-        sensitive = frozenset(
-            s.save_as for s in flow.steps.values() if isinstance(s, InputStep) and s.sensitive
-        )
+        sensitive = self._sensitive.get(state.flow)
+        if sensitive is None:
+            sensitive = self._sensitive[state.flow] = frozenset(
+                s.save_as for s in flow.steps.values()
+                if isinstance(s, InputStep) and s.sensitive
+            )
         return Effect(action, flow.flow, flow.version, dict(state.flow_results()),
                       sensitive, flow.poll)
 

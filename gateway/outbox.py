@@ -11,6 +11,16 @@ marked ``unknown`` and never resent, because a duplicate on a shared phone is a 
 Statuses only move forward: queued → sending → sent → delivered | failed, with the
 side exits expired (past ``valid_until``), cancelled (stopped or erased contact) and
 unknown (ambiguous, not resent).
+
+Claims take due messages by priority, then in the order they fell due (``next_attempt_at``;
+messages queued at the same instant in index order, which is id order on SQLite and about
+that on PostgreSQL), the order of the ``ix_outbox_due`` index: a claim reads a batch's worth
+of index entries however long the queue. A claim never hands out a message past its
+validity or one for a stopped contact, so a worker may tidy the queue (``housekeeping``:
+mark those, recover dead leases) every few seconds rather than at every claim, which would
+scan every queued row. On PostgreSQL that plan needs the table's statistics to be current:
+a broadcast of many thousand rows makes them stale at once, so the worker refreshes them
+(``analyze_if_stale``) when autovacuum has not.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, text, update
 
 from gateway import store
 from gateway.keys import KeyRing
@@ -77,6 +87,9 @@ class Claimed:
 # --- writing -------------------------------------------------------------------------
 
 
+_ENQUEUE = store._Prepared(lambda insert: insert(outbox).on_conflict_do_nothing())
+
+
 def enqueue(
     conn: Connection, *, keys: KeyRing, policy: OutboxPolicy, pseudonym: str, e164: str,
     text: str, kind: str, dedupe_key: str, now: datetime,
@@ -85,16 +98,16 @@ def enqueue(
     """Queue one SMS (``text`` exactly as it will go over the air). False when a message
     with the same ``dedupe_key`` was already queued."""
     cost = sms_cost(text)
-    stmt = store._insert(conn, outbox).values(
-        dedupe_key=dedupe_key, kind=kind, pseudonym=pseudonym,
-        recipient=keys.seal_text(e164, aad=f"outbox:{dedupe_key}"),
-        text=text, encoding=cost.encoding, segments=cost.segments,
-        provider=policy.provider, priority=PRIORITY.get(kind, 5), status="queued",
-        attempts=0, next_attempt_at=now,
-        valid_until=valid_until or now + policy.valid_for.get(kind, timedelta(hours=2)),
-        broadcast_id=broadcast_id, created_at=now, updated_at=now,
-    ).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount)
+    result = conn.execute(_ENQUEUE(conn), {
+        "dedupe_key": dedupe_key, "kind": kind, "pseudonym": pseudonym,
+        "recipient": keys.seal_text(e164, aad=f"outbox:{dedupe_key}"),
+        "text": text, "encoding": cost.encoding, "segments": cost.segments,
+        "provider": policy.provider, "priority": PRIORITY.get(kind, 5), "status": "queued",
+        "attempts": 0, "next_attempt_at": now,
+        "valid_until": valid_until or now + policy.valid_for.get(kind, timedelta(hours=2)),
+        "broadcast_id": broadcast_id, "created_at": now, "updated_at": now,
+    })
+    return bool(result.rowcount)
 
 
 def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
@@ -111,24 +124,31 @@ def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
 # --- claiming ------------------------------------------------------------------------
 
 
+_BUCKET = select(buckets).where(buckets.c.provider == bindparam("provider"))
+_BUCKET_LOCKED = _BUCKET.with_for_update()
+_NEW_BUCKET = store._Prepared(lambda insert: insert(buckets).on_conflict_do_nothing())
+_SET_BUCKET = update(buckets).where(buckets.c.provider == bindparam("provider_")).values(
+    tokens=bindparam("tokens_"), updated_at=bindparam("now_"))
+
+
+def _tokens(policy: OutboxPolicy, row: Any, now: datetime) -> float:
+    """The bucket's tokens at ``now`` (a new bucket starts full)."""
+    if row is None:
+        return policy.burst
+    elapsed = max(0.0, float((now - row.updated_at).total_seconds()))
+    return min(policy.burst, float(row.tokens) + elapsed * policy.rate)
+
+
 def _take_tokens(conn: Connection, *, policy: OutboxPolicy, now: datetime, want: int) -> int:
-    row = conn.execute(
-        select(buckets).where(buckets.c.provider == policy.provider).with_for_update()
-        if conn.dialect.name == "postgresql"
-        else select(buckets).where(buckets.c.provider == policy.provider)
-    ).first()
+    stmt = _BUCKET_LOCKED if conn.dialect.name == "postgresql" else _BUCKET
+    row = conn.execute(stmt, {"provider": policy.provider}).first()
     if row is None:  # a new bucket starts full
-        conn.execute(store._insert(conn, buckets).values(
-            provider=policy.provider, tokens=policy.burst, updated_at=now,
-        ).on_conflict_do_nothing())
-        tokens, updated = policy.burst, now
-    else:
-        tokens, updated = float(row.tokens), row.updated_at
-    elapsed = max(0.0, (now - updated).total_seconds())
-    tokens = min(policy.burst, tokens + elapsed * policy.rate)
+        conn.execute(_NEW_BUCKET(conn), {"provider": policy.provider, "tokens": policy.burst,
+                                         "updated_at": now})
+    tokens = _tokens(policy, row, now)
     taken = min(want, int(tokens))
-    conn.execute(update(buckets).where(buckets.c.provider == policy.provider)
-                 .values(tokens=tokens - taken, updated_at=now))
+    conn.execute(_SET_BUCKET, {"provider_": policy.provider, "tokens_": tokens - taken,
+                               "now_": now})
     return taken
 
 
@@ -155,38 +175,57 @@ def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> No
         updated_at=now))
 
 
+# A message for a contact who sent STOP: only its control answers still go.
+_STOPPED = exists().where(store.contacts.c.pseudonym == outbox.c.pseudonym,
+                          store.contacts.c.stopped.is_(True))
+_CLAIM_ORDER = (outbox.c.priority, outbox.c.next_attempt_at, outbox.c.id)
+_DUE = (
+    select(outbox.c.id)
+    .where(outbox.c.provider == bindparam("provider"), outbox.c.status == "queued",
+           outbox.c.next_attempt_at <= bindparam("now"), outbox.c.valid_until >= bindparam("now"),
+           or_(outbox.c.kind == "control", ~_STOPPED))
+    # The index's own order: no sort, and no reading every message of a broadcast queued
+    # at one instant to order them by id.
+    .order_by(outbox.c.priority, outbox.c.next_attempt_at)
+    .limit(bindparam("n"))
+)
+# Count first so tokens are only spent on messages that exist.
+_DUE_COUNT = select(func.count()).select_from(_DUE.subquery())
+_DUE_LOCKED = _DUE.with_for_update(skip_locked=True)
+_MARK = update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(
+    status="sending", lease_owner=bindparam("owner_"), lease_until=bindparam("lease_"),
+    attempts=outbox.c.attempts + 1, updated_at=bindparam("now_"))
+_CLAIMED = select(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))) \
+    .order_by(*_CLAIM_ORDER)
+
+
 def claim(
     conn: Connection, *, policy: OutboxPolicy, owner: str, now: datetime, limit: int | None = None,
+    tidy: bool = True,
 ) -> list[Claimed]:
-    """Take due messages, within the rate, and mark them ``sending`` under a lease."""
-    housekeeping(conn, policy=policy, now=now)
+    """Take due messages, within the rate, and mark them ``sending`` under a lease.
+
+    With ``tidy`` (the default) the queue is tidied first (``housekeeping``); a worker that
+    tidies on its own schedule passes False. Either way nothing expired, and nothing for a
+    stopped contact but a control message, is claimed.
+    """
+    if tidy:
+        housekeeping(conn, policy=policy, now=now)
     want = min(limit or policy.batch, policy.batch)
-    due = (
-        select(outbox.c.id)
-        .where(outbox.c.provider == policy.provider, outbox.c.status == "queued",
-               outbox.c.next_attempt_at <= now)
-        .order_by(outbox.c.priority, outbox.c.id)
-    )
-    # Count first so tokens are only spent on messages that exist.
-    available = conn.execute(select(func.count()).select_from(due.limit(want).subquery()))
-    count = int(available.scalar_one())
+    due = {"provider": policy.provider, "now": now}
+    count = int(conn.execute(_DUE_COUNT, {**due, "n": want}).scalar_one())
     if count == 0:
         return []
     taken = _take_tokens(conn, policy=policy, now=now, want=count)
     if taken == 0:
         return []
-    stmt = due.limit(taken)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    ids = [int(i) for i in conn.execute(stmt).scalars()]
+    stmt = _DUE_LOCKED if conn.dialect.name == "postgresql" else _DUE
+    ids = [int(i) for i in conn.execute(stmt, {**due, "n": taken}).scalars()]
     if not ids:
         return []
     lease_until = now + timedelta(seconds=policy.lease_seconds)
-    conn.execute(update(outbox).where(outbox.c.id.in_(ids)).values(
-        status="sending", lease_owner=owner, lease_until=lease_until,
-        attempts=outbox.c.attempts + 1, updated_at=now))
-    rows = conn.execute(select(outbox).where(outbox.c.id.in_(ids))
-                        .order_by(outbox.c.priority, outbox.c.id)).all()
+    conn.execute(_MARK, {"ids": ids, "owner_": owner, "lease_": lease_until, "now_": now})
+    rows = conn.execute(_CLAIMED, {"ids": ids}).all()
     return [Claimed(r.id, r.kind, r.pseudonym, r.recipient, r.dedupe_key, r.text, r.encoding,
                     r.attempts) for r in rows]
 
@@ -215,44 +254,75 @@ def _backoff(policy: OutboxPolicy, attempts: int, retry_after: float | None) -> 
     return timedelta(seconds=min(base, 3600.0) + random.uniform(0, policy.backoff_seconds))
 
 
+_RECORDED = select(outbox.c.id, outbox.c.status, outbox.c.lease_owner, outbox.c.last_error) \
+    .where(outbox.c.id.in_(bindparam("ids", expanding=True)))
+_RECORDED_LOCKED = _RECORDED.with_for_update()
+_UPDATE_ONE = update(outbox).where(outbox.c.id == bindparam("id_"))
+_PARKED = select(pending).where(
+    pending.c.provider == bindparam("provider"),
+    pending.c.provider_message_id.in_(bindparam("ids", expanding=True)),
+)
+
+
 def record(
     conn: Connection, *, policy: OutboxPolicy, owner: str,
     results: Iterable[tuple[Claimed, SendResult]], now: datetime,
 ) -> None:
-    """Store what the provider said about each claimed message."""
+    """Store what the provider said about each claimed message (a batch: its rows are
+    read, and locked on PostgreSQL, in one statement; updates with the same columns go
+    in one executemany)."""
+    results = list(results)
+    if not results:
+        return
+    stmt = _RECORDED_LOCKED if conn.dialect.name == "postgresql" else _RECORDED
+    found = {int(r.id): r for r in conn.execute(stmt, {"ids": [c.id for c, _ in results]})}
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    accepted: list[tuple[int, str]] = []
     for claimed, result in results:
-        stmt = select(outbox.c.status, outbox.c.lease_owner, outbox.c.last_error).where(
-            outbox.c.id == claimed.id)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).first()
-        if row is None:
-            continue  # erased meanwhile
-        changes: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_until": None}
-        if result.code:
-            changes["last_error"] = result.code[:64]
-        still_mine = row.status == "sending"
-        if result.outcome is SendOutcome.accepted:
-            changes.update(provider_message_id=result.provider_message_id, sent_at=now)
-            if still_mine:
-                changes["status"] = "sent"
-            conn.execute(update(outbox).where(outbox.c.id == claimed.id).values(**changes))
-            if result.provider_message_id:
-                _reconcile(conn, outbox_id=claimed.id, provider=policy.provider,
-                           provider_message_id=result.provider_message_id, now=now)
+        changes = _recorded(policy, claimed, result, found.get(claimed.id), now)
+        if changes is None:
             continue
-        if not still_mine:
-            continue  # a delivery report already moved it on
-        if result.outcome is SendOutcome.retry and claimed.attempts < policy.max_attempts:
-            changes.update(status="queued", next_attempt_at=now + _backoff(
-                policy, claimed.attempts, result.retry_after))
-        elif result.outcome is SendOutcome.ambiguous:
-            again = claimed.kind in RETRY_WHEN_AMBIGUOUS and row.last_error != "ambiguous"
-            changes.update(status="queued" if again else "unknown", last_error="ambiguous",
-                           next_attempt_at=now)
-        else:
-            changes["status"] = "failed"
-        conn.execute(update(outbox).where(outbox.c.id == claimed.id).values(**changes))
+        updates.setdefault(tuple(sorted(changes)), []).append({"id_": claimed.id, **changes})
+        if result.outcome is SendOutcome.accepted and result.provider_message_id:
+            accepted.append((claimed.id, result.provider_message_id))
+    for rows in updates.values():
+        conn.execute(_UPDATE_ONE, rows)
+    if accepted:
+        parked: dict[str, list[Any]] = {}
+        for row in conn.execute(_PARKED, {"provider": policy.provider,
+                                          "ids": [pmid for _, pmid in accepted]}):
+            parked.setdefault(str(row.provider_message_id), []).append(row)
+        for outbox_id, pmid in accepted:
+            if pmid in parked:
+                _reconcile(conn, outbox_id=outbox_id, rows=parked.pop(pmid), now=now)
+
+
+def _recorded(policy: OutboxPolicy, claimed: Claimed, result: SendResult, row: Any,
+              now: datetime) -> dict[str, Any] | None:
+    """The changes a send result makes to its row, or None for none."""
+    if row is None:
+        return None  # erased meanwhile
+    changes: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_until": None}
+    if result.code:
+        changes["last_error"] = result.code[:64]
+    still_mine = row.status == "sending"
+    if result.outcome is SendOutcome.accepted:
+        changes.update(provider_message_id=result.provider_message_id, sent_at=now)
+        if still_mine:
+            changes["status"] = "sent"
+        return changes
+    if not still_mine:
+        return None  # a delivery report already moved it on
+    if result.outcome is SendOutcome.retry and claimed.attempts < policy.max_attempts:
+        changes.update(status="queued", next_attempt_at=now + _backoff(
+            policy, claimed.attempts, result.retry_after))
+    elif result.outcome is SendOutcome.ambiguous:
+        again = claimed.kind in RETRY_WHEN_AMBIGUOUS and row.last_error != "ambiguous"
+        changes.update(status="queued" if again else "unknown", last_error="ambiguous",
+                       next_attempt_at=now)
+    else:
+        changes["status"] = "failed"
+    return changes
 
 
 # --- delivery reports ----------------------------------------------------------------
@@ -301,12 +371,9 @@ def apply_delivery(conn: Connection, *, report: DeliveryReport, now: datetime) -
     return "matched" if moved else "stale"
 
 
-def _reconcile(conn: Connection, *, outbox_id: int, provider: str, provider_message_id: str,
-               now: datetime) -> None:
-    """Apply reports that arrived before the send was recorded."""
-    rows = conn.execute(select(pending).where(
-        pending.c.provider == provider, pending.c.provider_message_id == provider_message_id,
-    )).all()
+def _reconcile(conn: Connection, *, outbox_id: int, rows: Sequence[Any], now: datetime) -> None:
+    """Apply reports (``rows`` of pending_report) that arrived before the send was
+    recorded."""
     for row in sorted(rows, key=lambda r: RANK.get(r.status, 0)):
         current = conn.execute(select(outbox.c.status).where(outbox.c.id == outbox_id))
         _advance(conn, outbox_id=outbox_id, current=str(current.scalar_one()),
@@ -328,6 +395,39 @@ def queue_depth(conn: Connection) -> int:
     stmt = select(func.count()).select_from(outbox).where(
         outbox.c.status.in_(("queued", "sending")))
     return int(conn.execute(stmt).scalar_one())
+
+
+_STALE = text(
+    "SELECT n_mod_since_analyze > 1000 + 0.1 * n_live_tup FROM pg_stat_user_tables "
+    "WHERE relid = CAST(:table AS regclass)")
+
+
+def analyze_if_stale(conn: Connection) -> bool:
+    """PostgreSQL: refresh the outbox's planner statistics when a tenth of it changed since
+    they were taken (autovacuum's own rule, should autovacuum be off or not there yet).
+    Without them, right after a large broadcast, every claim sorts the whole queue. True
+    when it analyzed; nothing to do on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return False
+    if not conn.execute(_STALE, {"table": outbox.name}).scalar():
+        return False
+    conn.exec_driver_sql(f"ANALYZE {outbox.name}")
+    return True
+
+
+def any_due(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> bool:
+    """Whether a message ``claim`` would take is waiting (one index probe)."""
+    due = conn.execute(_DUE, {"provider": policy.provider, "now": now, "n": 1}).first()
+    return due is not None
+
+
+def seconds_to_tokens(conn: Connection, *, policy: OutboxPolicy, now: datetime,
+                      want: float = 1.0) -> float:
+    """How long until the provider's bucket holds ``want`` tokens (at most a full bucket);
+    0 when it does now."""
+    row = conn.execute(_BUCKET, {"provider": policy.provider}).first()
+    want = min(max(1.0, want), policy.burst)
+    return max(0.0, (want - _tokens(policy, row, now)) / policy.rate)
 
 
 def oldest_due(conn: Connection, *, now: datetime) -> datetime | None:

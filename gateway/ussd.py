@@ -6,13 +6,21 @@ length and a keyed digest), run the engine, carry out its effects, save the new 
 (sealed) and remember the answer so a repeated hop gets the identical screen.
 
 Nothing here does network I/O. Any failure answers ``END`` with a short apology.
+
+Every hop of a session carries the same ``phoneNumber``. Reading it with libphonenumber
+costs more than the rest of a hop's bookkeeping, so the service remembers, for the numbers
+it saw recently, a keyed digest of the raw field and the pseudonym it led to: never the
+number itself. The E.164 form is worked out again only on a hop that needs it (one with
+effects, such as a subscription storing the number in the vault).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +42,7 @@ log = logging.getLogger("gateway.ussd")
 
 MAX_DEEP_DIAL = 8  # inputs accepted on a session's first request (*code*1*2#)
 DEFAULT_LANGUAGE = "fr"
+KNOWN_NUMBERS = 4096  # digests of recent raw phone numbers -> pseudonyms kept in memory
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,8 @@ class UssdService:
         languages = engine.content.languages
         self.default_language = DEFAULT_LANGUAGE if DEFAULT_LANGUAGE in languages else languages[0]
         self._apologies = {lang: "END " + engine.say(lang, "apology") for lang in languages}
+        self._pseudonyms: OrderedDict[str, str] = OrderedDict()
+        self._pseudonyms_lock = threading.Lock()  # PostgreSQL hops run on a thread pool
 
     def apology(self, lang: str | None = None) -> str:
         return self._apologies.get(lang or self.default_language,
@@ -65,15 +76,14 @@ class UssdService:
     def handle(self, turn: UssdTurn) -> str:
         """The response body (``CON …`` or ``END …``) for one hop. Never raises."""
         try:
-            e164 = normalise(turn.phone, self.policy.default_region)
-            if e164 is None:
+            pseudonym = self._pseudonym(turn)
+            if pseudonym is None:
                 log.warning("ussd: unreadable phoneNumber; session %s refused", turn.session_id)
                 return self.apology()
-            pseudonym = self.keys.pseudonym(e164)
             for attempt in (1, 2):
                 try:
                     with self.db.transaction() as conn:
-                        return self._hop(conn, turn, e164, pseudonym)
+                        return self._hop(conn, turn, pseudonym)
                 except IntegrityError:
                     # Two copies of a session's first hop raced; the second attempt finds
                     # the session the first one created and answers as a repeat.
@@ -89,13 +99,34 @@ class UssdService:
                       turn.session_id, frames(exc))
             return self.apology()
 
-    def _hop(self, conn: Connection, turn: UssdTurn, e164: str, pseudonym: str) -> str:
+    def _pseudonym(self, turn: UssdTurn) -> str | None:
+        """The pseudonym of the hop's phone number, or None when it is unreadable."""
+        digest = self.keys.mac("ussd-phone", turn.phone)
+        with self._pseudonyms_lock:
+            known = self._pseudonyms.get(digest)
+            if known is not None:
+                self._pseudonyms.move_to_end(digest)
+                return known
+        e164 = self._e164(turn)
+        if e164 is None:
+            return None
+        pseudonym = self.keys.pseudonym(e164)
+        with self._pseudonyms_lock:
+            self._pseudonyms[digest] = pseudonym
+            if len(self._pseudonyms) > KNOWN_NUMBERS:
+                self._pseudonyms.popitem(last=False)
+        return pseudonym
+
+    def _e164(self, turn: UssdTurn) -> str | None:
+        return normalise(turn.phone, self.policy.default_region)
+
+    def _hop(self, conn: Connection, turn: UssdTurn, pseudonym: str) -> str:
         now = self.clock()
         text_mac = self._text_mac(turn, turn.text)
         row = store.get_session(conn, provider=turn.provider, session_id=turn.session_id,
                                 lock=True)
         if row is None:
-            return self._first_hop(conn, turn, e164, pseudonym, text_mac, now)
+            return self._first_hop(conn, turn, pseudonym, text_mac, now)
         if row.pseudonym != pseudonym:
             log.warning("ussd: session %s continued from another number; refused",
                         turn.session_id)
@@ -112,11 +143,10 @@ class UssdService:
             return str(row.response) if row.status == "ended" else self.apology()
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
         result = self.engine.advance(state, latest)
-        return self._save(conn, turn, e164, pseudonym, row.id, row.hops, result, text_mac, now)
+        return self._save(conn, turn, pseudonym, row.id, row.hops, result, text_mac, now)
 
     def _first_hop(
-        self, conn: Connection, turn: UssdTurn, e164: str, pseudonym: str, text_mac: str,
-        now: datetime,
+        self, conn: Connection, turn: UssdTurn, pseudonym: str, text_mac: str, now: datetime,
     ) -> str:
         contact = store.touch_contact(conn, pseudonym=pseudonym,
                                       pseudonym_version=self.keys.pseudonym_version, now=now)
@@ -141,7 +171,7 @@ class UssdService:
             state="", status="active", text_len=0, text_mac="", response="", hops=0,
             created_at=now, updated_at=now,
         )
-        return self._save(conn, turn, e164, pseudonym, pk, 0, result, text_mac, now)
+        return self._save(conn, turn, pseudonym, pk, 0, result, text_mac, now)
 
     def _take_dropped(
         self, conn: Connection, turn: UssdTurn, pseudonym: str, now: datetime
@@ -162,8 +192,8 @@ class UssdService:
         return old_state
 
     def _save(
-        self, conn: Connection, turn: UssdTurn, e164: str, pseudonym: str, pk: int,
-        hops: int, result: Turn, text_mac: str, now: datetime,
+        self, conn: Connection, turn: UssdTurn, pseudonym: str, pk: int, hops: int,
+        result: Turn, text_mac: str, now: datetime,
     ) -> str:
         screen = result.screen
         body = ("END " if screen.end else "CON ") + screen.text
@@ -175,9 +205,15 @@ class UssdService:
             updated_at=now,
         )
         store.insert_hop(conn, session_pk=pk, text_mac=text_mac, response=body, now=now)
-        source = f"ussd:{turn.provider}:{turn.session_id}"
-        apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
-                      language=result.state.lang, source=source, channel="ussd", now=now)
+        if result.effects:
+            def e164() -> str:
+                number = self._e164(turn)
+                assert number is not None  # it was readable when the pseudonym was made
+                return number
+
+            source = f"ussd:{turn.provider}:{turn.session_id}"
+            apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
+                          language=result.state.lang, source=source, channel="ussd", now=now)
         return body
 
     def _latest_input(self, turn: UssdTurn, row: Row[Any]) -> str | None:
@@ -219,10 +255,11 @@ def frames(exc: BaseException) -> str:
 
 
 def apply_effects(
-    conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str, e164: str,
-    language: str, source: str, channel: str, now: datetime,
+    conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str,
+    e164: str | Callable[[], str], language: str, source: str, channel: str, now: datetime,
 ) -> None:
-    """Carry out what a dialogue asked for, in the caller's transaction."""
+    """Carry out what a dialogue asked for, in the caller's transaction. ``e164`` may be
+    given as a function, called only by an effect that needs the number."""
     for effect in effects:
         coded = {k: v for k, v in effect.results.items() if k not in effect.sensitive}
         if effect.action is Action.set_language:
@@ -249,8 +286,9 @@ def apply_effects(
             area = coded.get("commune") if coded.get("commune") not in (None, OTHER) else None
             area = area or (coded.get("cercle") if coded.get("cercle") != OTHER else None)
             store.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
+            number = e164() if callable(e164) else e164
             store.upsert_vault(conn, pseudonym=pseudonym, now=now,
-                               number=keys.seal_text(e164, aad=f"vault:{pseudonym}"))
+                               number=keys.seal_text(number, aad=f"vault:{pseudonym}"))
         elif effect.action is Action.unsubscribe:
             store.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
             store.delete_vault(conn, pseudonym=pseudonym)

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ log = logging.getLogger("gateway.worker")
 
 IDLE_SECONDS = 0.5
 TICK_SECONDS = 0.02
+TIDY_SECONDS = 5.0  # outbox housekeeping (expiry, stopped contacts, dead leases), at most
 PENDING_REPORTS_KEPT = timedelta(hours=48)
 HOUSEKEEPING_EVERY = timedelta(minutes=10)
 PURGE_EVERY = timedelta(days=1)
@@ -45,6 +47,14 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sent = 0
         self._last_housekeeping: datetime | None = None
+        self._last_tidy: datetime | None = None
+        # Tidy often enough that a dead worker's lease is looked at soon after it runs out.
+        self._tidy_every = timedelta(seconds=min(TIDY_SECONDS, self.policy.lease_seconds / 4))
+        # When messages are due but the bucket is short of tokens, claim again once it holds
+        # half a burst: soon enough that no token is lost to a full bucket, late enough that
+        # a claim takes several messages (at 10/s the bucket holds one: claim each).
+        self._want_tokens = max(1.0, self.policy.burst / 2)
+        self._claim_at = 0.0  # time.monotonic() when the bucket holds them
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker %s started: provider %s, %.1f messages/s", self.owner,
@@ -56,36 +66,56 @@ class Worker:
             except Exception as exc:  # the database may be away: wait and try again
                 log.error("worker: %s; retrying shortly", exc.__class__.__name__)
                 handled, more = 0, False
-            if handled and more:
+            delay = self._claim_at - time.monotonic()
+            if handled and more and delay <= 0:
                 continue
-            # Nothing to send (wait for a wake-up), or waiting for the rate's next tokens.
+            # Nothing to send (wait for a wake-up), or waiting for the rate's tokens: wake
+            # when they are due, not later (time spent with a full bucket is rate lost).
             wake.clear()
+            timeout = IDLE_SECONDS
+            if more:
+                timeout = min(delay, IDLE_SECONDS) if delay > 0 else TICK_SECONDS
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-            await asyncio.wait(waits, timeout=TICK_SECONDS if more else IDLE_SECONDS,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
         log.info("worker %s stopped after %d messages", self.owner, self.sent)
 
     async def step(self) -> tuple[int, bool]:
         """Claim a batch, send it, record the outcomes: (how many, whether more are due)."""
-        now = self.clock()
+        now, started = self.clock(), time.monotonic()
         if self._last_housekeeping is None or now - self._last_housekeeping > HOUSEKEEPING_EVERY:
             await asyncio.to_thread(self._housekeeping, now)
             self._last_housekeeping = now
-        claimed, more = await asyncio.to_thread(self._claim, now)
+        if self._last_tidy is None or now - self._last_tidy >= self._tidy_every:
+            await asyncio.to_thread(self._tidy, now)
+            self._last_tidy = now
+        claimed, more = await asyncio.to_thread(self._claim, now, started)
         if not claimed:
             return 0, more
         results = await asyncio.gather(*(self._send(c) for c in claimed))
         await asyncio.to_thread(self._record, list(zip(claimed, results, strict=True)))
         self.sent += len(claimed)
-        return len(claimed), True
+        return len(claimed), more
 
-    def _claim(self, now: datetime) -> tuple[list[outbox.Claimed], bool]:
+    def _claim(self, now: datetime, started: float) -> tuple[list[outbox.Claimed], bool]:
+        """Claim what the rate allows; whether more is due, and when to claim it (counted
+        from ``started``, the monotonic time of ``now``: the bucket was read as of then)."""
         with self.db.transaction() as conn:
-            claimed = outbox.claim(conn, policy=self.policy, owner=self.owner, now=now)
-            more = bool(claimed) or outbox.oldest_due(conn, now=now) is not None
+            claimed = outbox.claim(conn, policy=self.policy, owner=self.owner, now=now,
+                                   tidy=False)
+            more = outbox.any_due(conn, policy=self.policy, now=now)
+            wait = outbox.seconds_to_tokens(conn, policy=self.policy, now=now,
+                                            want=self._want_tokens) if more else 0.0
+        self._claim_at = started + wait
         return claimed, more
+
+    def _tidy(self, now: datetime) -> None:
+        with self.db.transaction() as conn:
+            outbox.housekeeping(conn, policy=self.policy, now=now)
+        with self.db.transaction() as conn:
+            if outbox.analyze_if_stale(conn):
+                log.info("worker: outbox statistics refreshed")
 
     async def _send(self, claimed: outbox.Claimed) -> SendResult:
         try:

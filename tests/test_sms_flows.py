@@ -13,9 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from gateway import outbox, store
-from gateway.app import Runtime
+from gateway.app import Runtime, build_runtime, create_app
 from gateway.models import utcnow
+from gateway.providers.fake import FakeSender
+from gateway.settings import Settings
+from gateway.text import encoding_of
 from tests.handset import Handset
+from tests.phone import Phone
 
 HELP_FR = "Dannaya: envoyez DANNAYA, SONDAGE, D1, INFO. Pour arreter: STOP."
 WARNING_FR = (
@@ -257,3 +261,24 @@ def test_an_africastalking_opt_out_stops_everything_silently(
 def test_an_opt_out_without_a_readable_number_is_ignored(client: TestClient) -> None:
     response = client.post("/webhooks/africastalking/optout", data={"phoneNumber": "n/a"})
     assert (response.status_code, response.text) == (200, "ignored: unreadable phoneNumber")
+
+
+def test_with_transliteration_off_sms_goes_out_as_written_and_ussd_stays_gsm7(
+        settings: Settings) -> None:
+    unchanged = settings.model_copy(update={"transliterate": False})
+    runtime = build_runtime(unchanged)  # the shipped content still fits every screen
+    try:
+        with TestClient(create_app(unchanged, runtime=runtime)) as client:
+            handset = Handset(client, runtime, "+22370000009")
+            question = handset.send("ɲininkali")[0]
+            assert question.startswith("I da bɛ sɔrɔdasiw (FAMa) la wa?\n")
+            sender = runtime.sender
+            assert isinstance(sender, FakeSender)
+            assert sender.sent[-1].encoding == "UCS-2"
+            phone = Phone(client, "+22370000009")
+            phone.dial()
+            screen = phone.press("2")
+            assert screen.text.startswith("Dannaya, i tògò tè fò\n")
+            assert encoding_of(screen.text) == "GSM-7"
+    finally:
+        runtime.db.dispose()

@@ -1,14 +1,15 @@
 """The fake provider: for development and for tests of the layers above the providers.
 
-By default it records each message in memory (``sent``) and logs its id and size, never
-its recipient. With a URL (``GATEWAY_FAKE_SMSC_URL``) it also POSTs each message as JSON
-to that URL, a stand-in SMSC on loopback, and classifies the answer as a real provider
+By default it records the latest messages in memory (``sent``) and logs their id and size,
+never the recipient. With a URL (``GATEWAY_FAKE_SMSC_URL``) it POSTs each message as JSON
+to that URL instead, a stand-in SMSC on loopback, and classifies the answer as a real provider
 would: 2xx accepted, 429/5xx or no connection retry, a lost answer ambiguous.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import httpx
 
@@ -16,6 +17,7 @@ from gateway.providers.base import OutboundSms, SendOutcome, SendResult
 
 log = logging.getLogger("gateway.providers.fake")
 NAME = "fake"
+KEEP = 10_000  # messages kept in memory for inspection
 # Connections to the stand-in SMSC. A worker hands over a whole claimed batch at once (up
 # to 50); the extra requests wait for a connection instead of opening one each: httpcore
 # checks every pooled connection on every request, so 50 connections cost about twice the
@@ -27,7 +29,9 @@ class FakeSender:
     name = NAME
 
     def __init__(self, *, url: str | None = None, timeout: float = 10.0) -> None:
-        self.sent: list[OutboundSms] = []
+        # The last messages only (numbers in clear, in memory): enough for tests and a
+        # developer's look, never a growing record.
+        self.sent: deque[OutboundSms] = deque(maxlen=KEEP)
         self.url = url
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, pool=None),  # waiting for a connection is not an error
@@ -54,7 +58,6 @@ class FakeSender:
         except httpx.HTTPError:
             return SendResult(SendOutcome.ambiguous, code="no-answer")
         if response.is_success:
-            self.sent.append(message)
             return SendResult(SendOutcome.accepted,
                               provider_message_id=f"fake-{message.outbox_id}")
         code = str(response.status_code)

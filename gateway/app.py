@@ -25,6 +25,7 @@ from gateway import keys as keys_mod
 from gateway import outbox
 from gateway.db import Database
 from gateway.engine import Engine, Rules
+from gateway.errors import StartupError as StartupError  # where callers look for it
 from gateway.logs import configure_logging
 from gateway.migrate import SchemaBehind, prepare_database
 from gateway.models import utcnow
@@ -59,10 +60,6 @@ def queue_depth(rt: Runtime) -> int | None:
             return outbox.queue_depth(conn)
     except Exception:
         return None
-
-
-class StartupError(Exception):
-    """The gateway refuses to start; the message says why and what to do."""
 
 
 @dataclass

@@ -428,10 +428,3 @@ def seconds_to_tokens(conn: Connection, *, policy: OutboxPolicy, now: datetime,
     row = conn.execute(_BUCKET, {"provider": policy.provider}).first()
     want = min(max(1.0, want), policy.burst)
     return max(0.0, (want - _tokens(policy, row, now)) / policy.rate)
-
-
-def oldest_due(conn: Connection, *, now: datetime) -> datetime | None:
-    stmt = select(func.min(outbox.c.next_attempt_at)).where(
-        outbox.c.status == "queued", outbox.c.next_attempt_at <= now)
-    value: datetime | None = conn.execute(stmt).scalar_one_or_none()
-    return value

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.capture import serving
+
 
 class FakeSmsc:
     def __init__(self, delay: float = 0.0) -> None:
@@ -54,10 +56,5 @@ class FakeSmsc:
 
     @contextmanager
     def running(self) -> Iterator[FakeSmsc]:
-        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving(self.server):
             yield self
-        finally:
-            self.server.shutdown()
-            self.server.server_close()

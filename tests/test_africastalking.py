@@ -26,6 +26,7 @@ from gateway.providers.africastalking_sender import AfricasTalkingSender
 from gateway.providers.base import DeliveryStatus, OutboundSms, SendOutcome, SendResult
 from gateway.senders import make_sender as make_configured_sender
 from gateway.settings import ProviderName, Settings
+from tests.capture import raw_log
 from tests.fake_africastalking import FakeAfricasTalking
 from tests.handset import Handset, drain
 
@@ -281,25 +282,12 @@ def test_a_closed_sender_sends_nothing(fake: FakeAfricasTalking) -> None:
     assert fake.received == []
 
 
-class Raw(logging.Handler):
-    """Every record as logged, before the gateway's redacting filter could rewrite it."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{record.name} {record.getMessage()} {record.exc_text or ''}")
-
-
 @pytest.mark.nodb
 def test_no_number_and_no_key_in_any_log_record(fake: FakeAfricasTalking,
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="urllib3")
-    raw = Raw()
-    logging.getLogger().handlers.insert(0, raw)
-    try:
+    with raw_log() as raw:
         fake.statuses = {"+22370000002": 406}
         send(make_sender(fake.url), sms(outbox_id=41), sms(to="+22370000002", outbox_id=42),
              sms(to=NUMBER[1:], outbox_id=43))
@@ -309,8 +297,6 @@ def test_no_number_and_no_key_in_any_log_record(fake: FakeAfricasTalking,
         fake.delay = 0.0
         send(make_sender(f"http://127.0.0.1:{closed_port()}/version1/messaging"),
              sms(outbox_id=46))
-    finally:
-        logging.getLogger().removeHandler(raw)
     logged = "\n".join(raw.lines + [f"{r.getMessage()} {r.exc_text or ''}"
                                     for r in caplog.records])
     for secret in (NUMBER, NUMBER[1:], NUMBER[4:], "%2B" + NUMBER[1:], "70000002", KEY,

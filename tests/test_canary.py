@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
 from gateway.app import Runtime
+from tests.capture import RawLog, raw_log
 from tests.handset import Handset, drain
 from tests.phone import Phone
 
@@ -41,31 +42,15 @@ def leaks(haystack: str) -> list[str]:
     return [form for form in FORMS if form in haystack]
 
 
-class Raw(logging.Handler):
-    """Sees each record before the redacting handler rewrites it: the code itself must
-    not log a number, whatever the second line of defence would catch."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{record.getMessage()} {record.exc_text or ''}")
-
-
 def test_no_canary_anywhere_but_the_residents_own_screen(
         client: TestClient, runtime: Runtime, settings: object, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    raw = Raw()
-    logging.getLogger().handlers.insert(0, raw)
-    try:
+    with raw_log() as raw:
         drive(client, runtime, caplog, raw, tmp_path)
-    finally:
-        logging.getLogger().removeHandler(raw)
 
 
-def drive(client: TestClient, runtime: Runtime, caplog: pytest.LogCaptureFixture, raw: Raw,
+def drive(client: TestClient, runtime: Runtime, caplog: pytest.LogCaptureFixture, raw: RawLog,
           tmp_path: Path) -> None:
     others: list[str] = []  # every response that is not the resident's own screen
 

@@ -13,10 +13,8 @@ against a local HTTP server, the request it builds, and its refusals at start.
 from __future__ import annotations
 
 import asyncio
-import logging
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +39,8 @@ from gateway.providers.base import OutboundSms, SendOutcome, SendResult
 from gateway.providers.kannel import KannelConfigError, KannelSender, parse_sms
 from gateway.senders import make_sender
 from gateway.settings import Settings
+from tests import capture
+from tests.capture import RawLog, serving
 from tests.conftest import REPO
 from tests.kannel import (
     SHORT_CODE,
@@ -296,40 +296,15 @@ class Smsbox:
 
     @contextmanager
     def running(self) -> Iterator[Smsbox]:
-        thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                  daemon=True)
-        thread.start()
-        try:
+        with serving(self.server):
             yield self
-        finally:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-class RawLog(logging.Handler):
-    """Every record's message before any redacting handler rewrites it."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @contextmanager
 def raw_log() -> Iterator[RawLog]:
     configure_logging()  # as the gateway runs: HTTP clients' own logs (URLs) held back
-    handler = RawLog()
-    root = logging.getLogger()
-    level = root.level
-    root.handlers.insert(0, handler)
-    root.setLevel(logging.DEBUG)
-    try:
+    with capture.raw_log() as handler:
         yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 def send(url: str, message: OutboundSms, *, token: str | None = None,

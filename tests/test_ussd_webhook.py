@@ -24,6 +24,7 @@ from gateway.app import Runtime, create_app
 from gateway.models import utcnow
 from gateway.text import encoding_of, screen_length
 from tests.phone import CON, END, USSD_PATH, Phone, Screen
+from tests.test_ussd_flows import CERCLES_FR, MAIN_FR
 
 APOLOGY_FR = END("Service momentanément indisponible. Merci de réessayer plus tard.")
 MOPTI_PAGE_1 = CON("""
@@ -50,26 +51,8 @@ MOPTI_PAGE_2 = dedent("""
     8. Autre / je ne sais pas
     0. Retour
 """).strip()
-CERCLES = CON("""
-    Dans quel cercle?
-    1. Mopti
-    2. Youwarou
-    3. Djenné
-    4. Bandiagara
-    5. Koro
-    6. Bankass
-    7. Autre / je ne sais pas
-    0. Retour
-""")
-MAIN = CON("""
-    Dannaya, service anonyme
-    1. Signaler un fait (FDS)
-    2. Sondage: confiance
-    3. Messages d'info
-    4. A propos
-    5. Effacer mes données
-    6. Langue / Kan
-""")
+CERCLES = CON("Dans quel cercle?\n" + CERCLES_FR)
+MAIN = CON(MAIN_FR)
 
 
 def to_the_communes(phone: Phone) -> Screen:

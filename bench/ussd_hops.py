@@ -316,9 +316,11 @@ def persisted(url: str) -> dict[str, int]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
-                    for t in (store.sessions, store.hops, store.contacts, store.reports,
-                              store.poll_answers, store.vault)}
+            counts = {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
+                      for t in (store.sessions, store.contacts, store.reports,
+                                store.poll_answers, store.vault)}
+            hops = conn.execute(select(func.sum(store.sessions.c.hops))).scalar_one()
+            return {**counts, "ussd hops": int(hops or 0)}
     finally:
         engine.dispose()
 

@@ -64,6 +64,9 @@ class Database:
         self.url = url
         self.sqlite = is_sqlite(url)
         self.engine = make_engine(url)
+        # The driver module (sqlite3, psycopg): its exceptions are what statements run
+        # straight on the driver connection raise (store.Driver).
+        self.driver_errors: Any = self.engine.dialect.dbapi
 
     def transaction(self) -> AbstractContextManager[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""

@@ -123,7 +123,7 @@ class KeyRing:
         """A keyed digest for deduplication keys: equal inputs, equal digests; nothing
         readable. Used where free text must be compared without being stored."""
         msg = "\x00".join(parts).encode("utf-8", "surrogatepass")
-        return hmac.new(self._mac_key, msg, hashlib.sha256).hexdigest()[:PSEUDONYM_HEX]
+        return hmac.digest(self._mac_key, msg, "sha256").hex()[:PSEUDONYM_HEX]
 
     # --- master keys ---
 

@@ -51,7 +51,9 @@ class UssdSession(SQLModel, table=True):
     __tablename__ = "ussd_session"
     __table_args__ = (
         UniqueConstraint("provider", "session_id"),
-        Index("ix_ussd_session_resume", "pseudonym", "status", "updated_at"),
+        # Only the pseudonym: a hop changes status and updated_at, and an index on those
+        # would be rewritten on every hop. A pseudonym has few sessions to filter.
+        Index("ix_ussd_session_pseudonym", "pseudonym"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -63,25 +65,15 @@ class UssdSession(SQLModel, table=True):
     text_len: int = 0  # length of the last cumulative text handled
     text_mac: str = Field(max_length=64)  # keyed digest of that text, never the text
     response: str = Field(sa_column=Column(Text, nullable=False))  # last CON/END body
+    # The latest hops before that one, a line each: text digest, tab, JSON of the body
+    # (a late copy of an earlier hop gets its own screen again).
+    history: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     hops: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     end_status: str | None = Field(default=None, max_length=16)  # from the notification
     end_hops: int | None = None
     end_duration_ms: int | None = None
-
-
-class UssdHop(SQLModel, table=True):
-    """One answered hop: a repeated (session, text) gets the identical screen."""
-
-    __tablename__ = "ussd_hop"
-    __table_args__ = (UniqueConstraint("session_pk", "text_mac"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    session_pk: int = Field(foreign_key="ussd_session.id", ondelete="CASCADE")
-    text_mac: str = Field(max_length=64)
-    response: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow)
 
 
 class UssdEvent(SQLModel, table=True):

@@ -24,9 +24,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway import store
@@ -43,6 +42,7 @@ log = logging.getLogger("gateway.ussd")
 MAX_DEEP_DIAL = 8  # inputs accepted on a session's first request (*code*1*2#)
 DEFAULT_LANGUAGE = "fr"
 KNOWN_NUMBERS = 4096  # digests of recent raw phone numbers -> pseudonyms kept in memory
+HISTORY_HOPS = 8  # earlier hops of a session whose screens a late repeat gets again
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,13 @@ class UssdService:
                 try:
                     with self.db.transaction() as conn:
                         return self._hop(conn, turn, pseudonym)
-                except IntegrityError:
+                except (IntegrityError, self.db.driver_errors.IntegrityError):
                     # Two copies of a session's first hop raced; the second attempt finds
                     # the session the first one created and answers as a repeat.
                     if attempt == 2:
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
-        except OperationalError as exc:
+        except (OperationalError, self.db.driver_errors.OperationalError) as exc:
             log.error("ussd: database unavailable (%s); session %s got an apology",
                       exc.__class__.__name__, turn.session_id)
             return self.apology()
@@ -122,42 +122,52 @@ class UssdService:
 
     def _hop(self, conn: Connection, turn: UssdTurn, pseudonym: str) -> str:
         now = self.clock()
+        db = store.Driver(conn)
         text_mac = self._text_mac(turn, turn.text)
-        row = store.get_session(conn, provider=turn.provider, session_id=turn.session_id,
+        row = store.get_session(db, provider=turn.provider, session_id=turn.session_id,
                                 lock=True)
         if row is None:
-            return self._first_hop(conn, turn, pseudonym, text_mac, now)
+            return self._first_hop(conn, db, turn, pseudonym, text_mac, now)
         if row.pseudonym != pseudonym:
             log.warning("ussd: session %s continued from another number; refused",
                         turn.session_id)
             return self.apology()
         if row.text_mac == text_mac:
-            return str(row.response)  # the same hop again: the same screen
+            return row.response  # the same hop again: the same screen
         latest = self._latest_input(turn, row)
         if latest is None:
-            earlier = store.get_hop(conn, session_pk=row.id, text_mac=text_mac)
+            earlier = earlier_screen(row.history, text_mac)
             if earlier is not None:
                 return earlier
             latest = turn.text.rsplit("*", 1)[-1]  # history diverged: best effort
         if row.status != "active":
-            return str(row.response) if row.status == "ended" else self.apology()
+            return row.response if row.status == "ended" else self.apology()
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
         result = self.engine.advance(state, latest)
-        return self._save(conn, turn, pseudonym, row.id, row.hops, result, text_mac, now)
+        body = self._body(result)
+        store.update_session(
+            db, pk=row.id, state=self._seal(turn, result), status=self._status(result),
+            text_len=len(turn.text), text_mac=text_mac, response=body,
+            history=remember(row.history, row.text_mac, row.response), hops=row.hops + 1,
+            now=now,
+        )
+        self._apply(conn, turn, pseudonym, result, now)
+        return body
 
     def _first_hop(
-        self, conn: Connection, turn: UssdTurn, pseudonym: str, text_mac: str, now: datetime,
+        self, conn: Connection, db: store.Driver, turn: UssdTurn, pseudonym: str,
+        text_mac: str, now: datetime,
     ) -> str:
-        contact = store.touch_contact(conn, pseudonym=pseudonym,
-                                      pseudonym_version=self.keys.pseudonym_version, now=now)
-        lang = contact.language or self.default_language
+        language = store.touch_contact_language(
+            db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now)
+        lang = language or self.default_language
         suspended = None
         if turn.text == "" and self.policy.resume_minutes > 0:
-            suspended = self._take_dropped(conn, turn, pseudonym, now)
+            suspended = self._take_dropped(db, turn, pseudonym, now)
         if suspended is not None:
             result = self.engine.begin("", lang, suspended=suspended)
         else:
-            result = self.engine.begin(MAIN_FLOW if contact.language else LANGUAGE_FLOW, lang)
+            result = self.engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
         effects: list[Effect] = []
         if turn.text:  # a deep dial (*code*1*2#) or a session first seen mid-way
             for part in turn.text.split("*")[:MAX_DEEP_DIAL]:
@@ -166,23 +176,26 @@ class UssdService:
                     break
                 result = self.engine.advance(result.state, part)
         result = Turn(result.screen, result.state, (*effects, *result.effects))
-        pk = store.insert_session(
-            conn, provider=turn.provider, session_id=turn.session_id, pseudonym=pseudonym,
-            state="", status="active", text_len=0, text_mac="", response="", hops=0,
-            created_at=now, updated_at=now,
+        body = self._body(result)
+        store.insert_session(
+            db, provider=turn.provider, session_id=turn.session_id, pseudonym=pseudonym,
+            state=self._seal(turn, result), status=self._status(result),
+            text_len=len(turn.text), text_mac=text_mac, response=body, history="", hops=1,
+            now=now,
         )
-        return self._save(conn, turn, pseudonym, pk, 0, result, text_mac, now)
+        self._apply(conn, turn, pseudonym, result, now)
+        return body
 
     def _take_dropped(
-        self, conn: Connection, turn: UssdTurn, pseudonym: str, now: datetime
+        self, db: store.Driver, turn: UssdTurn, pseudonym: str, now: datetime
     ) -> State | None:
         """The unfinished dialogue of a session this phone dropped within the window."""
         since = now - timedelta(minutes=self.policy.resume_minutes)
-        old = store.find_resumable(conn, pseudonym=pseudonym, since=since,
+        old = store.find_resumable(db, pseudonym=pseudonym, since=since,
                                    provider=turn.provider)
         if old is None or not old.state:
             return None
-        store.set_session_status(conn, pk=old.id, status="abandoned")
+        store.set_session_status(db, pk=old.id, status="abandoned")
         old_state = State.loads(self.keys.open_text(
             old.state, aad=f"ussd:{old.provider}:{old.session_id}"))
         if old_state.suspended is not None:  # the offer itself was dropped: offer again
@@ -191,39 +204,40 @@ class UssdService:
             return None
         return old_state
 
-    def _save(
-        self, conn: Connection, turn: UssdTurn, pseudonym: str, pk: int, hops: int,
-        result: Turn, text_mac: str, now: datetime,
-    ) -> str:
-        screen = result.screen
-        body = ("END " if screen.end else "CON ") + screen.text
-        store.update_session(
-            conn, pk=pk,
-            state=self.keys.seal_text(result.state.dumps(), aad=self._aad(turn)),
-            status="ended" if screen.end else "active",
-            text_len=len(turn.text), text_mac=text_mac, response=body, hops=hops + 1,
-            updated_at=now,
-        )
-        store.insert_hop(conn, session_pk=pk, text_mac=text_mac, response=body, now=now)
-        if result.effects:
-            def e164() -> str:
-                number = self._e164(turn)
-                assert number is not None  # it was readable when the pseudonym was made
-                return number
+    @staticmethod
+    def _body(result: Turn) -> str:
+        return ("END " if result.screen.end else "CON ") + result.screen.text
 
-            source = f"ussd:{turn.provider}:{turn.session_id}"
-            apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
-                          language=result.state.lang, source=source, channel="ussd", now=now)
-        return body
+    @staticmethod
+    def _status(result: Turn) -> str:
+        return "ended" if result.screen.end else "active"
 
-    def _latest_input(self, turn: UssdTurn, row: Row[Any]) -> str | None:
+    def _seal(self, turn: UssdTurn, result: Turn) -> str:
+        return self.keys.seal_text(result.state.dumps(), aad=self._aad(turn))
+
+    def _apply(
+        self, conn: Connection, turn: UssdTurn, pseudonym: str, result: Turn, now: datetime,
+    ) -> None:
+        if not result.effects:
+            return
+
+        def e164() -> str:
+            number = self._e164(turn)
+            assert number is not None  # it was readable when the pseudonym was made
+            return number
+
+        source = f"ussd:{turn.provider}:{turn.session_id}"
+        apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
+                      language=result.state.lang, source=source, channel="ussd", now=now)
+
+    def _latest_input(self, turn: UssdTurn, row: store.SessionRow) -> str | None:
         """The input this hop adds to the last one handled, or None if it adds none.
 
         The text is the previous text plus ``*`` plus the new input, so the new input is
         everything after that prefix, a ``*`` the resident typed included. The first
         answer after the dial (previous text empty) is the whole text.
         """
-        text, prev_len = turn.text, int(row.text_len)
+        text, prev_len = turn.text, row.text_len
         if prev_len == 0:  # the dial's text was empty, this text differs from it
             return text
         if len(text) > prev_len and text[prev_len] == "*" and \
@@ -252,6 +266,26 @@ class UssdService:
 def frames(exc: BaseException) -> str:
     """A traceback's frames without the exception's message, which may quote data."""
     return "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+
+
+def remember(history: str, text_mac: str, response: str) -> str:
+    """``history`` with one more answered hop, the oldest dropped past ``HISTORY_HOPS``."""
+    if not text_mac:
+        return history
+    line = f"{text_mac}\t{json.dumps(response)}"
+    lines = history.split("\n") if history else []
+    lines.append(line)
+    return "\n".join(lines[-HISTORY_HOPS:])
+
+
+def earlier_screen(history: str, text_mac: str) -> str | None:
+    """The screen an earlier hop with this text got, if it is still remembered."""
+    for line in history.split("\n") if history else ():
+        mac, _, body = line.partition("\t")
+        if mac == text_mac:
+            found: str = json.loads(body)
+            return found
+    return None
 
 
 def apply_effects(

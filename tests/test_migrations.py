@@ -21,7 +21,7 @@ from gateway.db import make_engine
 from gateway.settings import Settings
 from tests.conftest import REPO
 
-TABLES = {"contact", "vault", "tombstone", "ussd_session", "ussd_hop", "ussd_event",
+TABLES = {"contact", "vault", "tombstone", "ussd_session", "ussd_event",
           "report", "poll_answer", "outbox", "pending_report", "inbound_message",
           "sms_conversation", "counter", "rate_bucket", "alembic_version"}
 

@@ -151,6 +151,19 @@ def test_a_repeated_middle_hop_does_not_advance_twice(phone: Phone) -> None:
     assert "gendarmerie" in first.text
 
 
+def test_a_late_copy_of_an_earlier_hop_gets_its_own_screen_and_changes_nothing(
+        phone: Phone) -> None:
+    dial = phone.dial()
+    main = phone.press("1")
+    army = phone.press("2", "1")  # poll: the army question answered, gendarmerie asked
+    # Copies of the dial and of the first answer arrive late (a provider retry).
+    assert Screen.parse(phone.post("")) == dial
+    assert Screen.parse(phone.post("1")) == main
+    assert phone.repeat() == army  # the dialogue did not move back
+    police = phone.press("1")
+    assert "police" in police.text
+
+
 def test_a_dropped_session_is_offered_again_in_neutral_words(phone: Phone) -> None:
     to_the_communes(phone)  # then the network drops the session
     offer = phone.dial()

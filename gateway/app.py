@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +18,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from gateway import content as content_mod
 from gateway import keys as keys_mod
@@ -46,6 +48,27 @@ log = logging.getLogger("gateway.app")
 # waits on the network most of the time; many more would only contend for the interpreter
 # lock (or queue for one of the pool's connections) and cost CPU per request.
 DB_THREADS = 8
+USSD_PATH = "/webhooks/africastalking/ussd"
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with the USSD webhook answered ahead of the middleware stack.
+
+    A USSD hop is the request a resident's phone waits on. The stack's error and
+    exception middleware, routing and response wrappers cost about as much per request
+    as the hop's own database work, and the hop needs none of them: its handler
+    (``ussd_hop``, set by ``create_app``) applies the same body cap, token check and
+    form decoding as every route (``read_form``) and never lets an exception out.
+    """
+
+    ussd_hop: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.ussd_hop is not None and scope["type"] == "http" \
+                and scope["path"] == USSD_PATH:
+            await self.ussd_hop(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def deliver(rt: Runtime, report: DeliveryReport) -> str:
@@ -182,7 +205,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                 await rt.sender.close()
                 rt.db.dispose()
 
-    app = FastAPI(title="Dannaya gateway", version="0.1.0", lifespan=lifespan,
+    app = GatewayApp(title="Dannaya gateway", version="0.1.0", lifespan=lifespan,
                   docs_url=None if settings.is_production else "/docs",
                   redoc_url=None, openapi_url=None if settings.is_production else "/openapi.json")
     if runtime is not None:
@@ -211,16 +234,36 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         return await asyncio.get_running_loop().run_in_executor(
             db_threads, functools.partial(fn, *args))
 
-    @app.post("/webhooks/africastalking/ussd", response_class=PlainTextResponse)
-    async def at_ussd(request: Request) -> Response:
-        rt = rt_of(request)
-        fields = await form(request)
-        turn = at.parse_ussd(fields)
-        if turn is None:
-            log.warning("ussd: request without sessionId or phoneNumber refused")
-            return PlainTextResponse(rt.ussd.apology())
-        body = await call(rt, rt.ussd.handle, turn)
-        return PlainTextResponse(body)
+    async def ussd_hop(scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /webhooks/africastalking/ussd: one hop in, ``CON``/``END`` out, 200
+        whatever happens (413 and 403 only before anything is read)."""
+        request = Request(scope, receive)
+        if request.method != "POST":
+            response: Response = PlainTextResponse(
+                "Method Not Allowed", status_code=405, headers={"Allow": "POST"})
+            await response(scope, receive, send)
+            return
+        rt: Runtime = app.state.runtime
+        try:
+            fields = await form(request)
+        except Refused as exc:
+            await exc.response(scope, receive, send)
+            return
+        except ClientDisconnect:
+            return
+        try:
+            turn = at.parse_ussd(fields)
+            if turn is None:
+                log.warning("ussd: request without sessionId or phoneNumber refused")
+                body = rt.ussd.apology()
+            else:
+                body = await call(rt, rt.ussd.handle, turn)
+        except Exception as exc:  # handle() never raises; this is the last line of defence
+            log.error("ussd: %s before the hop was handled", exc.__class__.__name__)
+            body = rt.ussd.apology()
+        await PlainTextResponse(body)(scope, receive, send)
+
+    app.ussd_hop = ussd_hop
 
     @app.post("/webhooks/africastalking/ussd/events", response_class=PlainTextResponse)
     async def at_ussd_events(request: Request) -> Response:

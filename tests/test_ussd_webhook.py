@@ -325,3 +325,9 @@ def test_random_walks_through_every_menu_stay_well_formed(
                               "Texte libre"])
             screen = phone.press(key)
     assert len(seen) > 25  # the walks did go through many different screens
+
+
+def test_the_ussd_webhook_only_takes_post(client: TestClient, runtime: Runtime) -> None:
+    response = client.get(USSD_PATH, params={"sessionId": "ATUid_1", "text": ""})
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+    assert count(runtime, store.sessions) == 0

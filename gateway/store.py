@@ -1,14 +1,15 @@
 """Repository functions: every query the gateway makes, keyword-only, one connection each.
 
 They never commit: the caller's transaction (``Database.transaction``) is the boundary.
-Core statements on the SQLModel tables keep the USSD hot path short. The statements a USSD
-hop runs are built once, with bound parameters, for each dialect: building a statement
-and computing its cache key cost several times more than running it on SQLite.
+Most are SQLAlchemy Core statements on the SQLModel tables, the frequent ones built once
+per dialect with bound parameters (building a statement and computing its cache key cost
+several times more than running it on SQLite).
 
-A USSD hop's own statements (read the session, save it, create it, note the contact) go
-one step further: plain SQL run on the driver connection underneath the caller's
-transaction (``Driver``). On SQLite, SQLAlchemy's execution machinery around a
-prepared statement costs five times the statement itself.
+A USSD hop's own statements (read the session, save it, create it, note the contact) and
+what a finished dialogue saves (reports, poll answers, contact changes) go further: plain
+SQL run on the driver connection underneath the caller's transaction (``Driver``). On
+SQLite, SQLAlchemy's execution machinery around even a prepared statement costs five
+times the statement itself.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Executable, Row, Table, bindparam, delete, select, update
+from sqlalchemy import Connection, Executable, Row, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.models import (
@@ -72,8 +73,6 @@ class _Prepared:
         return self._by_dialect[conn.dialect.name]
 
 
-_GET_CONTACT = select(contacts).where(contacts.c.pseudonym == bindparam("pseudonym"))
-_UPDATE_CONTACT = update(contacts).where(contacts.c.pseudonym == bindparam("pseudonym_"))
 
 
 def _touch_contact(insert: Callable[[Table], Any]) -> Executable:
@@ -86,32 +85,8 @@ def _touch_contact(insert: Callable[[Table], Any]) -> Executable:
 
 
 _TOUCH_CONTACT = _Prepared(_touch_contact)
-_INSERT_REPORT = _Prepared(lambda insert: insert(reports).on_conflict_do_nothing())
 
 
-def _upsert_poll_answer(insert: Callable[[Table], Any]) -> Executable:
-    stmt = insert(poll_answers)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[poll_answers.c.poll, poll_answers.c.pseudonym, poll_answers.c.question],
-        set_={"answer": stmt.excluded.answer, "flow_version": stmt.excluded.flow_version,
-              "updated_at": stmt.excluded.updated_at},
-    )
-    return stmt  # type: ignore[no-any-return]
-
-
-_UPSERT_POLL_ANSWER = _Prepared(_upsert_poll_answer)
-
-
-def _upsert_vault(insert: Callable[[Table], Any]) -> Executable:
-    stmt = insert(vault)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[vault.c.pseudonym],
-        set_={"number": stmt.excluded.number, "updated_at": stmt.excluded.updated_at},
-    )
-    return stmt  # type: ignore[no-any-return]
-
-
-_UPSERT_VAULT = _Prepared(_upsert_vault)
 
 
 # --- USSD sessions -------------------------------------------------------------------
@@ -132,6 +107,13 @@ class Driver:
 
     def run(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self.raw.execute(sql if self.sqlite else _pg_sql(sql), params)
+
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        cursor = self.raw.cursor()
+        try:
+            cursor.executemany(sql if self.sqlite else _pg_sql(sql), rows)
+        finally:
+            cursor.close()
 
     def when(self, value: datetime) -> Any:
         if not self.sqlite:
@@ -189,6 +171,25 @@ _TOUCH_CONTACT_LANGUAGE = (
     "ON CONFLICT (pseudonym) DO UPDATE SET last_seen_at = excluded.last_seen_at "
     "RETURNING language"
 )
+
+
+_INSERT_REPORT = (
+    "INSERT INTO report (source, flow, flow_version, channel, pseudonym, answers, text, "
+    "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_UPSERT_POLL_ANSWER = (
+    "INSERT INTO poll_answer (poll, pseudonym, question, answer, flow_version, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (poll, pseudonym, question) DO UPDATE SET "
+    "answer = excluded.answer, flow_version = excluded.flow_version, "
+    "updated_at = excluded.updated_at"
+)
+_UPSERT_VAULT = (
+    "INSERT INTO vault (pseudonym, number, updated_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (pseudonym) DO UPDATE SET number = excluded.number, "
+    "updated_at = excluded.updated_at"
+)
+_CONTACT_COLUMNS = frozenset(contacts.c.keys())
+_UPDATE_CONTACT: dict[tuple[str, ...], str] = {}
 
 
 class Resumable(NamedTuple):
@@ -268,7 +269,14 @@ def record_ussd_event(
 
 
 def get_contact(conn: Connection, *, pseudonym: str) -> Row[Any] | None:
-    return conn.execute(_GET_CONTACT, {"pseudonym": pseudonym}).first()
+    return conn.execute(select(contacts).where(contacts.c.pseudonym == pseudonym)).first()
+
+
+def get_data_key(conn: Connection, *, pseudonym: str) -> str | None:
+    """The contact's wrapped data key, if they have one."""
+    row = Driver(conn).run("SELECT data_key FROM contact WHERE pseudonym = ?",
+                           (pseudonym,)).fetchone()
+    return row[0] if row is not None else None
 
 
 def touch_contact(
@@ -284,7 +292,17 @@ def touch_contact(
 
 
 def update_contact(conn: Connection, *, pseudonym: str, **values: Any) -> None:
-    conn.execute(_UPDATE_CONTACT, {"pseudonym_": pseudonym, **values})
+    names = tuple(values)
+    sql = _UPDATE_CONTACT.get(names)
+    if sql is None:
+        if not names or not _CONTACT_COLUMNS.issuperset(names):
+            raise ValueError(f"not columns of contact: {sorted(names)}")
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        sql = _UPDATE_CONTACT[names] = \
+            f"UPDATE contact SET {assignments} WHERE pseudonym = ?"  # noqa: S608 - names checked
+    db = Driver(conn)
+    params = [db.when(v) if isinstance(v, datetime) else v for v in values.values()]
+    db.run(sql, (*params, pseudonym))
 
 
 def is_tombstoned(conn: Connection, *, pseudonym: str) -> bool:
@@ -331,12 +349,12 @@ def insert_report(
     pseudonym: str, answers: Mapping[str, str], text: str | None, now: datetime,
 ) -> bool:
     """Save a report once per source; False when that source was already saved."""
-    result = conn.execute(_INSERT_REPORT(conn), {
-        "source": source, "flow": flow, "flow_version": flow_version, "channel": channel,
-        "pseudonym": pseudonym, "answers": json.dumps(dict(answers), sort_keys=True),
-        "text": text, "status": "new", "created_at": now,
-    })
-    return bool(result.rowcount)
+    db = Driver(conn)
+    cursor = db.run(_INSERT_REPORT, (
+        source, flow, flow_version, channel, pseudonym,
+        json.dumps(dict(answers), sort_keys=True), text, "new", db.when(now),
+    ))
+    return bool(cursor.rowcount)
 
 
 def upsert_poll_answers(
@@ -344,16 +362,17 @@ def upsert_poll_answers(
     flow_version: int, now: datetime,
 ) -> None:
     """One answer per person per question; a new answer replaces the old one."""
-    rows = [{"poll": poll, "pseudonym": pseudonym, "question": question, "answer": answer,
-             "flow_version": flow_version, "updated_at": now}
+    db = Driver(conn)
+    when = db.when(now)
+    rows = [(poll, pseudonym, question, answer, flow_version, when)
             for question, answer in answers.items()]
     if rows:
-        conn.execute(_UPSERT_POLL_ANSWER(conn), rows)
+        db.run_many(_UPSERT_POLL_ANSWER, rows)
 
 
 def upsert_vault(conn: Connection, *, pseudonym: str, number: str, now: datetime) -> None:
-    conn.execute(_UPSERT_VAULT(conn), {"pseudonym": pseudonym, "number": number,
-                                       "updated_at": now})
+    db = Driver(conn)
+    db.run(_UPSERT_VAULT, (pseudonym, number, db.when(now)))
 
 
 def delete_vault(conn: Connection, *, pseudonym: str) -> None:

@@ -302,8 +302,7 @@ def apply_effects(
             typed = {k: v for k, v in effect.results.items() if k in effect.sensitive}
             sealed = None
             if typed:
-                contact = store.get_contact(conn, pseudonym=pseudonym)
-                wrapped = contact.data_key if contact is not None else None
+                wrapped = store.get_data_key(conn, pseudonym=pseudonym)
                 if wrapped is None:
                     wrapped = keys.new_data_key(pseudonym=pseudonym)
                     store.update_contact(conn, pseudonym=pseudonym, data_key=wrapped)

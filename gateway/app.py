@@ -261,7 +261,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         except Exception as exc:  # handle() never raises; this is the last line of defence
             log.error("ussd: %s before the hop was handled", exc.__class__.__name__)
             body = rt.ussd.apology()
-        await PlainTextResponse(body)(scope, receive, send)
+        payload = body.encode("utf-8")
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(payload)).encode("ascii")),
+        ]})
+        await send({"type": "http.response.body", "body": payload})
 
     app.ussd_hop = ussd_hop
 

@@ -123,7 +123,8 @@ class KeyRing:
         """A keyed digest for deduplication keys: equal inputs, equal digests; nothing
         readable. Used where free text must be compared without being stored."""
         msg = "\x00".join(parts).encode("utf-8", "surrogatepass")
-        return hmac.digest(self._mac_key, msg, "sha256").hex()[:PSEUDONYM_HEX]
+        # Keyed BLAKE2b is a MAC in its own right and a third the cost of HMAC-SHA-256.
+        return hashlib.blake2b(msg, key=self._mac_key, digest_size=PSEUDONYM_HEX // 2).hexdigest()
 
     # --- master keys ---
 

@@ -104,6 +104,7 @@ class Driver:
     def __init__(self, conn: Connection) -> None:
         self.sqlite = conn.dialect.name == "sqlite"
         self.raw: Any = conn.connection.driver_connection
+        self._when: tuple[datetime | None, str] = (None, "")
 
     def run(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self.raw.execute(sql if self.sqlite else _pg_sql(sql), params)
@@ -118,9 +119,10 @@ class Driver:
     def when(self, value: datetime) -> Any:
         if not self.sqlite:
             return value
-        if value.tzinfo is not UTC:
-            value = value.astimezone(UTC)
-        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        if value is not self._when[0]:  # a hop's statements share one time
+            utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+            self._when = (value, utc.replace(tzinfo=None).isoformat(" ", "microseconds"))
+        return self._when[1]
 
 
 _PG_SQL: dict[str, str] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.content import PLACEHOLDER, Content
@@ -73,6 +73,17 @@ class State:
     ended: bool = False
     suspended: State | None = None  # a dropped dialogue offered for resuming
 
+    def but(self, **changes: Any) -> State:
+        """A copy with ``changes``: ``dataclasses.replace`` without its per-call field
+        introspection (a hop makes a few of these)."""
+        unknown = changes.keys() - _STATE_FIELDS
+        if unknown:
+            raise TypeError(f"State has no field(s) {sorted(unknown)}")
+        copy = object.__new__(State)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
+
     def flow_results(self) -> Mapping[str, str]:
         return self.results.get(self.flow, {})
 
@@ -108,6 +119,9 @@ class State:
     @classmethod
     def loads(cls, raw: str) -> State:
         return cls.from_dict(json.loads(raw))
+
+
+_STATE_FIELDS = frozenset(State.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -291,17 +305,17 @@ class Engine:
 
     def _back(self, state: State) -> Turn:
         if state.page > 0:
-            state = replace(state, page=state.page - 1)
+            state = state.but(page=state.page - 1)
         elif state.history:
             frame = state.history[-1]
-            state = replace(state, flow=frame.flow, step=frame.step, page=frame.page,
+            state = state.but(flow=frame.flow, step=frame.step, page=frame.page,
                             history=state.history[:-1])
         return Turn(self.render(state), state)
 
     def _answer_menu(self, state: State, step: MenuStep, value: str) -> Turn:
         page = self.page(state, step)
         if value == self.rules.next_key and page.has_next:
-            state = replace(state, page=state.page + 1)
+            state = state.but(page=state.page + 1)
             return Turn(self.render(state), state)
         digits = self.rules.option_digits
         if value not in digits or digits.index(value) >= len(page.choices):
@@ -310,10 +324,10 @@ class Engine:
         results = dict(state.flow_results())
         if step.save_as and choice.value is not None:
             results[step.save_as] = choice.value
-        state = replace(state, results={**state.results, state.flow: results})
+        state = state.but(results={**state.results, state.flow: results})
         effects: tuple[Effect, ...] = ()
         if step.action is Action.set_language and choice.value in self.content.catalogs:
-            state = replace(state, lang=str(choice.value))
+            state = state.but(lang=str(choice.value))
             effects = (self._effect(state, Action.set_language),)
         elif step.action is not None:
             effects = (self._effect(state, step.action),)
@@ -333,7 +347,7 @@ class Engine:
         if checks.not_digits_only and value.isdigit():
             return self._error(state, "error-not-digits")
         results = {**state.flow_results(), step.save_as: value}
-        state = replace(state, results={**state.results, state.flow: results})
+        state = state.but(results={**state.results, state.flow: results})
         effects = (self._effect(state, step.action),) if step.action else ()
         return self._goto(state, step.next, effects)
 
@@ -341,10 +355,10 @@ class Engine:
         history = (*state.history, Frame(state.flow, state.step, state.page))[-MAX_HISTORY:]
         if is_flow_target(target):
             flow_id = flow_of_target(target)
-            state = replace(state, flow=flow_id, step=self.flow(flow_id).start, page=0,
+            state = state.but(flow=flow_id, step=self.flow(flow_id).start, page=0,
                             history=history, results={**state.results, flow_id: {}})
         else:
-            state = replace(state, step=target, page=0, history=history)
+            state = state.but(step=target, page=0, history=history)
         return self._settle(state, effects)
 
     def _settle(self, state: State, effects: tuple[Effect, ...]) -> Turn:
@@ -356,17 +370,17 @@ class Engine:
             target = step.cases.get(state.flow_results().get(step.result, ""), step.default)
             if is_flow_target(target):
                 flow_id = flow_of_target(target)
-                state = replace(state, flow=flow_id, step=self.flow(flow_id).start,
+                state = state.but(flow=flow_id, step=self.flow(flow_id).start,
                                 results={**state.results, flow_id: {}})
             else:
-                state = replace(state, step=target)
+                state = state.but(step=target)
         else:  # pragma: no cover - the validator rejects branch-only loops
             raise RuntimeError(f"branch loop in flow {state.flow}")
         step = self.step(state)
         if isinstance(step, EndStep):
             if step.action is not None:
                 effects = (*effects, self._effect(state, step.action))
-            state = replace(state, ended=True, history=())
+            state = state.but(ended=True, history=())
         return Turn(self.render(state), state, effects)
 
     def _effect(self, state: State, action: Action) -> Effect:
@@ -397,7 +411,7 @@ class Engine:
         suspended = state.suspended
         assert suspended is not None
         if value == "1":
-            resumed = replace(suspended, lang=state.lang, suspended=None)
+            resumed = suspended.but(lang=state.lang, suspended=None)
             return Turn(self.render(resumed), resumed)
         if value == "2":
             return self.begin(MAIN_FLOW, state.lang)

@@ -42,7 +42,7 @@ log = logging.getLogger("gateway.ussd")
 MAX_DEEP_DIAL = 8  # inputs accepted on a session's first request (*code*1*2#)
 DEFAULT_LANGUAGE = "fr"
 KNOWN_NUMBERS = 4096  # digests of recent raw phone numbers -> pseudonyms kept in memory
-HISTORY_HOPS = 8  # earlier hops of a session whose screens a late repeat gets again
+HISTORY_HOPS = 4  # earlier hops of a session whose screens a late repeat gets again
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ class Database:
         # straight on the driver connection raise (store.Driver).
         self.driver_errors: Any = self.engine.dialect.dbapi
         self._kept: list[Connection] = []  # list.pop and append are atomic
+        self._kept_autocommit: list[Connection] = []  # PostgreSQL USSD hops (``hop``)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -93,10 +94,51 @@ class Database:
         except BaseException:
             conn.close()
             raise
-        if conn.invalidated or len(self._kept) >= KEPT_CONNECTIONS:
+        self._keep(conn, self._kept)
+
+    @contextmanager
+    def hop(self) -> Iterator[Connection]:
+        """A connection for one USSD hop.
+
+        SQLite: one ``BEGIN IMMEDIATE`` transaction; the write lock orders hops anyway.
+        PostgreSQL: autocommit, so reading the session and saving it cost one round trip
+        each instead of four (BEGIN, SELECT ... FOR UPDATE, UPDATE, COMMIT). The save is
+        conditional on the hop count read (``store.update_session``), and writes that must
+        land together go in ``together``.
+        """
+        if self.sqlite:
+            with self.transaction() as conn:
+                yield conn
+            return
+        try:
+            conn = self._kept_autocommit.pop()
+        except IndexError:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            yield conn
+            if conn.in_transaction():  # SQLAlchemy's own bookkeeping; nothing to send
+                conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self._keep(conn, self._kept_autocommit)
+
+    @contextmanager
+    def together(self, conn: Connection, *, needed: bool = True) -> Iterator[None]:
+        """Writes of a hop that commit or fail together: on SQLite the hop's transaction
+        already does that; on PostgreSQL's autocommit connection, an explicit one."""
+        if self.sqlite or not needed:
+            yield
+            return
+        with conn.connection.dbapi_connection.transaction():  # type: ignore[union-attr]
+            yield
+
+    @staticmethod
+    def _keep(conn: Connection, kept: list[Connection]) -> None:
+        if conn.invalidated or len(kept) >= KEPT_CONNECTIONS:
             conn.close()
         else:
-            self._kept.append(conn)
+            kept.append(conn)
 
     def ping(self) -> bool:
         try:
@@ -107,6 +149,7 @@ class Database:
             return False
 
     def dispose(self) -> None:
-        while self._kept:
-            self._kept.pop().close()
+        for kept in (self._kept, self._kept_autocommit):
+            while kept:
+                kept.pop().close()
         self.engine.dispose()

@@ -151,7 +151,6 @@ _GET_SESSION = (
     "SELECT id, pseudonym, state, status, text_len, text_mac, response, hops, history "
     "FROM ussd_session WHERE provider = ? AND session_id = ?"
 )
-_GET_SESSION_LOCKED = _GET_SESSION + " FOR UPDATE"
 _FIND_RESUMABLE = (
     "SELECT id, provider, session_id, state FROM ussd_session "
     "WHERE pseudonym = ? AND status = 'active' AND updated_at >= ? AND provider = ? "
@@ -164,7 +163,7 @@ _INSERT_SESSION = (
 )
 _UPDATE_SESSION = (
     "UPDATE ussd_session SET state = ?, status = ?, text_len = ?, text_mac = ?, "
-    "response = ?, history = ?, hops = ?, updated_at = ? WHERE id = ?"
+    "response = ?, history = ?, hops = ?, updated_at = ? WHERE id = ? AND hops = ?"
 )
 _SET_SESSION_STATUS = "UPDATE ussd_session SET status = ? WHERE id = ?"
 _TOUCH_CONTACT_LANGUAGE = (
@@ -201,12 +200,9 @@ class Resumable(NamedTuple):
     state: str
 
 
-def get_session(db: Driver, *, provider: str, session_id: str,
-                lock: bool = False) -> SessionRow | None:
-    """A USSD session by the provider's id; ``lock`` holds its row until the transaction
-    ends (PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the whole database)."""
-    sql = _GET_SESSION_LOCKED if lock and not db.sqlite else _GET_SESSION
-    row = db.run(sql, (provider, session_id)).fetchone()
+def get_session(db: Driver, *, provider: str, session_id: str) -> SessionRow | None:
+    """A USSD session by the provider's id."""
+    row = db.run(_GET_SESSION, (provider, session_id)).fetchone()
     return SessionRow(*row) if row is not None else None
 
 
@@ -227,11 +223,14 @@ def insert_session(
 
 
 def update_session(
-    db: Driver, *, pk: int, state: str, status: str, text_len: int, text_mac: str,
-    response: str, history: str, hops: int, now: datetime,
-) -> None:
-    db.run(_UPDATE_SESSION, (state, status, text_len, text_mac, response, history, hops,
-                             db.when(now), pk))
+    db: Driver, *, pk: int, expected_hops: int, state: str, status: str, text_len: int,
+    text_mac: str, response: str, history: str, hops: int, now: datetime,
+) -> bool:
+    """Save a hop, unless the session moved on since it was read with ``expected_hops``
+    hops (a copy of the hop, or another replica, saved first): then False."""
+    cursor = db.run(_UPDATE_SESSION, (state, status, text_len, text_mac, response, history,
+                                      hops, db.when(now), pk, expected_hops))
+    return bool(cursor.rowcount == 1)
 
 
 def set_session_status(db: Driver, *, pk: int, status: str) -> None:

@@ -1,9 +1,13 @@
 """The USSD service: one provider hop in, one screen out, state kept in the database.
 
-Per hop, in one transaction: find the session by the provider's session id, work out the
-latest input from the cumulative ``text`` (without ever storing that text: only its
-length and a keyed digest), run the engine, carry out its effects, save the new state
-(sealed) and remember the answer so a repeated hop gets the identical screen.
+Per hop: find the session by the provider's session id, work out the latest input from
+the cumulative ``text`` (without ever storing that text: only its length and a keyed
+digest), run the engine, then save the new state (sealed) with the answer, so a repeated
+hop gets the identical screen, and carry out the engine's effects. Saving is conditional on
+the session not having changed since it was read; a hop that loses that race (a copy of
+it, or another replica, saved first) is run again and answers as a repeat. On SQLite the
+whole hop is one transaction; on PostgreSQL reading and saving are one autocommit round
+trip each, and a save with effects is one transaction (``Database.hop``).
 
 Nothing here does network I/O. Any failure answers ``END`` with a short apology.
 
@@ -42,6 +46,7 @@ log = logging.getLogger("gateway.ussd")
 MAX_DEEP_DIAL = 8  # inputs accepted on a session's first request (*code*1*2#)
 DEFAULT_LANGUAGE = "fr"
 KNOWN_NUMBERS = 4096  # digests of recent raw phone numbers -> pseudonyms kept in memory
+HOP_ATTEMPTS = 3  # a hop whose session changed after it was read is run again
 HISTORY_HOPS = 4  # earlier hops of a session whose screens a late repeat gets again
 
 
@@ -80,16 +85,22 @@ class UssdService:
             if pseudonym is None:
                 log.warning("ussd: unreadable phoneNumber; session %s refused", turn.session_id)
                 return self.apology()
-            for attempt in (1, 2):
+            for attempt in range(1, HOP_ATTEMPTS + 1):
                 try:
-                    with self.db.transaction() as conn:
-                        return self._hop(conn, turn, pseudonym)
+                    with self.db.hop() as conn:
+                        body = self._hop(conn, turn, pseudonym)
+                    if body is not None:
+                        return body
+                    # Another copy of this hop (or another replica) saved the session
+                    # after this one read it: read it again, and answer as a repeat.
                 except (IntegrityError, self.db.driver_errors.IntegrityError):
-                    # Two copies of a session's first hop raced; the second attempt finds
+                    # Two copies of a session's first hop raced; the next attempt finds
                     # the session the first one created and answers as a repeat.
-                    if attempt == 2:
+                    if attempt == HOP_ATTEMPTS:
                         raise
-            raise AssertionError("unreachable")  # pragma: no cover
+            log.warning("ussd: session %s kept changing under its hop; apology",
+                        turn.session_id)
+            return self.apology()
         except (OperationalError, self.db.driver_errors.OperationalError) as exc:
             log.error("ussd: database unavailable (%s); session %s got an apology",
                       exc.__class__.__name__, turn.session_id)
@@ -120,12 +131,12 @@ class UssdService:
     def _e164(self, turn: UssdTurn) -> str | None:
         return normalise(turn.phone, self.policy.default_region)
 
-    def _hop(self, conn: Connection, turn: UssdTurn, pseudonym: str) -> str:
+    def _hop(self, conn: Connection, turn: UssdTurn, pseudonym: str) -> str | None:
+        """The hop's answer, or None when the session changed after it was read."""
         now = self.clock()
         db = store.Driver(conn)
         text_mac = self._text_mac(turn, turn.text)
-        row = store.get_session(db, provider=turn.provider, session_id=turn.session_id,
-                                lock=True)
+        row = store.get_session(db, provider=turn.provider, session_id=turn.session_id)
         if row is None:
             return self._first_hop(conn, db, turn, pseudonym, text_mac, now)
         if row.pseudonym != pseudonym:
@@ -145,13 +156,16 @@ class UssdService:
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
         result = self.engine.advance(state, latest)
         body = self._body(result)
-        store.update_session(
-            db, pk=row.id, state=self._seal(turn, result), status=self._status(result),
-            text_len=len(turn.text), text_mac=text_mac, response=body,
-            history=remember(row.history, row.text_mac, row.response), hops=row.hops + 1,
-            now=now,
-        )
-        self._apply(conn, turn, pseudonym, result, now)
+        with self.db.together(conn, needed=bool(result.effects)):
+            saved = store.update_session(
+                db, pk=row.id, expected_hops=row.hops, state=self._seal(turn, result),
+                status=self._status(result), text_len=len(turn.text), text_mac=text_mac,
+                response=body, history=remember(row.history, row.text_mac, row.response),
+                hops=row.hops + 1, now=now,
+            )
+            if not saved:
+                return None
+            self._apply(conn, turn, pseudonym, result, now)
         return body
 
     def _first_hop(
@@ -161,11 +175,11 @@ class UssdService:
         language = store.touch_contact_language(
             db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now)
         lang = language or self.default_language
-        suspended = None
+        dropped = None
         if turn.text == "" and self.policy.resume_minutes > 0:
-            suspended = self._take_dropped(db, turn, pseudonym, now)
-        if suspended is not None:
-            result = self.engine.begin("", lang, suspended=suspended)
+            dropped = self._find_dropped(db, turn, pseudonym, now)
+        if dropped is not None:
+            result = self.engine.begin("", lang, suspended=dropped[1])
         else:
             result = self.engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
         effects: list[Effect] = []
@@ -177,32 +191,34 @@ class UssdService:
                 result = self.engine.advance(result.state, part)
         result = Turn(result.screen, result.state, (*effects, *result.effects))
         body = self._body(result)
-        store.insert_session(
-            db, provider=turn.provider, session_id=turn.session_id, pseudonym=pseudonym,
-            state=self._seal(turn, result), status=self._status(result),
-            text_len=len(turn.text), text_mac=text_mac, response=body, history="", hops=1,
-            now=now,
-        )
-        self._apply(conn, turn, pseudonym, result, now)
+        with self.db.together(conn, needed=bool(result.effects) or dropped is not None):
+            if dropped is not None:  # it is offered here, and never again
+                store.set_session_status(db, pk=dropped[0], status="abandoned")
+            store.insert_session(
+                db, provider=turn.provider, session_id=turn.session_id, pseudonym=pseudonym,
+                state=self._seal(turn, result), status=self._status(result),
+                text_len=len(turn.text), text_mac=text_mac, response=body, history="",
+                hops=1, now=now,
+            )
+            self._apply(conn, turn, pseudonym, result, now)
         return body
 
-    def _take_dropped(
+    def _find_dropped(
         self, db: store.Driver, turn: UssdTurn, pseudonym: str, now: datetime
-    ) -> State | None:
-        """The unfinished dialogue of a session this phone dropped within the window."""
+    ) -> tuple[int, State] | None:
+        """The session this phone dropped within the window, and its unfinished dialogue."""
         since = now - timedelta(minutes=self.policy.resume_minutes)
         old = store.find_resumable(db, pseudonym=pseudonym, since=since,
                                    provider=turn.provider)
         if old is None or not old.state:
             return None
-        store.set_session_status(db, pk=old.id, status="abandoned")
         old_state = State.loads(self.keys.open_text(
             old.state, aad=f"ussd:{old.provider}:{old.session_id}"))
         if old_state.suspended is not None:  # the offer itself was dropped: offer again
             old_state = old_state.suspended
         if old_state.ended:
             return None
-        return old_state
+        return old.id, old_state
 
     @staticmethod
     def _body(result: Turn) -> str:

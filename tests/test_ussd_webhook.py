@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import random
 import string
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from textwrap import dedent
 
@@ -22,6 +24,7 @@ from sqlalchemy import Table, func, select
 from gateway import store
 from gateway.app import Runtime, create_app
 from gateway.models import utcnow
+from gateway.providers.base import UssdTurn
 from gateway.text import encoding_of, screen_length
 from tests.phone import CON, END, USSD_PATH, Phone, Screen
 from tests.test_ussd_flows import CERCLES_FR, MAIN_FR
@@ -149,6 +152,25 @@ def test_a_repeated_middle_hop_does_not_advance_twice(phone: Phone) -> None:
     first = phone.press("1")
     assert phone.repeat() == first  # still the gendarmerie question, not the police one
     assert "gendarmerie" in first.text
+
+
+def test_copies_of_a_hop_at_the_same_moment_answer_alike_and_act_once(
+        phone: Phone, runtime: Runtime) -> None:
+    phone.dial()
+    phone.press("1", "5")  # French, erase my data: the confirmation
+    turn = UssdTurn("africastalking", phone.session_id, phone.number, "*123#", "99999",
+                    phone.text + "*1")  # yes, erase
+    start = threading.Barrier(8)
+
+    def deliver(_: int) -> str:
+        start.wait()
+        return runtime.ussd.handle(turn)
+
+    with ThreadPoolExecutor(8) as pool:
+        bodies = set(pool.map(deliver, range(8)))
+    assert bodies == {"END C'est fait, vos données sont effacées."}
+    with runtime.db.transaction() as conn:  # each erasure counts once towards the shred
+        assert store.get_counter(conn, name=store.ERASURES_PENDING_SHRED) == 1
 
 
 def test_a_late_copy_of_an_earlier_hop_gets_its_own_screen_and_changes_nothing(

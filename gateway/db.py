@@ -33,7 +33,10 @@ def make_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # Up to 2 x KEPT_CONNECTIONS stay checked out between uses (transactions and autocommit
+    # USSD hops keep their own), so the pool allows that many beyond its usual ten.
+    return create_engine(url, pool_size=10, max_overflow=2 * KEPT_CONNECTIONS + 4,
+                         pool_pre_ping=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -7,6 +7,7 @@ that later writes never fails with SQLITE_BUSY (reference/security-and-reliabili
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,12 @@ from sqlalchemy.engine import make_url
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 10_000
 KEPT_CONNECTIONS = 8
+KEPT_IDLE_SECONDS = 10.0  # a kept connection idle longer goes back through the pool's ping
+
+
+def idle_clock() -> float:
+    """The clock kept connections are aged by (a test moves it on)."""
+    return time.monotonic()
 
 
 def is_sqlite(url: str) -> bool:
@@ -71,7 +78,9 @@ class Database:
 
     Up to ``KEPT_CONNECTIONS`` connections stay checked out between transactions: taking
     one from SQLAlchemy's pool and handing it back costs as much as a USSD hop's own
-    statements on SQLite. A connection whose transaction raised is closed, not kept.
+    statements on SQLite. A connection whose transaction raised is closed, not kept, and
+    one left idle for ``KEPT_IDLE_SECONDS`` is handed back to the pool, whose pre-ping
+    then finds out whether PostgreSQL restarted meanwhile.
     """
 
     def __init__(self, url: str) -> None:
@@ -81,16 +90,14 @@ class Database:
         # The driver module (sqlite3, psycopg): its exceptions are what statements run
         # straight on the driver connection raise (store.Driver).
         self.driver_errors: Any = self.engine.dialect.dbapi
-        self._kept: list[Connection] = []  # list.pop and append are atomic
-        self._kept_autocommit: list[Connection] = []  # PostgreSQL USSD hops (``hop``)
+        # (connection, when it was last used); list.pop and append are atomic
+        self._kept: list[tuple[Connection, float]] = []
+        self._kept_autocommit: list[tuple[Connection, float]] = []  # PostgreSQL USSD hops
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""
-        try:
-            conn = self._kept.pop()
-        except IndexError:
-            conn = self.engine.connect()
+        conn = self._take(self._kept) or self.engine.connect()
         try:
             with conn.begin():
                 yield conn
@@ -113,10 +120,8 @@ class Database:
             with self.transaction() as conn:
                 yield conn
             return
-        try:
-            conn = self._kept_autocommit.pop()
-        except IndexError:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn = self._take(self._kept_autocommit) or \
+            self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             yield conn
             if conn.in_transaction():  # SQLAlchemy's own bookkeeping; nothing to send
@@ -137,11 +142,22 @@ class Database:
             yield
 
     @staticmethod
-    def _keep(conn: Connection, kept: list[Connection]) -> None:
+    def _take(kept: list[tuple[Connection, float]]) -> Connection | None:
+        while True:
+            try:
+                conn, used = kept.pop()
+            except IndexError:
+                return None
+            if idle_clock() - used <= KEPT_IDLE_SECONDS:
+                return conn
+            conn.close()
+
+    @staticmethod
+    def _keep(conn: Connection, kept: list[tuple[Connection, float]]) -> None:
         if conn.invalidated or len(kept) >= KEPT_CONNECTIONS:
             conn.close()
         else:
-            kept.append(conn)
+            kept.append((conn, idle_clock()))
 
     def ping(self) -> bool:
         try:
@@ -154,5 +170,5 @@ class Database:
     def dispose(self) -> None:
         for kept in (self._kept, self._kept_autocommit):
             while kept:
-                kept.pop().close()
+                kept.pop()[0].close()
         self.engine.dispose()

@@ -1,0 +1,66 @@
+"""Connections kept between transactions: reused while fresh, handed back to the pool when
+idle or broken, so a restarted PostgreSQL costs at most the hops in flight."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway import db as db_mod
+from gateway.app import Runtime
+from gateway.db import KEPT_IDLE_SECONDS, Database
+from gateway.providers.base import UssdTurn
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+def later(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    now = time.monotonic()
+    monkeypatch.setattr(db_mod, "idle_clock", lambda: now + seconds)
+
+
+def test_a_fresh_connection_is_kept_and_an_idle_one_is_not(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    with database.transaction() as first:
+        pass
+    with database.transaction() as conn:
+        assert conn is first
+    later(monkeypatch, KEPT_IDLE_SECONDS + 1)
+    with database.transaction() as conn:
+        assert conn is not first
+        assert first.closed
+
+
+def test_a_connection_whose_transaction_raised_is_not_kept(database: Database) -> None:
+    with pytest.raises(ZeroDivisionError), database.transaction() as failed:
+        1 / 0  # noqa: B018
+    assert failed.closed
+    with database.transaction() as conn:
+        assert conn is not failed
+
+
+def test_hops_survive_postgresql_dropping_every_connection(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    if runtime.db.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has no server to restart")
+    hop = [UssdTurn("africastalking", "ATUid_restart", "+22370000002", "*123#", "99999", text)
+           for text in ("", "1")]
+    assert runtime.ussd.handle(hop[0]).startswith("CON ")
+    # What a restart does to the kept connections: the server ends them.
+    admin = create_engine(runtime.db.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    admin.dispose()
+    later(monkeypatch, KEPT_IDLE_SECONDS + 1)  # the next hop comes after a pause
+    main = runtime.ussd.handle(hop[1])
+    assert main.startswith("CON ") and "Sondage" in main
+    assert runtime.ussd.handle(hop[1]) == main  # and a repeat still finds the session

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 BUSY_TIMEOUT_MS = 10_000
 WAL_CHECKPOINT_PAGES = 10_000
@@ -101,8 +102,8 @@ class Database:
         try:
             with conn.begin():
                 yield conn
-        except BaseException:
-            conn.close()
+        except BaseException as exc:
+            self._drop(conn, exc)
             raise
         self._keep(conn, self._kept)
 
@@ -126,8 +127,8 @@ class Database:
             yield conn
             if conn.in_transaction():  # SQLAlchemy's own bookkeeping; nothing to send
                 conn.commit()
-        except BaseException:
-            conn.close()
+        except BaseException as exc:
+            self._drop(conn, exc)
             raise
         self._keep(conn, self._kept_autocommit)
 
@@ -140,6 +141,18 @@ class Database:
             return
         with conn.connection.dbapi_connection.transaction():  # type: ignore[union-attr]
             yield
+
+    def _drop(self, conn: Connection, exc: BaseException) -> None:
+        """Close a connection whose work raised; if the database itself failed (a lost
+        connection, a restart), the kept ones are likely dead too: close them all."""
+        conn.close()
+        if isinstance(exc, (OperationalError, self.driver_errors.OperationalError)):
+            for kept in (self._kept, self._kept_autocommit):
+                while kept:
+                    try:
+                        kept.pop()[0].close()
+                    except IndexError:  # another thread took the last one
+                        break
 
     @staticmethod
     def _take(kept: list[tuple[Connection, float]]) -> Connection | None:

@@ -98,6 +98,13 @@ class UssdService:
                     # the session the first one created and answers as a repeat.
                     if attempt == HOP_ATTEMPTS:
                         raise
+                except (OperationalError, self.db.driver_errors.OperationalError):
+                    # PostgreSQL restarted under a kept connection (Database dropped the
+                    # others): try once more on a fresh one. A save that did land before
+                    # the connection broke is found and answered as a repeat. On SQLite
+                    # this is a lock timeout, already ten seconds long: no retry.
+                    if self.db.sqlite or attempt == HOP_ATTEMPTS:
+                        raise
             log.warning("ussd: session %s kept changing under its hop; apology",
                         turn.session_id)
             return self.apology()

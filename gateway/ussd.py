@@ -100,7 +100,7 @@ class UssdService:
                         raise
                 except (OperationalError, self.db.driver_errors.OperationalError):
                     # PostgreSQL restarted under a kept connection (Database dropped the
-                    # others): try once more on a fresh one. A save that did land before
+                    # others): try again on a fresh one. A save that did land before
                     # the connection broke is found and answered as a repeat. On SQLite
                     # this is a lock timeout, already ten seconds long: no retry.
                     if self.db.sqlite or attempt == HOP_ATTEMPTS:

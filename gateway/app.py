@@ -254,7 +254,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         try:
             turn = at.parse_ussd(fields)
             if turn is None:
-                log.warning("ussd: request without sessionId or phoneNumber refused")
+                log.warning("ussd: request without a session id or caller refused")
                 body = rt.ussd.apology()
             else:
                 body = await call(rt, rt.ussd.handle, turn)

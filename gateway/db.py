@@ -147,12 +147,16 @@ class Database:
         connection, a restart), the kept ones are likely dead too: close them all."""
         conn.close()
         if isinstance(exc, (OperationalError, self.driver_errors.OperationalError)):
-            for kept in (self._kept, self._kept_autocommit):
-                while kept:
-                    try:
-                        kept.pop()[0].close()
-                    except IndexError:  # another thread took the last one
-                        break
+            self._close_kept()
+
+    def _close_kept(self) -> None:
+        for kept in (self._kept, self._kept_autocommit):
+            while True:
+                try:
+                    conn, _ = kept.pop()
+                except IndexError:  # empty, or another thread took the last one
+                    break
+                conn.close()
 
     @staticmethod
     def _take(kept: list[tuple[Connection, float]]) -> Connection | None:
@@ -181,7 +185,5 @@ class Database:
             return False
 
     def dispose(self) -> None:
-        for kept in (self._kept, self._kept_autocommit):
-            while kept:
-                kept.pop()[0].close()
+        self._close_kept()
         self.engine.dispose()

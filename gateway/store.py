@@ -73,8 +73,6 @@ class _Prepared:
         return self._by_dialect[conn.dialect.name]
 
 
-
-
 def _touch_contact(insert: Callable[[Table], Any]) -> Executable:
     stmt = insert(contacts)
     stmt = stmt.on_conflict_do_update(
@@ -85,8 +83,6 @@ def _touch_contact(insert: Callable[[Table], Any]) -> Executable:
 
 
 _TOUCH_CONTACT = _Prepared(_touch_contact)
-
-
 
 
 # --- USSD sessions -------------------------------------------------------------------

@@ -83,7 +83,8 @@ class UssdService:
         try:
             pseudonym = self._pseudonym(turn)
             if pseudonym is None:
-                log.warning("ussd: unreadable phoneNumber; session %s refused", turn.session_id)
+                log.warning("ussd: unreadable caller number; session %s refused",
+                            turn.session_id)
                 return self.apology()
             for attempt in range(1, HOP_ATTEMPTS + 1):
                 try:
@@ -220,7 +221,7 @@ class UssdService:
         if old is None or not old.state:
             return None
         old_state = State.loads(self.keys.open_text(
-            old.state, aad=f"ussd:{old.provider}:{old.session_id}"))
+            old.state, aad=session_ref(old.provider, old.session_id)))
         if old_state.suspended is not None:  # the offer itself was dropped: offer again
             old_state = old_state.suspended
         if old_state.ended:
@@ -249,9 +250,9 @@ class UssdService:
             assert number is not None  # it was readable when the pseudonym was made
             return number
 
-        source = f"ussd:{turn.provider}:{turn.session_id}"
         apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
-                      language=result.state.lang, source=source, channel="ussd", now=now)
+                      language=result.state.lang, source=self._aad(turn), channel="ussd",
+                      now=now)
 
     def _latest_input(self, turn: UssdTurn, row: store.SessionRow) -> str | None:
         """The input this hop adds to the last one handled, or None if it adds none.
@@ -273,7 +274,7 @@ class UssdService:
 
     @staticmethod
     def _aad(turn: UssdTurn) -> str:
-        return f"ussd:{turn.provider}:{turn.session_id}"
+        return session_ref(turn.provider, turn.session_id)
 
     # --- end-of-session notifications -------------------------------------------------
 
@@ -289,6 +290,12 @@ class UssdService:
 def frames(exc: BaseException) -> str:
     """A traceback's frames without the exception's message, which may quote data."""
     return "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+
+
+def session_ref(provider: str, session_id: str) -> str:
+    """A USSD session's name: the associated data its sealed state is bound to, and the
+    ``source`` of the report it saves."""
+    return f"ussd:{provider}:{session_id}"
 
 
 def remember(history: str, text_mac: str, response: str) -> str:

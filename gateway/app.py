@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from gateway import content as content_mod
 from gateway import keys as keys_mod
 from gateway import outbox
+from gateway.batches import Batches
 from gateway.db import Database
 from gateway.engine import Engine, Rules
 from gateway.errors import StartupError as StartupError  # where callers look for it
@@ -99,6 +100,7 @@ class Runtime:
     outbox_policy: OutboxPolicy
     wake: asyncio.Event
     loop: asyncio.AbstractEventLoop | None = None
+    batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs
 
     def notify(self) -> None:
         """Wake the worker: a message was queued (safe from any thread)."""
@@ -190,6 +192,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         app.state.runtime = rt
         if not rt.db.sqlite:
             db_threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="gateway-db")
+            rt.batches = Batches(rt.db, rt.loop)
         task = asyncio.create_task(background(rt)) if background else None
         try:
             yield
@@ -198,6 +201,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if rt.batches is not None:
+                await asyncio.to_thread(rt.batches.close)
+                rt.batches = None
             if db_threads is not None:
                 db_threads.shutdown(wait=True)
                 db_threads = None
@@ -256,6 +262,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             if turn is None:
                 log.warning("ussd: request without a session id or caller refused")
                 body = rt.ussd.apology()
+            elif rt.batches is not None:
+                body = await rt.ussd.handle_batched(turn, rt.batches)
             else:
                 body = await call(rt, rt.ussd.handle, turn)
         except Exception as exc:  # handle() never raises; this is the last line of defence

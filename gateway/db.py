@@ -135,11 +135,13 @@ class Database:
     @contextmanager
     def together(self, conn: Connection, *, needed: bool = True) -> Iterator[None]:
         """Writes of a hop that commit or fail together: on SQLite the hop's transaction
-        already does that; on PostgreSQL's autocommit connection, an explicit one."""
-        if self.sqlite or not needed:
+        already does that, and so does a batch's (``Batches``); on PostgreSQL's autocommit
+        connection, an explicit one."""
+        raw: Any = conn.connection.dbapi_connection
+        if self.sqlite or not needed or not raw.autocommit:  # not: already in a batch's
             yield
             return
-        with conn.connection.dbapi_connection.transaction():  # type: ignore[union-attr]
+        with raw.transaction():
             yield
 
     def _drop(self, conn: Connection, exc: BaseException) -> None:

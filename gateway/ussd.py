@@ -6,8 +6,11 @@ digest), run the engine, then save the new state (sealed) with the answer, so a 
 hop gets the identical screen, and carry out the engine's effects. Saving is conditional on
 the session not having changed since it was read; a hop that loses that race (a copy of
 it, or another replica, saved first) is run again and answers as a repeat. On SQLite the
-whole hop is one transaction; on PostgreSQL reading and saving are one autocommit round
-trip each, and a save with effects is one transaction (``Database.hop``).
+whole hop is one transaction (``handle``). On PostgreSQL (``handle_batched``) reading and
+saving are jobs that ``Batches`` runs with other hops' jobs, one transaction per batch, and
+the row a hop saved is remembered so the session's next hop skips the read; without the
+batches (an app run without its lifespan) they are one autocommit round trip each, and a
+save with effects is one transaction (``Database.hop``).
 
 Nothing here does network I/O. Any failure answers ``END`` with a short apology.
 
@@ -20,19 +23,23 @@ effects, such as a subscription storing the number in the vault).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
+import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway import store
+from gateway.batches import Batches
 from gateway.db import Database
 from gateway.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
 from gateway.flowdef import Action
@@ -48,6 +55,8 @@ DEFAULT_LANGUAGE = "fr"
 KNOWN_NUMBERS = 4096  # digests of recent raw phone numbers -> pseudonyms kept in memory
 HOP_ATTEMPTS = 3  # a hop whose session changed after it was read is run again
 HISTORY_HOPS = 4  # earlier hops of a session whose screens a late repeat gets again
+RECENT_SESSIONS = 4096  # rows of active sessions a process remembers (handle_batched)
+RECENT_SECONDS = 600.0  # ... and for how long
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class UssdService:
         self._apologies = {lang: "END " + engine.say(lang, "apology") for lang in languages}
         self._pseudonyms: OrderedDict[str, str] = OrderedDict()
         self._pseudonyms_lock = threading.Lock()  # PostgreSQL hops run on a thread pool
+        self.recent = RecentSessions()
 
     def apology(self, lang: str | None = None) -> str:
         return self._apologies.get(lang or self.default_language,
@@ -83,9 +93,7 @@ class UssdService:
         try:
             pseudonym = self._pseudonym(turn)
             if pseudonym is None:
-                log.warning("ussd: unreadable caller number; session %s refused",
-                            turn.session_id)
-                return self.apology()
+                return self._unreadable(turn)
             for attempt in range(1, HOP_ATTEMPTS + 1):
                 try:
                     with self.db.hop() as conn:
@@ -94,29 +102,104 @@ class UssdService:
                         return body
                     # Another copy of this hop (or another replica) saved the session
                     # after this one read it: read it again, and answer as a repeat.
-                except (IntegrityError, self.db.driver_errors.IntegrityError):
-                    # Two copies of a session's first hop raced; the next attempt finds
-                    # the session the first one created and answers as a repeat.
-                    if attempt == HOP_ATTEMPTS:
+                except Exception as exc:
+                    if not self._try_again(exc, attempt):
                         raise
-                except (OperationalError, self.db.driver_errors.OperationalError):
-                    # PostgreSQL restarted under a kept connection (Database dropped the
-                    # others): try again on a fresh one. A save that did land before
-                    # the connection broke is found and answered as a repeat. On SQLite
-                    # this is a lock timeout, already ten seconds long: no retry.
-                    if self.db.sqlite or attempt == HOP_ATTEMPTS:
+            return self._kept_changing(turn)
+        except Exception as exc:
+            return self._failed(turn, exc)
+
+    async def handle_batched(self, turn: UssdTurn, batches: Batches) -> str:
+        """``handle`` for PostgreSQL, with the database work done in ``batches`` (the
+        jobs of many hops in one transaction, their plain saves in one statement), and
+        the session rows this
+        process saved remembered, so that the next hop of a session needs one job: the
+        save. The save is conditional on the row being unchanged, so a remembered row that
+        another replica (or an erasure) made stale is never saved over: the hop reads the
+        session again. Never raises."""
+        try:
+            pseudonym = self._pseudonym(turn)
+            if pseudonym is None:
+                return self._unreadable(turn)
+            key = (turn.provider, turn.session_id)
+            for attempt in range(1, HOP_ATTEMPTS + 1):
+                try:
+                    body = await self._hop_batched(turn, pseudonym, key, batches)
+                    if body is not None:
+                        return body
+                except Exception as exc:
+                    self.recent.forget(key)
+                    if not self._try_again(exc, attempt):
                         raise
-            log.warning("ussd: session %s kept changing under its hop; apology",
-                        turn.session_id)
-            return self.apology()
-        except (OperationalError, self.db.driver_errors.OperationalError) as exc:
+            return self._kept_changing(turn)
+        except Exception as exc:
+            return self._failed(turn, exc)
+
+    async def _hop_batched(self, turn: UssdTurn, pseudonym: str, key: tuple[str, str],
+                           batches: Batches) -> str | None:
+        row = self.recent.get(key)
+        if row is None:
+            found: store.SessionRow | tuple[str, store.SessionRow, bool] = await batches.run(
+                functools.partial(self._read_or_begin, turn=turn, pseudonym=pseudonym))
+            if not isinstance(found, store.SessionRow):  # a first hop, done in that job
+                body, row, effects = found
+                self.recent.put(key, row, keep=row.status == "active" and not effects)
+                return body
+            row = found
+        plan = self._plan(turn, pseudonym, row)
+        if isinstance(plan, str):
+            return plan
+        if plan.result.effects:  # they go with the save, in a job of their own
+            saved: bool = await batches.run(functools.partial(
+                self._save, turn=turn, pseudonym=pseudonym, expected_hops=row.hops, plan=plan))
+        else:  # the save alone: one statement with the batch's others
+            saved = await batches.run_in(
+                store.save_sessions, store.SessionSave(plan.row, row.hops, plan.now))
+        if not saved:
+            self.recent.forget(key)
+            return None
+        erased = any(e.action is Action.erase for e in plan.result.effects)
+        self.recent.put(key, plan.row, keep=plan.row.status == "active" and not erased)
+        return plan.body
+
+    def _read_or_begin(self, conn: Connection, *, turn: UssdTurn,
+                       pseudonym: str) -> store.SessionRow | tuple[str, store.SessionRow, bool]:
+        """A job: the session's row, or, for a new session, its first hop done."""
+        row = store.get_session(store.Driver(conn), provider=turn.provider,
+                                session_id=turn.session_id)
+        return row if row is not None else self._first_hop(conn, turn, pseudonym)
+
+    def _try_again(self, exc: Exception, attempt: int) -> bool:
+        """Whether a hop that raised ``exc`` on this attempt is run again."""
+        if attempt == HOP_ATTEMPTS:
+            return False
+        if isinstance(exc, (IntegrityError, self.db.driver_errors.IntegrityError)):
+            # Two copies of a session's first hop raced; the next attempt finds the
+            # session the first one created and answers as a repeat.
+            return True
+        # PostgreSQL restarted under a kept connection (Database dropped the others): try
+        # again on a fresh one. A save that did land before the connection broke is found
+        # and answered as a repeat. On SQLite this is a lock timeout, already ten seconds
+        # long: no retry.
+        return isinstance(exc, (OperationalError, self.db.driver_errors.OperationalError)) \
+            and not self.db.sqlite
+
+    def _unreadable(self, turn: UssdTurn) -> str:
+        log.warning("ussd: unreadable caller number; session %s refused", turn.session_id)
+        return self.apology()
+
+    def _kept_changing(self, turn: UssdTurn) -> str:
+        log.warning("ussd: session %s kept changing under its hop; apology", turn.session_id)
+        return self.apology()
+
+    def _failed(self, turn: UssdTurn, exc: Exception) -> str:
+        if isinstance(exc, (OperationalError, self.db.driver_errors.OperationalError)):
             log.error("ussd: database unavailable (%s); session %s got an apology",
                       exc.__class__.__name__, turn.session_id)
-            return self.apology()
-        except Exception as exc:
+        else:
             log.error("ussd: %s while handling session %s\n%s", exc.__class__.__name__,
                       turn.session_id, frames(exc))
-            return self.apology()
+        return self.apology()
 
     def _pseudonym(self, turn: UssdTurn) -> str | None:
         """The pseudonym of the hop's phone number, or None when it is unreadable."""
@@ -141,16 +224,24 @@ class UssdService:
 
     def _hop(self, conn: Connection, turn: UssdTurn, pseudonym: str) -> str | None:
         """The hop's answer, or None when the session changed after it was read."""
-        now = self.clock()
         db = store.Driver(conn)
-        text_mac = self._text_mac(turn, turn.text)
         row = store.get_session(db, provider=turn.provider, session_id=turn.session_id)
         if row is None:
-            return self._first_hop(conn, db, turn, pseudonym, text_mac, now)
+            return self._first_hop(conn, turn, pseudonym)[0]
+        plan = self._plan(turn, pseudonym, row)
+        if isinstance(plan, str):
+            return plan
+        return plan.body if self._save(conn, turn, pseudonym, row.hops, plan) else None
+
+    def _plan(self, turn: UssdTurn, pseudonym: str, row: store.SessionRow) -> str | Save:
+        """What a hop on a session read as ``row`` does: answer without saving anything
+        (a repeat, a refusal), or advance the dialogue and save (``Save``). Pure: no
+        database work, so a ``row`` remembered from an earlier hop serves as well."""
         if row.pseudonym != pseudonym:
             log.warning("ussd: session %s continued from another number; refused",
                         turn.session_id)
             return self.apology()
+        text_mac = self._text_mac(turn, turn.text)
         if row.text_mac == text_mac:
             return row.response  # the same hop again: the same screen
         latest = self._latest_input(turn, row)
@@ -164,22 +255,35 @@ class UssdService:
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
         result = self.engine.advance(state, latest)
         body = self._body(result)
-        with self.db.together(conn, needed=bool(result.effects)):
+        saved = row._replace(
+            state=self._seal(turn, result), status=self._status(result),
+            text_len=len(turn.text), text_mac=text_mac, response=body,
+            history=remember(row.history, row.text_mac, row.response), hops=row.hops + 1)
+        return Save(body, saved, result, self.clock())
+
+    def _save(self, conn: Connection, turn: UssdTurn, pseudonym: str, expected_hops: int,
+              plan: Save) -> bool:
+        """Save a planned hop and carry out its effects, all or nothing; False (nothing
+        done) when the session changed since it was read with ``expected_hops``."""
+        row = plan.row
+        with self.db.together(conn, needed=bool(plan.result.effects)):
             saved = store.update_session(
-                db, pk=row.id, expected_hops=row.hops, state=self._seal(turn, result),
-                status=self._status(result), text_len=len(turn.text), text_mac=text_mac,
-                response=body, history=remember(row.history, row.text_mac, row.response),
-                hops=row.hops + 1, now=now,
+                store.Driver(conn), pk=row.id, expected_hops=expected_hops, state=row.state,
+                status=row.status, text_len=row.text_len, text_mac=row.text_mac,
+                response=row.response, history=row.history, hops=row.hops, now=plan.now,
             )
-            if not saved:
-                return None
-            self._apply(conn, turn, pseudonym, result, now)
-        return body
+            if saved:
+                self._apply(conn, turn, pseudonym, plan.result, plan.now)
+        return saved
 
     def _first_hop(
-        self, conn: Connection, db: store.Driver, turn: UssdTurn, pseudonym: str,
-        text_mac: str, now: datetime,
-    ) -> str:
+        self, conn: Connection, turn: UssdTurn, pseudonym: str,
+    ) -> tuple[str, store.SessionRow, bool]:
+        """The first hop of a session: its answer, the session row it created, and
+        whether the dialogue asked for effects."""
+        now = self.clock()
+        db = store.Driver(conn)
+        text_mac = self._text_mac(turn, turn.text)
         language = store.touch_contact_language(
             db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now)
         lang = language or self.default_language
@@ -202,14 +306,17 @@ class UssdService:
         with self.db.together(conn, needed=bool(result.effects) or dropped is not None):
             if dropped is not None:  # it is offered here, and never again
                 store.set_session_status(db, pk=dropped[0], status="abandoned")
-            store.insert_session(
+            row = store.SessionRow(
+                id=0, pseudonym=pseudonym, state=self._seal(turn, result),
+                status=self._status(result), text_len=len(turn.text), text_mac=text_mac,
+                response=body, hops=1, history="")
+            pk = store.insert_session(
                 db, provider=turn.provider, session_id=turn.session_id, pseudonym=pseudonym,
-                state=self._seal(turn, result), status=self._status(result),
-                text_len=len(turn.text), text_mac=text_mac, response=body, history="",
-                hops=1, now=now,
+                state=row.state, status=row.status, text_len=row.text_len,
+                text_mac=text_mac, response=body, history="", hops=1, now=now,
             )
             self._apply(conn, turn, pseudonym, result, now)
-        return body
+        return body, row._replace(id=pk), bool(result.effects)
 
     def _find_dropped(
         self, db: store.Driver, turn: UssdTurn, pseudonym: str, now: datetime
@@ -285,6 +392,56 @@ class UssdService:
                 status=event.status, hops_count=event.hops, duration_ms=event.duration_ms,
                 now=self.clock(),
             )
+
+
+class Save(NamedTuple):
+    """A hop that advances the dialogue: its answer, the session row to save, the
+    engine's turn (its effects) and the time it was worked out."""
+
+    body: str
+    row: store.SessionRow
+    result: Turn
+    now: datetime
+
+
+class RecentSessions:
+    """The rows of the USSD sessions this process saved lately, while still active.
+
+    Only a hop's ``handle_batched`` uses them, on the event loop's thread. A row is a
+    guess: the save after it is conditional, and a failed one forgets it. Rows older than
+    ``seconds`` are not used (an operator ends a session within a few minutes).
+    """
+
+    def __init__(self, size: int = RECENT_SESSIONS, seconds: float = RECENT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.size, self.seconds, self.clock = size, seconds, clock
+        self._rows: OrderedDict[tuple[str, str], tuple[float, store.SessionRow]] = \
+            OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> store.SessionRow | None:
+        found = self._rows.get(key)
+        if found is None:
+            return None
+        if self.clock() - found[0] > self.seconds:
+            del self._rows[key]
+            return None
+        return found[1]
+
+    def put(self, key: tuple[str, str], row: store.SessionRow, *, keep: bool = True) -> None:
+        """Remember ``row`` (or, unless ``keep``, forget the session)."""
+        if not keep:
+            self.forget(key)
+            return
+        self._rows[key] = (self.clock(), row)
+        self._rows.move_to_end(key)
+        if len(self._rows) > self.size:
+            self._rows.popitem(last=False)
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._rows.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 def frames(exc: BaseException) -> str:

@@ -137,8 +137,11 @@ class Database:
         """Writes of a hop that commit or fail together: on SQLite the hop's transaction
         already does that, and so does a batch's (``Batches``); on PostgreSQL's autocommit
         connection, an explicit one."""
+        if self.sqlite or not needed:
+            yield
+            return
         raw: Any = conn.connection.dbapi_connection
-        if self.sqlite or not needed or not raw.autocommit:  # not: already in a batch's
+        if not raw.autocommit:  # already in a transaction: a batch's
             yield
             return
         with raw.transaction():

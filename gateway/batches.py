@@ -51,7 +51,6 @@ class Batches:
         self.db = db
         self.loop = loop
         self.size = size
-        self.batches = 0  # batches run (a test reads it)
         self._jobs: queue.SimpleQueue[Entry | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="gateway-batches",
                                         daemon=True)
@@ -94,7 +93,6 @@ class Batches:
                 outcomes = self._run(batch)
             except BaseException as exc:  # the thread must go on: its callers wait
                 outcomes = [(future, exc, None) for _, _, future in batch]
-            self.batches += 1
             try:
                 self.loop.call_soon_threadsafe(_deliver, outcomes)
             except RuntimeError:  # the loop closed: nobody waits any more

@@ -185,7 +185,7 @@ class UssdService:
             and not self.db.sqlite
 
     def _unreadable(self, turn: UssdTurn) -> str:
-        log.warning("ussd: unreadable caller number; session %s refused", turn.session_id)
+        log.warning("ussd: caller unreadable; session %s refused", turn.session_id)
         return self.apology()
 
     def _kept_changing(self, turn: UssdTurn) -> str:

@@ -11,7 +11,8 @@ group when they arrive while a batch is running (group commit).
 
 A job is a function of the connection, or an item of a group: a group's items in a batch
 go to its one function together (one statement for all of them, such as the saves of
-many USSD sessions), before the batch's other jobs.
+many USSD sessions), before the batch's other jobs. A group's item may come with a
+function that follows it (``then``: the effects of a saved hop), run with the jobs.
 
 A job It must leave the transaction usable when it
 returns, and it may be run twice: if any job of a batch raises, the batch is rolled back
@@ -41,8 +42,10 @@ BATCH_SIZE = 64  # jobs in one transaction at most
 T = TypeVar("T")
 Job = Callable[[Connection], Any]
 Group = Callable[[Connection, list[Any]], list[Any]]  # items in, a result per item out
+Then = Callable[[Connection, Any], Any]  # an item's result in, the final result out
 Outcome = tuple["asyncio.Future[Any]", BaseException | None, Any]
-Entry = tuple[Group | None, Any, "asyncio.Future[Any]"]  # (None, job, f) or (group, item, f)
+# (None, job, future, None) or (group, item, future, then or None)
+Entry = tuple[Group | None, Any, "asyncio.Future[Any]", Then | None]
 
 
 class Batches:
@@ -59,13 +62,14 @@ class Batches:
     async def run(self, job: Callable[[Connection], T]) -> T:
         """Run ``job`` in the next batch; its result, or what it raised."""
         future: asyncio.Future[T] = self.loop.create_future()
-        self._jobs.put((None, job, future))
+        self._jobs.put((None, job, future, None))
         return await future
 
-    async def run_in(self, group: Group, item: Any) -> Any:
-        """Hand ``item`` to ``group`` with the others of the next batch; its result."""
+    async def run_in(self, group: Group, item: Any, then: Then | None = None) -> Any:
+        """Hand ``item`` to ``group`` with the others of the next batch; its result, or,
+        with ``then``, what ``then`` makes of it (in the same transaction)."""
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._jobs.put((group, item, future))
+        self._jobs.put((group, item, future, then))
         return await future
 
     def close(self) -> None:
@@ -92,7 +96,7 @@ class Batches:
             try:
                 outcomes = self._run(batch)
             except BaseException as exc:  # the thread must go on: its callers wait
-                outcomes = [(future, exc, None) for _, _, future in batch]
+                outcomes = [(future, exc, None) for _, _, future, _ in batch]
             try:
                 self.loop.call_soon_threadsafe(_deliver, outcomes)
             except RuntimeError:  # the loop closed: nobody waits any more
@@ -105,28 +109,31 @@ class Batches:
         except Exception as exc:
             lost = isinstance(exc, (OperationalError, self.db.driver_errors.OperationalError))
             if len(batch) == 1 or lost:
-                return [(future, exc, None) for _, _, future in batch]
+                return [(future, exc, None) for _, _, future, _ in batch]
             log.warning("batches: a job of %d failed (%s); each runs again alone",
                         len(batch), exc.__class__.__name__)
             return [outcome for entry in batch for outcome in self._run([entry])]
-        return [(future, None, result) for (_, _, future), result in zip(batch, results,
+        return [(future, None, result) for (_, _, future, _), result in zip(batch, results,
                                                                          strict=True)]
 
 
 def _results(conn: Connection, batch: list[Entry]) -> list[Any]:
-    """Every entry's result: each group's items first, together, then the jobs."""
+    """Every entry's result: each group's items first, together, then the jobs and what
+    follows a group's item, in the order they came."""
     results: list[Any] = [None] * len(batch)
     groups: dict[Group, list[int]] = {}
-    for i, (group, _, _) in enumerate(batch):
+    for i, (group, _, _, _) in enumerate(batch):
         if group is not None:
             groups.setdefault(group, []).append(i)
     for group, where in groups.items():
         out = group(conn, [batch[i][1] for i in where])
         for i, result in zip(where, out, strict=True):
             results[i] = result
-    for i, (group, job, _) in enumerate(batch):
+    for i, (group, job, _, then) in enumerate(batch):
         if group is None:
             results[i] = job(conn)
+        elif then is not None:
+            results[i] = then(conn, results[i])
     return results
 
 

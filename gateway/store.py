@@ -105,13 +105,6 @@ class Driver:
     def run(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self.raw.execute(sql if self.sqlite else _pg_sql(sql), params)
 
-    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        cursor = self.raw.cursor()
-        try:
-            cursor.executemany(sql if self.sqlite else _pg_sql(sql), rows)
-        finally:
-            cursor.close()
-
     def when(self, value: datetime) -> Any:
         if not self.sqlite:
             return value
@@ -175,12 +168,20 @@ _INSERT_REPORT = (
     "INSERT INTO report (source, flow, flow_version, channel, pseudonym, answers, text, "
     "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
-_UPSERT_POLL_ANSWER = (
-    "INSERT INTO poll_answer (poll, pseudonym, question, answer, flow_version, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (poll, pseudonym, question) DO UPDATE SET "
-    "answer = excluded.answer, flow_version = excluded.flow_version, "
-    "updated_at = excluded.updated_at"
-)
+_UPSERT_POLL_ANSWERS: dict[int, str] = {}
+
+
+def _upsert_poll_answers(count: int) -> str:
+    """The upsert of ``count`` poll answers, one statement for them all."""
+    sql = _UPSERT_POLL_ANSWERS.get(count)
+    if sql is None:
+        rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+        sql = _UPSERT_POLL_ANSWERS[count] = (
+            "INSERT INTO poll_answer (poll, pseudonym, question, answer, flow_version, "  # noqa: S608 - only placeholders go in
+            f"updated_at) VALUES {rows} ON CONFLICT (poll, pseudonym, question) DO UPDATE "
+            "SET answer = excluded.answer, flow_version = excluded.flow_version, "
+            "updated_at = excluded.updated_at")
+    return sql
 _UPSERT_VAULT = (
     "INSERT INTO vault (pseudonym, number, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (pseudonym) DO UPDATE SET number = excluded.number, "
@@ -286,6 +287,31 @@ def touch_contact_language(
     row = db.run(_TOUCH_CONTACT_LANGUAGE,
                  (pseudonym, pseudonym_version, False, False, when, when)).fetchone()
     return row[0] if row is not None else None
+
+
+_TOUCH_CONTACT_FIND_DROPPED = (  # PostgreSQL: both in one round trip
+    "WITH c AS (" + _TOUCH_CONTACT_LANGUAGE + ") "  # noqa: S608 - constants only
+    "SELECT c.language, r.id, r.provider, r.session_id, r.state FROM c LEFT JOIN LATERAL ("
+    + _FIND_RESUMABLE + ") AS r ON true"
+)
+
+
+def touch_contact_find_dropped(
+    db: Driver, *, pseudonym: str, pseudonym_version: int, now: datetime,
+    since: datetime | None, provider: str,
+) -> tuple[str | None, Resumable | None]:
+    """``touch_contact_language``, and with ``since`` also ``find_resumable``: one
+    statement on PostgreSQL, two on SQLite (which has no writes in a WITH clause)."""
+    if db.sqlite or since is None:
+        language = touch_contact_language(db, pseudonym=pseudonym,
+                                          pseudonym_version=pseudonym_version, now=now)
+        found = None if since is None else find_resumable(
+            db, pseudonym=pseudonym, since=since, provider=provider)
+        return language, found
+    row = db.run(_TOUCH_CONTACT_FIND_DROPPED, (
+        pseudonym, pseudonym_version, False, False, now, now,
+        pseudonym, since, provider)).fetchone()
+    return row[0], Resumable(*row[1:]) if row[1] is not None else None
 
 
 def record_ussd_event(
@@ -406,10 +432,11 @@ def upsert_poll_answers(
     """One answer per person per question; a new answer replaces the old one."""
     db = Driver(conn)
     when = db.when(now)
-    rows = [(poll, pseudonym, question, answer, flow_version, when)
-            for question, answer in answers.items()]
-    if rows:
-        db.run_many(_UPSERT_POLL_ANSWER, rows)
+    params: list[Any] = []
+    for question, answer in answers.items():
+        params += (poll, pseudonym, question, answer, flow_version, when)
+    if params:
+        db.run(_upsert_poll_answers(len(answers)), tuple(params))
 
 
 def upsert_vault(conn: Connection, *, pseudonym: str, number: str, now: datetime) -> None:

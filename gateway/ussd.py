@@ -124,7 +124,8 @@ class UssdService:
             key = (turn.provider, turn.session_id)
             for attempt in range(1, HOP_ATTEMPTS + 1):
                 try:
-                    body = await self._hop_batched(turn, pseudonym, key, batches)
+                    body = await self._hop_batched(turn, pseudonym, key, batches,
+                                                   retry=attempt > 1)
                     if body is not None:
                         return body
                 except Exception as exc:
@@ -136,11 +137,12 @@ class UssdService:
             return self._failed(turn, exc)
 
     async def _hop_batched(self, turn: UssdTurn, pseudonym: str, key: tuple[str, str],
-                           batches: Batches) -> str | None:
+                           batches: Batches, *, retry: bool) -> str | None:
         row = self.recent.get(key)
         if row is None:
             found: store.SessionRow | tuple[str, store.SessionRow, bool] = await batches.run(
-                functools.partial(self._read_or_begin, turn=turn, pseudonym=pseudonym))
+                functools.partial(self._read_or_begin, turn=turn, pseudonym=pseudonym,
+                                  read=retry))
             if not isinstance(found, store.SessionRow):  # a first hop, done in that job
                 body, row, effects = found
                 self.recent.put(key, row, keep=row.status == "active" and not effects)
@@ -149,12 +151,12 @@ class UssdService:
         plan = self._plan(turn, pseudonym, row)
         if isinstance(plan, str):
             return plan
-        if plan.result.effects:  # they go with the save, in a job of their own
-            saved: bool = await batches.run(functools.partial(
-                self._save, turn=turn, pseudonym=pseudonym, expected_hops=row.hops, plan=plan))
-        else:  # the save alone: one statement with the batch's others
-            saved = await batches.run_in(
-                store.save_sessions, store.SessionSave(plan.row, row.hops, plan.now))
+        # The save goes in one statement with the batch's others; its effects, if any,
+        # follow in the same transaction once it is known to have landed.
+        then = functools.partial(self._apply_if_saved, turn=turn, pseudonym=pseudonym,
+                                 plan=plan) if plan.result.effects else None
+        saved: bool = await batches.run_in(
+            store.save_sessions, store.SessionSave(plan.row, row.hops, plan.now), then)
         if not saved:
             self.recent.forget(key)
             return None
@@ -162,12 +164,25 @@ class UssdService:
         self.recent.put(key, plan.row, keep=plan.row.status == "active" and not erased)
         return plan.body
 
-    def _read_or_begin(self, conn: Connection, *, turn: UssdTurn,
-                       pseudonym: str) -> store.SessionRow | tuple[str, store.SessionRow, bool]:
-        """A job: the session's row, or, for a new session, its first hop done."""
-        row = store.get_session(store.Driver(conn), provider=turn.provider,
-                                session_id=turn.session_id)
-        return row if row is not None else self._first_hop(conn, turn, pseudonym)
+    def _apply_if_saved(self, conn: Connection, saved: bool, *, turn: UssdTurn,
+                        pseudonym: str, plan: Save) -> bool:
+        if saved:
+            self._apply(conn, turn, pseudonym, plan.result, plan.now)
+        return saved
+
+    def _read_or_begin(
+        self, conn: Connection, *, turn: UssdTurn, pseudonym: str, read: bool,
+    ) -> store.SessionRow | tuple[str, store.SessionRow, bool]:
+        """A job: the session's row, or, for a new session, its first hop done. Unless
+        ``read``, a dial (empty text: always a session's first hop, or a copy of it) skips
+        the read; a copy then fails to create the session again, and its next attempt
+        reads."""
+        if read or turn.text:
+            row = store.get_session(store.Driver(conn), provider=turn.provider,
+                                    session_id=turn.session_id)
+            if row is not None:
+                return row
+        return self._first_hop(conn, turn, pseudonym)
 
     def _try_again(self, exc: Exception, attempt: int) -> bool:
         """Whether a hop that raised ``exc`` on this attempt is run again."""
@@ -284,12 +299,13 @@ class UssdService:
         now = self.clock()
         db = store.Driver(conn)
         text_mac = self._text_mac(turn, turn.text)
-        language = store.touch_contact_language(
-            db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now)
+        look = turn.text == "" and self.policy.resume_minutes > 0
+        language, old = store.touch_contact_find_dropped(
+            db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now,
+            since=now - timedelta(minutes=self.policy.resume_minutes) if look else None,
+            provider=turn.provider)
         lang = language or self.default_language
-        dropped = None
-        if turn.text == "" and self.policy.resume_minutes > 0:
-            dropped = self._find_dropped(db, turn, pseudonym, now)
+        dropped = self._dropped(old)
         if dropped is not None:
             result = self.engine.begin("", lang, suspended=dropped[1])
         else:
@@ -318,13 +334,9 @@ class UssdService:
             self._apply(conn, turn, pseudonym, result, now)
         return body, row._replace(id=pk), bool(result.effects)
 
-    def _find_dropped(
-        self, db: store.Driver, turn: UssdTurn, pseudonym: str, now: datetime
-    ) -> tuple[int, State] | None:
-        """The session this phone dropped within the window, and its unfinished dialogue."""
-        since = now - timedelta(minutes=self.policy.resume_minutes)
-        old = store.find_resumable(db, pseudonym=pseudonym, since=since,
-                                   provider=turn.provider)
+    def _dropped(self, old: store.Resumable | None) -> tuple[int, State] | None:
+        """The session this phone dropped within the window (``store.find_resumable``)
+        and its unfinished dialogue, if it has one."""
         if old is None or not old.state:
             return None
         old_state = State.loads(self.keys.open_text(

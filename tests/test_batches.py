@@ -17,7 +17,8 @@ from gateway.batches import Batches
 from gateway.db import Database
 from gateway.models import utcnow
 from gateway.providers.base import UssdTurn
-from tests.phone import CON, END, Phone
+from gateway.ussd import RecentSessions
+from tests.phone import CON, END, Phone, Screen
 
 APOLOGY = END("Service momentanément indisponible. Merci de réessayer plus tard.")
 
@@ -132,3 +133,15 @@ def test_two_saves_of_one_session_in_a_batch_save_once(
         assert store.save_sessions(conn, [two]) == [False]  # the count moved on
     after = session(runtime, phone)
     assert (after.response, after.hops) == ("CON one", row.hops + 1)
+
+
+def test_a_copy_of_the_dial_on_a_process_that_did_not_see_it_gets_the_same_screen(
+        phone: Phone, runtime: Runtime) -> None:
+    dial = phone.dial()
+    runtime.ussd.recent = RecentSessions()  # as if another replica had taken the dial
+    assert Screen.parse(phone.post("")) == dial
+    with runtime.db.transaction() as conn:
+        count = conn.execute(text("SELECT count(*) FROM ussd_session WHERE session_id = :s"),
+                             {"s": phone.session_id}).scalar_one()
+    assert count == 1
+    assert phone.press("1").text.startswith("Dannaya")

@@ -1,9 +1,10 @@
 """Database jobs of many requests run together: one transaction per batch, on one thread.
 
 PostgreSQL only (SQLite work runs inline: its write lock serialises it anyway). A USSD hop
-on PostgreSQL is one or two short jobs: read the session, save it. Running each on a
-thread of a pool costs more CPU than the statements themselves: a thread hand-off per job,
-the interpreter lock passed back and forth, and a commit per statement. Here one thread
+on PostgreSQL is one or two short jobs: read the session (unless the process remembers it),
+save it. Running each on a thread of a pool costs more CPU than the statements themselves:
+a thread hand-off per job, the interpreter lock passed back and forth, and a commit per
+statement. Here one thread
 takes every job waiting when it is free (up to ``BATCH_SIZE``), runs them one after the
 other in one transaction, commits once, and hands all the results back to the event loop
 in one call. Nothing waits for a batch to fill: a lone job runs at once, and jobs only
@@ -14,11 +15,10 @@ go to its one function together (one statement for all of them, such as the save
 many USSD sessions), before the batch's other jobs. A group's item may come with a
 function that follows it (``then``: the effects of a saved hop), run with the jobs.
 
-A job It must leave the transaction usable when it
-returns, and it may be run twice: if any job of a batch raises, the batch is rolled back
-and each of its jobs runs again alone, in its own transaction, so one bad job fails only
-itself. A lost connection fails the whole batch (its jobs are not run again here: their
-callers retry on a fresh connection).
+A job must leave the transaction usable when it returns, and it may be run twice: if any
+job of a batch raises, the batch is rolled back and each of its jobs runs again alone, in
+its own transaction, so one bad job fails only itself. A lost connection fails the whole
+batch (its jobs are not run again here: their callers retry on a fresh connection).
 """
 
 from __future__ import annotations

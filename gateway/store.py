@@ -182,6 +182,8 @@ def _upsert_poll_answers(count: int) -> str:
             "SET answer = excluded.answer, flow_version = excluded.flow_version, "
             "updated_at = excluded.updated_at")
     return sql
+
+
 _UPSERT_VAULT = (
     "INSERT INTO vault (pseudonym, number, updated_at) VALUES (?, ?, ?) "
     "ON CONFLICT (pseudonym) DO UPDATE SET number = excluded.number, "

@@ -4,11 +4,10 @@ PostgreSQL only (SQLite work runs inline: its write lock serialises it anyway). 
 on PostgreSQL is one or two short jobs: read the session (unless the process remembers it),
 save it. Running each on a thread of a pool costs more CPU than the statements themselves:
 a thread hand-off per job, the interpreter lock passed back and forth, and a commit per
-statement. Here one thread
-takes every job waiting when it is free (up to ``BATCH_SIZE``), runs them one after the
-other in one transaction, commits once, and hands all the results back to the event loop
-in one call. Nothing waits for a batch to fill: a lone job runs at once, and jobs only
-group when they arrive while a batch is running (group commit).
+statement. Here one thread takes every job waiting when it is free (up to ``BATCH_SIZE``),
+runs them one after the other in one transaction, commits once, and hands all the results
+back to the event loop in one call. Nothing waits for a batch to fill: a lone job runs at
+once, and jobs only group when they arrive while a batch is running (group commit).
 
 A job is a function of the connection, or an item of a group: a group's items in a batch
 go to its one function together (one statement for all of them, such as the saves of

@@ -254,7 +254,8 @@ _SAVE_SESSIONS = (
     "FROM json_to_recordset(%s::json) AS v(id int, expected int, state text, status text, "
     "text_len int, text_mac text, response text, history text, hops int, "
     "updated_at timestamptz) "
-    "WHERE s.id = v.id AND s.hops = v.expected AND s.status = 'active' RETURNING s.id"
+    "WHERE s.id = ANY(%s::int[]) AND s.id = v.id AND s.hops = v.expected "
+    "AND s.status = 'active' RETURNING s.id"
 )
 
 
@@ -273,7 +274,11 @@ def save_sessions(conn: Connection, saves: list[SessionSave]) -> list[bool]:
         for save in first.values() for r in (save.row,)
     ])
     raw: Any = conn.connection.driver_connection
-    saved = {found[0] for found in raw.execute(_SAVE_SESSIONS, (payload,)).fetchall()}
+    # Planned afresh each time (not prepared): a plan kept from when the table was
+    # small scans the whole table for ever after, and the ids as an array let the
+    # planner count the rows (it takes any JSON set for 100 rows).
+    saved = {found[0] for found in raw.execute(
+        _SAVE_SESSIONS, (payload, list(first)), prepare=False).fetchall()}
     return [save.row.id in saved and first[save.row.id] is save for save in saves]
 
 

@@ -145,3 +145,35 @@ def test_a_copy_of_the_dial_on_a_process_that_did_not_see_it_gets_the_same_scree
                              {"s": phone.session_id}).scalar_one()
     assert count == 1
     assert phone.press("1").text.startswith("Dannaya")
+
+
+def test_saves_keep_to_the_index_as_the_session_table_grows(
+        phone: Phone, runtime: Runtime) -> None:
+    """A plan made while the table was small (a hash join over a scan of every row)
+    must not outlive it: the saves of a long-running process stay index lookups."""
+    if runtime.db.sqlite:
+        pytest.skip("PostgreSQL only: SQLite hops save one at a time")
+    phone.dial()
+    phone.press("1")
+    row = session(runtime, phone)
+    with runtime.db.engine.connect() as conn:
+        for n in range(12):  # often enough for the driver to prepare the statement
+            with conn.begin():
+                save = store.SessionSave(row._replace(hops=row.hops + n + 1),
+                                         row.hops + n, utcnow())
+                assert store.save_sessions(conn, [save]) == [True]
+        with conn.begin():
+            conn.execute(text(
+                "INSERT INTO ussd_session (provider, session_id, pseudonym, state, status, "
+                "text_len, text_mac, response, history, hops, created_at, updated_at) "
+                "SELECT 'bulk', 'bulk-' || g, 'p', '', 'ended', 0, '', '', '', 1, now(), "
+                "now() FROM generate_series(1, 20000) AS g"))
+        with conn.begin():
+            for n in range(12, 17):
+                save = store.SessionSave(row._replace(hops=row.hops + n + 1),
+                                         row.hops + n, utcnow())
+                assert store.save_sessions(conn, [save]) == [True]
+            scans = conn.execute(text(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables "
+                "WHERE relname = 'ussd_session'")).scalar_one()
+    assert scans == 0

@@ -10,7 +10,7 @@ back to the event loop in one call. Nothing waits for a batch to fill: a lone jo
 once, and jobs only group when they arrive while a batch is running (group commit).
 
 A job is a function of the connection, or an item of a group: a group's items in a batch
-go to its one function together (one statement for all of them, such as the saves of
+go to its one function together (one round trip for all of them, such as the saves of
 many USSD sessions), before the batch's other jobs. A group's item may come with a
 function that follows it (``then``: the effects of a saved hop), run with the jobs.
 

@@ -111,7 +111,7 @@ class UssdService:
 
     async def handle_batched(self, turn: UssdTurn, batches: Batches) -> str:
         """``handle`` for PostgreSQL, with the database work done in ``batches`` (the
-        jobs of many hops in one transaction, their plain saves in one statement), and
+        jobs of many hops in one transaction, their saves in one round trip), and
         the session rows this
         process saved remembered, so that the next hop of a session needs one job: the
         save. The save is conditional on the row being unchanged, so a remembered row that
@@ -151,7 +151,7 @@ class UssdService:
         plan = self._plan(turn, pseudonym, row)
         if isinstance(plan, str):
             return plan
-        # The save goes in one statement with the batch's others; its effects, if any,
+        # The save goes in one round trip with the batch's others; its effects, if any,
         # follow in the same transaction once it is known to have landed.
         then = functools.partial(self._apply_if_saved, turn=turn, pseudonym=pseudonym,
                                  plan=plan) if plan.result.effects else None

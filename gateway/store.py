@@ -247,6 +247,9 @@ class SessionSave(NamedTuple):
     now: datetime
 
 
+_SAVE_SESSIONS = "SELECT * FROM save_ussd_sessions(%s::json)"
+
+
 def save_sessions(conn: Connection, saves: list[SessionSave]) -> list[bool]:
     """``update_session`` for many hops at once (PostgreSQL): whether each was saved. Of
     two saves of one session only the first is tried (the second would find the hop
@@ -268,9 +271,6 @@ def save_sessions(conn: Connection, saves: list[SessionSave]) -> list[bool]:
     raw: Any = conn.connection.driver_connection
     saved = {found for (found,) in raw.execute(_SAVE_SESSIONS, (payload,)).fetchall()}
     return [save.row.id in saved and first[save.row.id] is save for save in saves]
-
-
-_SAVE_SESSIONS = "SELECT * FROM save_ussd_sessions(%s::json)"
 
 
 def set_session_status(db: Driver, *, pk: int, status: str) -> None:

@@ -111,12 +111,11 @@ class UssdService:
 
     async def handle_batched(self, turn: UssdTurn, batches: Batches) -> str:
         """``handle`` for PostgreSQL, with the database work done in ``batches`` (the
-        jobs of many hops in one transaction, their saves in one round trip), and
-        the session rows this
-        process saved remembered, so that the next hop of a session needs one job: the
-        save. The save is conditional on the row being unchanged, so a remembered row that
-        another replica (or an erasure) made stale is never saved over: the hop reads the
-        session again. Never raises."""
+        jobs of many hops in one transaction, their saves in one round trip), and the
+        session rows this process saved remembered, so that the next hop of a session
+        needs one job: the save. The save is conditional on the row being unchanged, so
+        a remembered row that another replica (or an erasure) made stale is never saved
+        over: the hop reads the session again. Never raises."""
         try:
             pseudonym = self._pseudonym(turn)
             if pseudonym is None:

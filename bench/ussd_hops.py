@@ -3,7 +3,8 @@
 Starts two servers as subprocesses:
 
 - the gateway exactly as ``gateway serve`` runs it by default (outbox worker in-process,
-  fake provider, one uvicorn worker, no access log), on a fresh database (an SQLite file
+  fake provider, one uvicorn worker, no access log; on PostgreSQL its database process,
+  whose CPU the ``srv cpu`` and ``µs/hop`` columns include), on a fresh database (an SQLite file
   in a temporary folder, or with ``--database postgres`` a fresh PostgreSQL database on
   127.0.0.1:5432 brought up by ``gateway migrate``), with its own key file;
 - bench/trivial_app.py on uvicorn (one worker, no access log): reads the form, answers a

@@ -27,6 +27,7 @@ from gateway import keys as keys_mod
 from gateway import outbox
 from gateway.batches import Batches
 from gateway.db import Database
+from gateway.dbworker import DbWorker
 from gateway.engine import Engine, Rules
 from gateway.errors import StartupError as StartupError  # where callers look for it
 from gateway.logs import configure_logging
@@ -39,7 +40,7 @@ from gateway.providers.base import DeliveryReport, Sender
 from gateway.senders import make_sender
 from gateway.settings import Settings, production_problems
 from gateway.sms import SmsPolicy, SmsService, words
-from gateway.ussd import UssdPolicy, UssdService
+from gateway.ussd import HopJobs, InThread, UssdPolicy, UssdService
 from gateway.validate import check_content, errors
 from gateway.webhooks import Refused, read_form
 
@@ -100,7 +101,8 @@ class Runtime:
     outbox_policy: OutboxPolicy
     wake: asyncio.Event
     loop: asyncio.AbstractEventLoop | None = None
-    batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs
+    batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs...
+    hop_jobs: HopJobs | None = None  # ... given to these (InThread(batches), or DbWorker)
 
     def notify(self) -> None:
         """Wake the worker: a message was queued (safe from any thread)."""
@@ -178,8 +180,10 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None,
                background: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
-               ) -> FastAPI:
-    """The HTTP service. ``background`` (the outbox worker) runs beside it when given."""
+               db_process: bool = False) -> FastAPI:
+    """The HTTP service. ``background`` (the outbox worker) runs beside it when given.
+    On PostgreSQL, USSD hops' database work runs in batches on a thread, or with
+    ``db_process`` (``gateway serve``) in a process of its own (``gateway.dbworker``)."""
     configure_logging()
     db_threads: ThreadPoolExecutor | None = None
 
@@ -192,7 +196,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         app.state.runtime = rt
         if not rt.db.sqlite:
             db_threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="gateway-db")
-            rt.batches = Batches(rt.db, rt.loop)
+            if db_process:
+                rt.hop_jobs = DbWorker(settings, rt.loop)
+            else:
+                rt.batches = Batches(rt.db, rt.loop)
+                rt.hop_jobs = InThread(rt.batches)
         task = asyncio.create_task(background(rt)) if background else None
         try:
             yield
@@ -201,9 +209,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if isinstance(rt.hop_jobs, DbWorker):
+                await asyncio.to_thread(rt.hop_jobs.close)
             if rt.batches is not None:
                 await asyncio.to_thread(rt.batches.close)
                 rt.batches = None
+            rt.hop_jobs = None
             if db_threads is not None:
                 db_threads.shutdown(wait=True)
                 db_threads = None
@@ -262,8 +273,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             if turn is None:
                 log.warning("ussd: request without a session id or caller refused")
                 body = rt.ussd.apology()
-            elif rt.batches is not None:
-                body = await rt.ussd.handle_batched(turn, rt.batches)
+            elif rt.hop_jobs is not None:
+                body = await rt.ussd.handle_batched(turn, rt.hop_jobs)
             else:
                 body = await call(rt, rt.ussd.handle, turn)
         except Exception as exc:  # handle() never raises; this is the last line of defence

@@ -1,4 +1,5 @@
-"""Database jobs of many requests run together: one transaction per batch, on one thread.
+"""Database jobs of many requests run together: one transaction per batch, on one thread
+(``Batches``) or in the database process (``gateway.dbworker``, with ``run_batch``).
 
 PostgreSQL only (SQLite work runs inline: its write lock serialises it anyway). A USSD hop
 on PostgreSQL is one or two short jobs: read the session (unless the process remembers it),
@@ -93,7 +94,7 @@ class Batches:
                     break
                 batch.append(more)
             try:
-                outcomes = self._run(batch)
+                outcomes = run_batch(self.db, batch)
             except BaseException as exc:  # the thread must go on: its callers wait
                 outcomes = [(future, exc, None) for _, _, future, _ in batch]
             try:
@@ -101,19 +102,23 @@ class Batches:
             except RuntimeError:  # the loop closed: nobody waits any more
                 return
 
-    def _run(self, batch: list[Entry]) -> list[Outcome]:
-        try:
-            with self.db.transaction() as conn:
-                results = _results(conn, batch)
-        except Exception as exc:
-            lost = isinstance(exc, (OperationalError, self.db.driver_errors.OperationalError))
-            if len(batch) == 1 or lost:
-                return [(future, exc, None) for _, _, future, _ in batch]
-            log.warning("batches: a job of %d failed (%s); each runs again alone",
-                        len(batch), exc.__class__.__name__)
-            return [outcome for entry in batch for outcome in self._run([entry])]
-        return [(future, None, result) for (_, _, future, _), result in zip(batch, results,
-                                                                         strict=True)]
+
+def run_batch(db: Database, batch: list[Entry]) -> list[Outcome]:
+    """Each entry's outcome: the batch in one transaction, or, if a job raised, each job
+    again alone; a lost connection fails them all. An entry's third member (its future
+    here) is only carried into its outcome."""
+    try:
+        with db.transaction() as conn:
+            results = _results(conn, batch)
+    except Exception as exc:
+        lost = isinstance(exc, (OperationalError, db.driver_errors.OperationalError))
+        if len(batch) == 1 or lost:
+            return [(future, exc, None) for _, _, future, _ in batch]
+        log.warning("batches: a job of %d failed (%s); each runs again alone",
+                    len(batch), exc.__class__.__name__)
+        return [outcome for entry in batch for outcome in run_batch(db, [entry])]
+    return [(future, None, result) for (_, _, future, _), result in zip(batch, results,
+                                                                     strict=True)]
 
 
 def _results(conn: Connection, batch: list[Entry]) -> list[Any]:

@@ -96,7 +96,8 @@ def cmd_serve(host: str, port: int, worker: bool) -> int:
     except StartupError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    app = create_app(settings, runtime=runtime, background=run_worker if worker else None)
+    app = create_app(settings, runtime=runtime, background=run_worker if worker else None,
+                     db_process=True)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
                 server_header=False, timeout_graceful_shutdown=20)
     return EXIT_OK

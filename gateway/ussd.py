@@ -7,8 +7,9 @@ hop gets the identical screen, and carry out the engine's effects. Saving is con
 the session not having changed since it was read; a hop that loses that race (a copy of
 it, or another replica, saved first) is run again and answers as a repeat. On SQLite the
 whole hop is one transaction (``handle``). On PostgreSQL (``handle_batched``) reading and
-saving are jobs that ``Batches`` runs with other hops' jobs, one transaction per batch, and
-the row a hop saved is remembered so the session's next hop skips the read; without the
+saving are jobs run in batches with other hops' jobs, one transaction per batch (in the
+database process of ``gateway.dbworker``, or by ``Batches`` on a thread), and the row a hop
+saved is remembered so the session's next hop skips the read; without the
 batches (an app run without its lifespan) they are one autocommit round trip each, and a
 save with effects is one transaction (``Database.hop``).
 
@@ -33,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -109,7 +110,7 @@ class UssdService:
         except Exception as exc:
             return self._failed(turn, exc)
 
-    async def handle_batched(self, turn: UssdTurn, batches: Batches) -> str:
+    async def handle_batched(self, turn: UssdTurn, batches: HopJobs) -> str:
         """``handle`` for PostgreSQL, with the database work done in ``batches`` (the
         jobs of many hops in one transaction, their saves in one round trip), and the
         session rows this process saved remembered, so that the next hop of a session
@@ -136,12 +137,11 @@ class UssdService:
             return self._failed(turn, exc)
 
     async def _hop_batched(self, turn: UssdTurn, pseudonym: str, key: tuple[str, str],
-                           batches: Batches, *, retry: bool) -> str | None:
+                           batches: HopJobs, *, retry: bool) -> str | None:
         row = self.recent.get(key)
         if row is None:
-            found: store.SessionRow | tuple[str, store.SessionRow, bool] = await batches.run(
-                functools.partial(self._read_or_begin, turn=turn, pseudonym=pseudonym,
-                                  read=retry))
+            found = await batches.read_or_begin(self, turn=turn, pseudonym=pseudonym,
+                                                read=retry)
             if not isinstance(found, store.SessionRow):  # a first hop, done in that job
                 body, row, effects = found
                 self.recent.put(key, row, keep=row.status == "active" and not effects)
@@ -152,10 +152,9 @@ class UssdService:
             return plan
         # The save goes in one round trip with the batch's others; its effects, if any,
         # follow in the same transaction once it is known to have landed.
-        then = functools.partial(self._apply_if_saved, turn=turn, pseudonym=pseudonym,
-                                 plan=plan) if plan.result.effects else None
-        saved: bool = await batches.run_in(
-            store.save_sessions, store.SessionSave(plan.row, row.hops, plan.now), then)
+        saved = await batches.save(self, store.SessionSave(plan.row, row.hops, plan.now),
+                                   turn=turn, pseudonym=pseudonym,
+                                   plan=plan if plan.result.effects else None)
         if not saved:
             self.recent.forget(key)
             return None
@@ -403,6 +402,41 @@ class UssdService:
                 status=event.status, hops_count=event.hops, duration_ms=event.duration_ms,
                 now=self.clock(),
             )
+
+
+Begun = tuple[str, store.SessionRow, bool]  # a first hop's answer, its row, whether effects
+
+
+class HopJobs(Protocol):
+    """Where ``handle_batched`` sends a hop's database work: ``InThread`` (a thread of
+    this process) or ``gateway.dbworker.DbWorker`` (a process of its own)."""
+
+    async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
+                            read: bool) -> store.SessionRow | Begun: ...
+
+    async def save(self, service: UssdService, save: store.SessionSave, *, turn: UssdTurn,
+                   pseudonym: str, plan: Save | None) -> bool: ...
+
+
+class InThread:
+    """A hop's jobs run by ``Batches``: the read (or first hop) as a job, the save as an
+    item of the batch's one save, its effects (``plan``, when it has some) after it."""
+
+    def __init__(self, batches: Batches) -> None:
+        self.batches = batches
+
+    async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
+                            read: bool) -> store.SessionRow | Begun:
+        found: store.SessionRow | Begun = await self.batches.run(functools.partial(
+            service._read_or_begin, turn=turn, pseudonym=pseudonym, read=read))
+        return found
+
+    async def save(self, service: UssdService, save: store.SessionSave, *, turn: UssdTurn,
+                   pseudonym: str, plan: Save | None) -> bool:
+        then = None if plan is None else functools.partial(
+            service._apply_if_saved, turn=turn, pseudonym=pseudonym, plan=plan)
+        saved: bool = await self.batches.run_in(store.save_sessions, save, then)
+        return saved
 
 
 class Save(NamedTuple):

@@ -1,0 +1,88 @@
+"""``gateway serve`` on PostgreSQL runs USSD hops' database work in a process of its own
+(``gateway.dbworker``). A session goes through it as through the thread; if the process
+dies between two hops, the next hop starts another and the session goes on; a copy of a
+dial still makes one session."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+from starlette.testclient import TestClient
+
+from gateway.app import Runtime, build_runtime, create_app
+from gateway.dbworker import DbWorker
+from gateway.settings import Settings
+from tests.phone import CON, END, Phone, Screen
+
+
+@pytest.fixture
+def worker_client(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: SQLite hops run in the service's own process")
+    runtime = build_runtime(settings)
+    app = create_app(settings, runtime=runtime, db_process=True)
+    try:
+        with TestClient(app) as client:
+            yield client, runtime
+    finally:
+        runtime.db.dispose()
+
+
+def _worker(runtime: Runtime) -> DbWorker:
+    assert isinstance(runtime.hop_jobs, DbWorker)
+    return runtime.hop_jobs
+
+
+def test_a_session_goes_through_the_database_process(
+        worker_client: tuple[TestClient, Runtime]) -> None:
+    client, runtime = worker_client
+    phone = Phone(client, "+22370000001")
+    assert phone.dial() == CON("Langue / Kan:\n1. Francais\n2. Bamanankan")
+    assert phone.press("1").text.startswith("Dannaya")
+    assert phone.press("2").text.startswith("Faites-vous confiance")
+    for _ in range(4):
+        screen = phone.press("3")
+    assert screen.text.startswith("Dans quel cercle")
+    assert phone.press("1").text.startswith("Quelle commune")
+    assert phone.press("1") == END("Merci, réponse recue.")
+    with runtime.db.transaction() as conn:
+        answers = conn.execute(text("SELECT count(*) FROM poll_answer")).scalar_one()
+    assert answers == 6
+    assert phone.repeat() == END("Merci, réponse recue.")
+
+
+def test_a_killed_database_process_is_replaced_and_the_session_goes_on(
+        worker_client: tuple[TestClient, Runtime]) -> None:
+    client, runtime = worker_client
+    phone = Phone(client, "+22370000001")
+    phone.dial()
+    phone.press("1")
+    first = _worker(runtime)._process
+    assert first is not None and first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)
+    first.join(5)
+
+    screen = phone.press("2")  # the hop finds the process gone, retries on a new one
+    assert screen.text.startswith("Faites-vous confiance")
+    second = _worker(runtime)._process
+    assert second is not None and second.pid != first.pid
+    reference = Phone(client, "+22376543210")
+    reference.dial()
+    assert reference.press("1", "2") == screen
+
+
+def test_a_copy_of_the_dial_makes_one_session(
+        worker_client: tuple[TestClient, Runtime]) -> None:
+    client, runtime = worker_client
+    phone = Phone(client, "+22370000001")
+    dial = phone.dial()
+    runtime.ussd.recent.forget(("africastalking", phone.session_id))
+    assert Screen.parse(phone.post("")) == dial
+    with runtime.db.transaction() as conn:
+        count = conn.execute(text("SELECT count(*) FROM ussd_session WHERE session_id = :s"),
+                             {"s": phone.session_id}).scalar_one()
+    assert count == 1

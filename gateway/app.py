@@ -210,7 +210,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if isinstance(rt.hop_jobs, DbWorker):
-                await asyncio.to_thread(rt.hop_jobs.close)
+                await rt.hop_jobs.aclose()
             if rt.batches is not None:
                 await asyncio.to_thread(rt.batches.close)
                 rt.batches = None

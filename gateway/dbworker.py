@@ -21,6 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import queue
+import signal
+import threading
 from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -125,18 +128,18 @@ class DbWorker:
         while self._sent:
             _fail(self._sent.popleft())
 
-    def close(self) -> None:
-        """Let the child finish what it was given, then stop it."""
+    async def aclose(self) -> None:
+        """Let the child finish what it was given, then stop it (on the loop's thread)."""
         self._flush()
         if self._pipe is not None:
             self.loop.remove_reader(self._pipe.fileno())
             self._pipe.close()  # the child reads EOF and exits after its batch
             self._pipe = None
-        if self._process is not None:
-            self._process.join(10)
-            if self._process.is_alive():
-                self._process.kill()
-            self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            await asyncio.to_thread(process.join, 10)
+            if process.is_alive():
+                process.kill()
         while self._sent:
             _fail(self._sent.popleft())
 
@@ -171,10 +174,26 @@ def serve(settings: Settings, pipe: Connection) -> None:
     from gateway.batches import Entry, run_batch
     from gateway.logs import configure_logging
 
+    # The parent stops it by closing the pipe, once its own hops are done: a Ctrl-C or a
+    # SIGTERM sent to the whole process group must not cut a batch short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging()
     runtime = build_runtime(settings)
     service = runtime.ussd
     db = runtime.db
+    # A thread keeps the pipe drained while a batch runs, so the parent's loop never
+    # waits to send.
+    inbox: queue.SimpleQueue[list[Spec] | None] = queue.SimpleQueue()
+
+    def drain() -> None:
+        try:
+            while True:
+                inbox.put(pipe.recv())
+        except (EOFError, OSError):
+            inbox.put(None)
+
+    threading.Thread(target=drain, name="gateway-db-pipe", daemon=True).start()
 
     def entry(spec: Spec, index: int) -> Entry:
         key = cast("asyncio.Future[Any]", index)  # carried through to the outcome only
@@ -187,12 +206,20 @@ def serve(settings: Settings, pipe: Connection) -> None:
 
     try:
         while True:
-            try:
-                rounds: list[list[Spec]] = [pipe.recv()]
-                while len(rounds) < MESSAGES_PER_BATCH and pipe.poll(0):
-                    rounds.append(pipe.recv())
-            except EOFError:
+            first = inbox.get()
+            if first is None:
                 return
+            rounds: list[list[Spec]] = [first]
+            stopping = False
+            while len(rounds) < MESSAGES_PER_BATCH:
+                try:
+                    more = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                rounds.append(more)
             specs = [spec for one in rounds for spec in one]
             replies: list[Reply] = [(False, ("other", "NotRun"))] * len(specs)
             try:
@@ -203,9 +230,14 @@ def serve(settings: Settings, pipe: Connection) -> None:
             except Exception as exc:
                 replies = [(False, _kind(db, exc))] * len(specs)
             at = 0
-            for one in rounds:
-                pipe.send(replies[at:at + len(one)])
-                at += len(one)
+            try:
+                for one in rounds:
+                    pipe.send(replies[at:at + len(one)])
+                    at += len(one)
+            except OSError:  # the parent is gone: nobody waits for these
+                return
+            if stopping:
+                return
     finally:
         runtime.db.dispose()
 

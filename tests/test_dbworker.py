@@ -86,3 +86,19 @@ def test_a_copy_of_the_dial_makes_one_session(
         count = conn.execute(text("SELECT count(*) FROM ussd_session WHERE session_id = :s"),
                              {"s": phone.session_id}).scalar_one()
     assert count == 1
+
+
+def test_the_database_process_stops_with_the_service(settings: Settings) -> None:
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: SQLite hops run in the service's own process")
+    runtime = build_runtime(settings)
+    app = create_app(settings, runtime=runtime, db_process=True)
+    try:
+        with TestClient(app) as client:
+            Phone(client, "+22370000001").dial()
+            process = _worker(runtime)._process
+            assert process is not None and process.is_alive()
+        assert process.exitcode == 0  # it finished on its own once the pipe closed
+        assert runtime.hop_jobs is None
+    finally:
+        runtime.db.dispose()

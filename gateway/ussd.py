@@ -170,7 +170,7 @@ class UssdService:
 
     def _read_or_begin(
         self, conn: Connection, *, turn: UssdTurn, pseudonym: str, read: bool,
-    ) -> store.SessionRow | tuple[str, store.SessionRow, bool]:
+    ) -> store.SessionRow | Begun:
         """A job: the session's row, or, for a new session, its first hop done. Unless
         ``read``, a dial (empty text: always a session's first hop, or a copy of it) skips
         the read; a copy then fails to create the session again, and its next attempt
@@ -291,7 +291,7 @@ class UssdService:
 
     def _first_hop(
         self, conn: Connection, turn: UssdTurn, pseudonym: str,
-    ) -> tuple[str, store.SessionRow, bool]:
+    ) -> Begun:
         """The first hop of a session: its answer, the session row it created, and
         whether the dialogue asked for effects."""
         now = self.clock()

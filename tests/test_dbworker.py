@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import text
@@ -19,8 +20,10 @@ from gateway.settings import Settings
 from tests.phone import CON, END, Phone, Screen
 
 
-@pytest.fixture
-def worker_client(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
+@contextmanager
+def serving(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
+    """The app as ``gateway serve`` runs it (with its database process), started and,
+    when the block ends, stopped."""
     if settings.database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL only: SQLite hops run in the service's own process")
     runtime = build_runtime(settings)
@@ -30,6 +33,12 @@ def worker_client(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
             yield client, runtime
     finally:
         runtime.db.dispose()
+
+
+@pytest.fixture
+def worker_client(settings: Settings) -> Iterator[tuple[TestClient, Runtime]]:
+    with serving(settings) as served:
+        yield served
 
 
 def _worker(runtime: Runtime) -> DbWorker:
@@ -89,16 +98,9 @@ def test_a_copy_of_the_dial_makes_one_session(
 
 
 def test_the_database_process_stops_with_the_service(settings: Settings) -> None:
-    if settings.database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL only: SQLite hops run in the service's own process")
-    runtime = build_runtime(settings)
-    app = create_app(settings, runtime=runtime, db_process=True)
-    try:
-        with TestClient(app) as client:
-            Phone(client, "+22370000001").dial()
-            process = _worker(runtime)._process
-            assert process is not None and process.is_alive()
-        assert process.exitcode == 0  # it finished on its own once the pipe closed
-        assert runtime.hop_jobs is None
-    finally:
-        runtime.db.dispose()
+    with serving(settings) as (client, runtime):
+        Phone(client, "+22370000001").dial()
+        process = _worker(runtime)._process
+        assert process is not None and process.is_alive()
+    assert process.exitcode == 0  # it finished on its own once the pipe closed
+    assert runtime.hop_jobs is None

@@ -1,6 +1,6 @@
 """Alembic environment: the gateway's SQLModel tables, on the connection it is given.
 
-``gateway.migrate`` passes a live connection in ``config.attributes["connection"]``;
+``gateway.store.migrate`` passes a live connection in ``config.attributes["connection"]``;
 run from the command line, the URL comes from GATEWAY_DATABASE_URL.
 """
 
@@ -10,8 +10,8 @@ from alembic import context
 from sqlalchemy import Connection
 from sqlmodel import SQLModel
 
-from gateway import models  # noqa: F401  (registers the tables)
-from gateway.db import make_engine
+from gateway.store import models  # noqa: F401  (registers the tables)
+from gateway.store.db import make_engine
 from gateway.settings import Settings
 
 config = context.config

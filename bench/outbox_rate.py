@@ -4,7 +4,7 @@ For each (cap, messages) of the plan, on a fresh database (an SQLite file in a t
 folder by default; ``--database postgres``: a fresh PostgreSQL database on 127.0.0.1:5432
 brought up by ``gateway migrate``):
 
-1. enqueue the messages with ``gateway.outbox.enqueue`` (broadcasts to distinct numbers,
+1. enqueue the messages with ``gateway.outbox.outbox.enqueue`` (broadcasts to distinct numbers,
    in a few transactions) and time it;
 2. run the real ``gateway worker`` as a subprocess with ``GATEWAY_SEND_RATE=<cap>`` and the
    fake provider in URL mode (``GATEWAY_FAKE_SMSC_URL``), which POSTs each message as JSON to
@@ -158,8 +158,8 @@ class RunResult:
 def sender_cost(receiver_url: str, count: int = 3000, batch: int = 50) -> float:
     """CPU µs per message of the fake provider's sender alone (its HTTP client), sending as
     the worker does: a batch of concurrent sends at a time."""
-    from gateway.providers.base import OutboundSms
-    from gateway.providers.fake import FakeSender
+    from gateway.channels.base import OutboundSms
+    from gateway.channels.fake import FakeSender
 
     async def run() -> float:
         sender = FakeSender(url=receiver_url)
@@ -181,14 +181,14 @@ def sender_cost(receiver_url: str, count: int = 3000, batch: int = 50) -> float:
 
 def enqueue(url: str, work: Path, count: int) -> float:
     """Queue ``count`` broadcasts in transactions of ENQUEUE_BATCH; the seconds it took."""
-    from gateway import outbox
-    from gateway.app import build_runtime
-    from gateway.models import utcnow
+    from gateway.outbox import outbox
+    from gateway.runtime import build_runtime
     from gateway.settings import Settings
+    from gateway.store.models import utcnow
 
     settings = Settings(_env_file=None, database_url=url, key_file=work / "gateway.keys",
                         content_dir=REPO)
-    logging.getLogger("gateway.keys").setLevel(logging.ERROR)  # "created a new key file"
+    logging.getLogger("gateway.privacy.keys").setLevel(logging.ERROR)  # "created a new key file"
     rt = build_runtime(settings)
     try:
         started = time.perf_counter()
@@ -211,7 +211,7 @@ def statuses(url: str) -> dict[int, str]:
     """Each queued message's final status in the database, by id."""
     from sqlalchemy import create_engine, select
 
-    from gateway.outbox import outbox
+    from gateway.outbox.outbox import outbox
 
     engine = create_engine(url)
     try:

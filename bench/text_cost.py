@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.content import PLACEHOLDER, load
-from gateway.text import UCS2_PART, UCS2_SINGLE, outbound, sms_cost, ucs2_units
+from gateway.content.catalogs import PLACEHOLDER, load
+from gateway.text.encoding import UCS2_PART, UCS2_SINGLE, outbound, sms_cost, ucs2_units
 
 
 @dataclass(frozen=True)

@@ -312,15 +312,15 @@ def check_scripts(port: int) -> None:
 def persisted(url: str) -> dict[str, int]:
     from sqlalchemy import create_engine, func, select
 
-    from gateway import store
+    from gateway.store import queries
 
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
             counts = {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
-                      for t in (store.sessions, store.contacts, store.reports,
-                                store.poll_answers, store.vault)}
-            hops = conn.execute(select(func.sum(store.sessions.c.hops))).scalar_one()
+                      for t in (queries.sessions, queries.contacts, queries.reports,
+                                queries.poll_answers, queries.vault)}
+            hops = conn.execute(select(func.sum(queries.sessions.c.hops))).scalar_one()
             return {**counts, "ussd hops": int(hops or 0)}
     finally:
         engine.dispose()

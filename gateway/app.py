@@ -1,4 +1,5 @@
-"""The FastAPI application: ``create_app(settings)``. A thin layer over the core.
+"""The FastAPI application: ``create_app(settings)``. A thin layer over the core, built
+by ``gateway.runtime``.
 
 Routes translate HTTP into canonical events with a provider adapter and hand them to a
 service; they hold no business logic. Settings are passed in, never read at import.
@@ -13,7 +14,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,27 +22,18 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from gateway import content as content_mod
-from gateway import keys as keys_mod
-from gateway import outbox
-from gateway.batches import Batches
-from gateway.db import Database
-from gateway.dbworker import DbWorker
-from gateway.engine import Engine, Rules
-from gateway.errors import StartupError as StartupError  # where callers look for it
+from gateway.channels import africastalking as at
+from gateway.channels import kannel
+from gateway.channels.base import DeliveryReport
+from gateway.channels.forms import Refused, read_form
+from gateway.dialogue.ussd import InThread
+from gateway.dialogue.ussd_process import DbWorker
 from gateway.logs import configure_logging
-from gateway.migrate import SchemaBehind, prepare_database
-from gateway.models import utcnow
-from gateway.outbox import OutboxPolicy
-from gateway.providers import africastalking as at
-from gateway.providers import kannel
-from gateway.providers.base import DeliveryReport, Sender
-from gateway.senders import make_sender
-from gateway.settings import Settings, production_problems
-from gateway.sms import SmsPolicy, SmsService, words
-from gateway.ussd import HopJobs, InThread, UssdPolicy, UssdService
-from gateway.validate import check_content, errors
-from gateway.webhooks import Refused, read_form
+from gateway.outbox import outbox
+from gateway.runtime import Runtime, build_runtime
+from gateway.settings import Settings
+from gateway.store.batches import Batches
+from gateway.store.models import utcnow
 
 log = logging.getLogger("gateway.app")
 
@@ -87,103 +78,13 @@ def queue_depth(rt: Runtime) -> int | None:
         return None
 
 
-@dataclass
-class Runtime:
-    """Everything built from settings at start, shared by the routes and the worker."""
-
-    settings: Settings
-    db: Database
-    keys: keys_mod.KeyRing
-    engine: Engine
-    ussd: UssdService
-    sms: SmsService
-    sender: Sender
-    outbox_policy: OutboxPolicy
-    wake: asyncio.Event
-    loop: asyncio.AbstractEventLoop | None = None
-    batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs...
-    hop_jobs: HopJobs | None = None  # ... given to these (InThread(batches), or DbWorker)
-
-    def notify(self) -> None:
-        """Wake the worker: a message was queued (safe from any thread)."""
-        if self.loop is not None and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.wake.set)
-
-
-def engine_rules(settings: Settings) -> Rules:
-    """USSD: screens always go out in the GSM-safe form (a UCS-2 screen holds half as
-    much, and the flows are checked against that budget)."""
-    return Rules(
-        budget=settings.ussd_budget,
-        next_key=settings.ussd_next,
-        back_key=settings.ussd_back,
-        home_key=settings.ussd_home,
-        transliterate=True,
-        params={"minutes": str(settings.ussd_resume_minutes), "ussd_code": settings.ussd_code},
-    )
-
-
-def sms_rules(settings: Settings) -> Rules:
-    """SMS: the GSM-safe form unless ``GATEWAY_TRANSLITERATE`` is off (then UCS-2 where the
-    catalog's letters need it, at about twice the segments)."""
-    return Rules(
-        budget=settings.sms_budget,
-        next_key=settings.ussd_next,
-        back_key=settings.ussd_back,
-        home_key=settings.ussd_home,
-        transliterate=settings.transliterate,
-        params={"minutes": str(settings.ussd_resume_minutes), "ussd_code": settings.ussd_code},
-    )
-
-
-def build_runtime(settings: Settings) -> Runtime:
-    """Open the database, load keys and content; refuse to start on what is unsafe."""
-    problems = production_problems(settings)
-    if problems:
-        raise StartupError("; ".join(problems))
-    try:
-        keyring = keys_mod.load(settings.key_file, create=not settings.is_production)
-    except keys_mod.KeyFileError as exc:
-        raise StartupError(str(exc)) from None
-    root = content_mod.locate(settings.content_dir)
-    content, load_problems = content_mod.load(root)
-    rules = engine_rules(settings)
-    bad = errors(load_problems + list(check_content(content, rules)))
-    if bad:
-        raise StartupError(f"content in {root} has {len(bad)} problem(s); run "
-                           f"`gateway flows check {root}`. First: {bad[0]}")
-    sender = make_sender(settings)  # refuses a provider without its settings: before any I/O
-    db = Database(settings.database_url)
-    try:
-        prepare_database(db)
-    except SchemaBehind as exc:
-        db.dispose()
-        raise StartupError(str(exc)) from None
-    engine = Engine(content, rules)
-    policy = UssdPolicy(default_region=settings.default_region,
-                        resume_minutes=settings.ussd_resume_minutes)
-    ussd = UssdService(db=db, keys=keyring, engine=engine, policy=policy)
-    outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
-                                 lease_seconds=settings.send_lease_seconds)
-    sms_policy = SmsPolicy(
-        default_region=settings.default_region, stop_words=words(settings.stop_words),
-        start_words=words(settings.start_words), erase_words=words(settings.erase_words),
-        yes_words=words(settings.yes_words),
-    )
-    wake = asyncio.Event()
-    sms = SmsService(db=db, keys=keyring, engine=Engine(content, sms_rules(settings)),
-                     policy=sms_policy, outbox_policy=outbox_policy)
-    runtime = Runtime(settings, db, keyring, engine, ussd, sms, sender, outbox_policy, wake)
-    sms.notify = runtime.notify
-    return runtime
-
-
 def create_app(settings: Settings, *, runtime: Runtime | None = None,
                background: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
                db_process: bool = False) -> FastAPI:
     """The HTTP service. ``background`` (the outbox worker) runs beside it when given.
     On PostgreSQL, USSD hops' database work runs in batches on a thread, or with
-    ``db_process`` (``gateway serve``) in a process of its own (``gateway.dbworker``)."""
+    ``db_process`` (``gateway serve``) in a process of its own
+    (``gateway.dialogue.ussd_process``)."""
     configure_logging()
     db_threads: ThreadPoolExecutor | None = None
 

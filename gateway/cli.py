@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway import content as content_mod
+from gateway.content import catalogs as content_mod
 from gateway.settings import Settings
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -63,8 +63,8 @@ def _settings() -> Settings:
 
 
 def cmd_flows_check(directory: Path | None) -> int:
-    from gateway.app import engine_rules
-    from gateway.validate import check, errors
+    from gateway.dialogue.services import engine_rules
+    from gateway.dialogue.validate import check, errors
 
     settings = _settings()
     root = directory if directory is not None else content_mod.locate(settings.content_dir)
@@ -85,9 +85,10 @@ def cmd_flows_check(directory: Path | None) -> int:
 def cmd_serve(host: str, port: int, worker: bool) -> int:
     import uvicorn
 
-    from gateway.app import StartupError, build_runtime, create_app
+    from gateway.app import create_app
+    from gateway.errors import StartupError
     from gateway.logs import configure_logging
-    from gateway.worker import run_worker
+    from gateway.runtime import build_runtime, run_worker
 
     configure_logging()
     settings = _settings()
@@ -104,9 +105,9 @@ def cmd_serve(host: str, port: int, worker: bool) -> int:
 
 
 def cmd_worker() -> int:
-    from gateway.app import StartupError, build_runtime
+    from gateway.errors import StartupError
     from gateway.logs import configure_logging
-    from gateway.worker import run_worker_until_signal
+    from gateway.runtime import build_runtime, run_worker_until_signal
 
     configure_logging()
     try:
@@ -121,8 +122,8 @@ def cmd_worker() -> int:
 def cmd_migrate() -> int:
     from sqlalchemy.exc import OperationalError
 
-    from gateway import migrate
-    from gateway.db import make_engine
+    from gateway.store import migrate
+    from gateway.store.db import make_engine
 
     settings = _settings()
     engine = make_engine(settings.database_url)
@@ -144,7 +145,7 @@ def cmd_migrate() -> int:
 
 
 def cmd_keys_init() -> int:
-    from gateway import keys as keys_mod
+    from gateway.privacy import keys as keys_mod
 
     settings = _settings()
     if settings.key_file.exists():
@@ -158,9 +159,9 @@ def cmd_keys_init() -> int:
 
 
 def cmd_keys_rotate() -> int:
-    from gateway import keys as keys_mod
     from gateway import retention
-    from gateway.db import Database
+    from gateway.privacy import keys as keys_mod
+    from gateway.store.db import Database
 
     settings = _settings()
     if not settings.key_file.exists():
@@ -184,8 +185,8 @@ def cmd_keys_rotate() -> int:
 
 def cmd_keys_shred() -> int:
     from gateway import retention
-    from gateway.db import Database
-    from gateway.models import utcnow
+    from gateway.store.db import Database
+    from gateway.store.models import utcnow
 
     settings = _settings()
     db = Database(settings.database_url)
@@ -201,8 +202,8 @@ def cmd_keys_shred() -> int:
 
 def cmd_purge() -> int:
     from gateway import retention
-    from gateway.db import Database
-    from gateway.models import utcnow
+    from gateway.store.db import Database
+    from gateway.store.models import utcnow
 
     settings = _settings()
     db = Database(settings.database_url)

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from sqlalchemy import Connection, and_, delete, select, update
 
-from gateway import keys as keys_mod
-from gateway import outbox, store
-from gateway.db import Database
-from gateway.keys import KeyRing
+from gateway.outbox import outbox
+from gateway.privacy import keys as keys_mod
+from gateway.privacy.keys import KeyRing
 from gateway.settings import Settings
+from gateway.store import queries
+from gateway.store.db import Database
+from gateway.store.queries import contacts, tombstones
 
 log = logging.getLogger("gateway.retention")
 
@@ -64,30 +66,30 @@ def purge(db: Database, *, retention: Retention, now: datetime,
     report.restored_erasures = _reapply_erasures(db, now=now)
     # Raw numbers of contacts inactive for number_days: without them, nothing is sent.
     cutoff = now - timedelta(days=retention.number_days)
-    inactive = select(store.contacts.c.pseudonym).where(store.contacts.c.last_seen_at < cutoff)
+    inactive = select(queries.contacts.c.pseudonym).where(queries.contacts.c.last_seen_at < cutoff)
     while True:
         with db.transaction() as conn:
             batch = [r for r, in conn.execute(
-                select(store.vault.c.pseudonym)
-                .where(store.vault.c.pseudonym.in_(inactive)).limit(BATCH)).all()]
+                select(queries.vault.c.pseudonym)
+                .where(queries.vault.c.pseudonym.in_(inactive)).limit(BATCH)).all()]
             if not batch:
                 break
-            conn.execute(delete(store.vault).where(store.vault.c.pseudonym.in_(batch)))
-            conn.execute(update(store.contacts).where(store.contacts.c.pseudonym.in_(batch))
+            conn.execute(delete(queries.vault).where(queries.vault.c.pseudonym.in_(batch)))
+            conn.execute(update(queries.contacts).where(queries.contacts.c.pseudonym.in_(batch))
                          .values(subscribed=False, area=None))
             report.numbers += len(batch)
     # Report text older than text_days.
     cutoff = now - timedelta(days=retention.text_days)
     report.texts += _repeat(db, lambda conn: conn.execute(
-        update(store.reports).where(store.reports.c.id.in_(
-            select(store.reports.c.id).where(store.reports.c.text.is_not(None),
-                                             store.reports.c.created_at < cutoff)
+        update(queries.reports).where(queries.reports.c.id.in_(
+            select(queries.reports.c.id).where(queries.reports.c.text.is_not(None),
+                                             queries.reports.c.created_at < cutoff)
             .limit(BATCH).scalar_subquery())).values(text=None)).rowcount)
     # USSD sessions (their sealed state, hops and screens) once no resume can need them.
     cutoff = now - timedelta(days=SESSION_DAYS)
     report.sessions += _repeat(db, lambda conn: conn.execute(
-        delete(store.sessions).where(store.sessions.c.id.in_(
-            select(store.sessions.c.id).where(store.sessions.c.updated_at < cutoff)
+        delete(queries.sessions).where(queries.sessions.c.id.in_(
+            select(queries.sessions.c.id).where(queries.sessions.c.updated_at < cutoff)
             .limit(BATCH).scalar_subquery()))).rowcount)
     # Finished outbound messages: their sealed numbers go with them.
     cutoff = now - timedelta(days=retention.outbox_days)
@@ -97,7 +99,7 @@ def purge(db: Database, *, retention: Retention, now: datetime,
         delete(outbox.outbox).where(outbox.outbox.c.id.in_(
             select(outbox.outbox.c.id).where(done, outbox.outbox.c.updated_at < cutoff)
             .limit(BATCH).scalar_subquery()))).rowcount)
-    from gateway.sms import conversations, inbound
+    from gateway.dialogue.sms import conversations, inbound
 
     cutoff = now - timedelta(days=INBOUND_DAYS)
     report.inbound += _repeat(db, lambda conn: conn.execute(
@@ -128,20 +130,20 @@ def _reapply_erasures(db: Database, *, now: datetime) -> int:
     created after the erasure is someone who came back, and is kept."""
     with db.transaction() as conn:
         rows = conn.execute(
-            select(store.contacts.c.pseudonym)
-            .join(store.tombstones, store.tombstones.c.pseudonym == store.contacts.c.pseudonym)
-            .where(store.contacts.c.created_at < store.tombstones.c.erased_at)
+            select(contacts.c.pseudonym)
+            .join(tombstones, tombstones.c.pseudonym == contacts.c.pseudonym)
+            .where(contacts.c.created_at < tombstones.c.erased_at)
         ).all()
         for (pseudonym,) in rows:
-            store.erase_contact(conn, pseudonym=pseudonym, now=now)
+            queries.erase_contact(conn, pseudonym=pseudonym, now=now)
         # Rows whose contact row was not in the backup but whose data was.
         orphans = conn.execute(
-            select(store.vault.c.pseudonym).join(
-                store.tombstones, store.tombstones.c.pseudonym == store.vault.c.pseudonym)
-            .where(and_(store.vault.c.updated_at < store.tombstones.c.erased_at))
+            select(queries.vault.c.pseudonym).join(
+                queries.tombstones, queries.tombstones.c.pseudonym == queries.vault.c.pseudonym)
+            .where(and_(queries.vault.c.updated_at < queries.tombstones.c.erased_at))
         ).all()
         for (pseudonym,) in orphans:
-            store.erase_contact(conn, pseudonym=pseudonym, now=now)
+            queries.erase_contact(conn, pseudonym=pseudonym, now=now)
     return len(rows) + len(orphans)
 
 
@@ -159,14 +161,14 @@ def _rewrap_data_keys(db: Database, ring: KeyRing, version: int) -> int:
     while True:
         with db.transaction() as conn:
             rows = conn.execute(
-                select(store.contacts.c.id, store.contacts.c.pseudonym, store.contacts.c.data_key)
-                .where(store.contacts.c.id > last, store.contacts.c.data_key.is_not(None))
-                .order_by(store.contacts.c.id).limit(BATCH)).all()
+                select(contacts.c.id, contacts.c.pseudonym, contacts.c.data_key)
+                .where(contacts.c.id > last, contacts.c.data_key.is_not(None))
+                .order_by(contacts.c.id).limit(BATCH)).all()
             if not rows:
                 return done
             for row in rows:
                 if keys_mod.version_of(row.data_key) != version:
-                    conn.execute(update(store.contacts).where(store.contacts.c.id == row.id)
+                    conn.execute(update(queries.contacts).where(queries.contacts.c.id == row.id)
                                  .values(data_key=ring.rewrap(row.data_key,
                                                               pseudonym=row.pseudonym)))
                     done += 1
@@ -186,16 +188,16 @@ def rotate(db: Database, *, key_file: Path) -> RotationReport:
     while True:
         with db.transaction() as conn:
             rows = conn.execute(
-                select(store.vault).where(store.vault.c.pseudonym > last_pseudonym)
-                .order_by(store.vault.c.pseudonym).limit(BATCH)).all()
+                select(queries.vault).where(queries.vault.c.pseudonym > last_pseudonym)
+                .order_by(queries.vault.c.pseudonym).limit(BATCH)).all()
             if not rows:
                 break
             for row in rows:
                 if keys_mod.version_of(row.number) != master:
                     aad = f"vault:{row.pseudonym}"
                     number = ring.seal_text(ring.open_text(row.number, aad=aad), aad=aad)
-                    conn.execute(update(store.vault).where(
-                        store.vault.c.pseudonym == row.pseudonym).values(number=number))
+                    conn.execute(update(queries.vault).where(
+                        queries.vault.c.pseudonym == row.pseudonym).values(number=number))
                     numbers += 1
             last_pseudonym = rows[-1].pseudonym
     return RotationReport(master, wrap, data_keys, numbers)
@@ -206,7 +208,7 @@ def shred(db: Database, *, key_file: Path, now: datetime, force: bool = False) -
     data-wrapping key, then destroy the older ones. Returns the new version, or None when
     there was nothing to do. Killed half-way, it is simply run again."""
     with db.transaction() as conn:
-        pending = store.get_counter(conn, name=store.ERASURES_PENDING_SHRED) or 0
+        pending = queries.get_counter(conn, name=queries.ERASURES_PENDING_SHRED) or 0
     if not pending and not force:
         return None
     version = keys_mod.add_wrap_version(key_file)
@@ -216,6 +218,6 @@ def shred(db: Database, *, key_file: Path, now: datetime, force: bool = False) -
     _rewrap_data_keys(db, ring, version)
     dropped = keys_mod.drop_wrap_versions(key_file, keep=version)
     with db.transaction() as conn:
-        store.bump(conn, name=store.ERASURES_PENDING_SHRED, by=-pending, now=now)
+        queries.bump(conn, name=queries.ERASURES_PENDING_SHRED, by=-pending, now=now)
     log.info("shred: data-wrapping key %d is current; destroyed versions %s", version, dropped)
     return version

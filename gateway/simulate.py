@@ -6,7 +6,7 @@ then the whole input history joined with ``*``, a reply checked strictly (200,
 ``text/plain``, ``CON ``/``END ``), the ``at-ussd-hop-metadata`` label echoed, and one
 end-of-session notification per dial: ``Success`` after ``END``, ``Incomplete`` when the
 resident hangs up, ``Failed`` on a malformed reply. Each screen is shown with its length
-against the USSD budget and its encoding, measured by :mod:`gateway.text`.
+against the USSD budget and its encoding, measured by :mod:`gateway.text.encoding`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import httpx
 
 from gateway.settings import Settings
-from gateway.text import encoding_of, length_in, screen_length
+from gateway.text.encoding import encoding_of, length_in, screen_length
 
 USSD_PATH = "/webhooks/africastalking/ussd"
 EVENTS_PATH = USSD_PATH + "/events"

@@ -20,10 +20,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from gateway import migrate
-from gateway.app import Runtime, build_runtime, create_app
-from gateway.db import make_engine
+from gateway.app import create_app
+from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
+from gateway.store import migrate
+from gateway.store.db import make_engine
 from tests.handset import Handset
 from tests.phone import Phone
 

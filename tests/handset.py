@@ -11,9 +11,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.app import Runtime
-from gateway.providers.fake import FakeSender
-from gateway.worker import Worker
+from gateway.channels.fake import FakeSender
+from gateway.runtime import Runtime, make_worker
 
 SMS_PATH = "/webhooks/africastalking/sms"
 _ids = itertools.count(1)
@@ -59,7 +58,7 @@ class Handset:
 def drain(runtime: Runtime) -> int:
     """Send everything due now (the fake provider answers at once)."""
     async def run() -> int:
-        worker = Worker(runtime, clock=runtime.sms.clock)
+        worker = make_worker(runtime, clock=runtime.sms.clock)
         total = 0
         for _ in range(200):
             handled, more = await worker.step()

@@ -19,12 +19,14 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from gateway import outbox
-from gateway.app import Runtime, StartupError, build_runtime, create_app
-from gateway.providers import africastalking as at
-from gateway.providers.africastalking_sender import AfricasTalkingSender
-from gateway.providers.base import DeliveryStatus, OutboundSms, SendOutcome, SendResult
-from gateway.senders import make_sender as make_configured_sender
+from gateway.app import create_app
+from gateway.channels import africastalking as at
+from gateway.channels.africastalking_sender import AfricasTalkingSender
+from gateway.channels.base import DeliveryStatus, OutboundSms, SendOutcome, SendResult
+from gateway.channels.senders import make_sender as make_configured_sender
+from gateway.errors import StartupError
+from gateway.outbox import outbox
+from gateway.runtime import Runtime, build_runtime
 from gateway.settings import ProviderName, Settings
 from tests.capture import raw_log
 from tests.fake_africastalking import FakeAfricasTalking

@@ -1,4 +1,4 @@
-"""PostgreSQL hops run in batches (``gateway.batches``) and a process remembers the
+"""PostgreSQL hops run in batches (``gateway.store.batches``) and a process remembers the
 sessions it saved. A remembered session changed elsewhere is never saved over, one bad
 job fails only itself, and two copies of a save in one batch save once."""
 
@@ -11,21 +11,21 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, text
 
-from gateway import store
-from gateway.app import Runtime
-from gateway.batches import Batches
-from gateway.db import Database
-from gateway.models import utcnow
-from gateway.providers.base import UssdTurn
-from gateway.ussd import RecentSessions
+from gateway.channels.base import UssdTurn
+from gateway.dialogue.ussd import RecentSessions
+from gateway.runtime import Runtime
+from gateway.store import queries
+from gateway.store.batches import Batches
+from gateway.store.db import Database
+from gateway.store.models import utcnow
 from tests.phone import CON, END, Phone, Screen
 
 APOLOGY = END("Service momentanément indisponible. Merci de réessayer plus tard.")
 
 
-def session(runtime: Runtime, phone: Phone) -> store.SessionRow:
+def session(runtime: Runtime, phone: Phone) -> queries.SessionRow:
     with runtime.db.transaction() as conn:
-        row = store.get_session(store.Driver(conn), provider="africastalking",
+        row = queries.get_session(queries.Driver(conn), provider="africastalking",
                                 session_id=phone.session_id)
     assert row is not None
     return row
@@ -41,7 +41,7 @@ def test_a_session_erased_by_another_replica_stays_erased(
         assert len(runtime.ussd.recent) == 1
     pseudonym = session(runtime, phone).pseudonym
     with runtime.db.transaction() as conn:  # as an SMS "erase" on another replica does
-        store.erase_contact(conn, pseudonym=pseudonym, now=utcnow())
+        queries.erase_contact(conn, pseudonym=pseudonym, now=utcnow())
 
     assert phone.press("1") == APOLOGY
     row = session(runtime, phone)
@@ -124,13 +124,13 @@ def test_two_saves_of_one_session_in_a_batch_save_once(
     phone.dial()
     phone.press("1")
     row = session(runtime, phone)
-    one = store.SessionSave(row._replace(response="CON one", hops=row.hops + 1),
+    one = queries.SessionSave(row._replace(response="CON one", hops=row.hops + 1),
                             row.hops, utcnow())
-    two = store.SessionSave(row._replace(response="CON two", hops=row.hops + 1),
+    two = queries.SessionSave(row._replace(response="CON two", hops=row.hops + 1),
                             row.hops, utcnow())
     with runtime.db.transaction() as conn:
-        assert store.save_sessions(conn, [one, two]) == [True, False]
-        assert store.save_sessions(conn, [two]) == [False]  # the count moved on
+        assert queries.save_sessions(conn, [one, two]) == [True, False]
+        assert queries.save_sessions(conn, [two]) == [False]  # the count moved on
     after = session(runtime, phone)
     assert (after.response, after.hops) == ("CON one", row.hops + 1)
 
@@ -159,9 +159,9 @@ def test_saves_keep_to_the_index_as_the_session_table_grows(
     with runtime.db.engine.connect() as conn:
         for n in range(12):  # often enough for the driver to prepare the statement
             with conn.begin():
-                save = store.SessionSave(row._replace(hops=row.hops + n + 1),
+                save = queries.SessionSave(row._replace(hops=row.hops + n + 1),
                                          row.hops + n, utcnow())
-                assert store.save_sessions(conn, [save]) == [True]
+                assert queries.save_sessions(conn, [save]) == [True]
         with conn.begin():
             conn.execute(text(
                 "INSERT INTO ussd_session (provider, session_id, pseudonym, state, status, "
@@ -170,9 +170,9 @@ def test_saves_keep_to_the_index_as_the_session_table_grows(
                 "now() FROM generate_series(1, 20000) AS g"))
         with conn.begin():
             for n in range(12, 17):
-                save = store.SessionSave(row._replace(hops=row.hops + n + 1),
+                save = queries.SessionSave(row._replace(hops=row.hops + n + 1),
                                          row.hops + n, utcnow())
-                assert store.save_sessions(conn, [save]) == [True]
+                assert queries.save_sessions(conn, [save]) == [True]
             scans = conn.execute(text(
                 "SELECT seq_scan FROM pg_stat_xact_user_tables "
                 "WHERE relname = 'ussd_session'")).scalar_one()

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
-from gateway.app import Runtime
+from gateway.runtime import Runtime
 from tests.capture import RawLog, raw_log
 from tests.handset import Handset, drain
 from tests.phone import Phone

@@ -20,10 +20,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from gateway import outbox, sms
-from gateway.app import build_runtime
-from gateway.models import utcnow
+from gateway.dialogue import sms
+from gateway.outbox import outbox
+from gateway.runtime import build_runtime
 from gateway.settings import Settings
+from gateway.store.models import utcnow
 from tests.conftest import REPO
 from tests.fake_smsc import FakeSmsc
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
-from gateway import db as db_mod
-from gateway.app import Runtime
-from gateway.db import KEPT_IDLE_SECONDS, Database
-from gateway.providers.base import UssdTurn
+from gateway.channels.base import UssdTurn
+from gateway.runtime import Runtime
+from gateway.store import db as db_mod
+from gateway.store.db import KEPT_IDLE_SECONDS, Database
 
 
 @pytest.fixture

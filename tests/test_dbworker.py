@@ -1,5 +1,5 @@
 """``gateway serve`` on PostgreSQL runs USSD hops' database work in a process of its own
-(``gateway.dbworker``). A session goes through it as through the thread; if the process
+(``gateway.dialogue.ussd_process``). A session goes through it as through the thread; if the process
 dies between two hops, the next hop starts another and the session goes on; a copy of a
 dial still makes one session."""
 
@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from gateway.app import Runtime, build_runtime, create_app
-from gateway.dbworker import DbWorker
+from gateway.app import create_app
+from gateway.dialogue.ussd_process import DbWorker
+from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
 from tests.phone import CON, END, Phone, Screen
 

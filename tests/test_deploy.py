@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from gateway import keys as keys_mod
-from gateway import migrate
-from gateway.db import make_engine
+from gateway.privacy import keys as keys_mod
+from gateway.store import migrate
+from gateway.store.db import make_engine
 from tests.conftest import REPO
 
 

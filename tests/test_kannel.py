@@ -28,17 +28,18 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from gateway import keys as keys_mod
-from gateway import outbox, sms
-from gateway.app import StartupError
-from gateway.db import make_engine
+from gateway.channels.base import OutboundSms, SendOutcome, SendResult
+from gateway.channels.kannel import KannelConfigError, KannelSender, parse_sms
+from gateway.channels.senders import make_sender
+from gateway.dialogue import sms
+from gateway.errors import StartupError
 from gateway.logs import configure_logging
-from gateway.models import utcnow
-from gateway.outbox import OutboxPolicy
-from gateway.providers.base import OutboundSms, SendOutcome, SendResult
-from gateway.providers.kannel import KannelConfigError, KannelSender, parse_sms
-from gateway.senders import make_sender
+from gateway.outbox import outbox
+from gateway.outbox.outbox import OutboxPolicy
+from gateway.privacy import keys as keys_mod
 from gateway.settings import Settings
+from gateway.store.db import make_engine
+from gateway.store.models import utcnow
 from tests import capture
 from tests.capture import RawLog, serving
 from tests.conftest import REPO

@@ -14,11 +14,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
-from gateway import migrate
-from gateway.app import StartupError, build_runtime
 from gateway.cli import main
-from gateway.db import make_engine
+from gateway.errors import StartupError
+from gateway.runtime import build_runtime
 from gateway.settings import Settings
+from gateway.store import migrate
+from gateway.store.db import make_engine
 from tests.conftest import REPO
 
 TABLES = {"contact", "vault", "tombstone", "ussd_session", "ussd_event",

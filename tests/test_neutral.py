@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.content import Content, load
-from gateway.engine import Engine, Rules
-from gateway.flowdef import EndStep, MenuStep
-from gateway.sms import SmsPolicy, SmsService
-from gateway.text import fold
-from gateway.validate import SMS_KEYS
+from gateway.content.catalogs import Content, load
+from gateway.content.flowdef import EndStep, MenuStep
+from gateway.dialogue.engine import Engine, Rules
+from gateway.dialogue.sms import SmsPolicy, SmsService
+from gateway.dialogue.validate import SMS_KEYS
+from gateway.text.encoding import fold
 
 REPO = Path(__file__).resolve().parent.parent
 

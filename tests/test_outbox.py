@@ -10,11 +10,11 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from gateway import outbox
-from gateway.app import Runtime
-from gateway.models import utcnow
-from gateway.outbox import OutboxPolicy
-from gateway.providers.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
+from gateway.channels.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
+from gateway.outbox import outbox
+from gateway.outbox.outbox import OutboxPolicy
+from gateway.runtime import Runtime
+from gateway.store.models import utcnow
 
 NUMBER = "+22370000042"
 OWNER = "test-worker"

@@ -19,14 +19,16 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import make_url
 
-from gateway import keys as keys_mod
-from gateway import retention, store
-from gateway.app import Runtime, StartupError, build_runtime
+from gateway import retention
 from gateway.cli import main
-from gateway.db import Database
-from gateway.keys import KeyRing
-from gateway.models import utcnow
+from gateway.errors import StartupError
+from gateway.privacy import keys as keys_mod
+from gateway.privacy.keys import KeyRing
+from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
+from gateway.store import queries
+from gateway.store.db import Database
+from gateway.store.models import utcnow
 from tests.conftest import REPO, _drop_postgres_database, _fresh_postgres_database
 from tests.phone import END, Phone
 
@@ -37,8 +39,9 @@ def report_text(keys: KeyRing | Runtime, db: Database, source: str) -> str:
     """Decrypt a report's typed text from ``db`` with the given keys."""
     ring = keys.keys if isinstance(keys, Runtime) else keys
     with db.transaction() as conn:
-        report = conn.execute(select(store.reports).where(store.reports.c.source == source)).one()
-        contact = store.get_contact(conn, pseudonym=report.pseudonym)
+        reports = queries.reports
+        report = conn.execute(select(reports).where(reports.c.source == source)).one()
+        contact = queries.get_contact(conn, pseudonym=report.pseudonym)
     assert contact is not None
     typed = ring.decrypt_for(contact.data_key, report.text, pseudonym=report.pseudonym,
                                 aad=source)
@@ -134,8 +137,8 @@ def test_rotation_keeps_old_data_readable_and_writes_with_the_new_version(
     assert set(before.masters) < set(after.masters)  # old versions kept
     assert report_text(runtime, runtime.db, source) == "avant rotation"
     with runtime.db.transaction() as conn:
-        contact = store.get_contact(conn, pseudonym=runtime.keys.pseudonym(NUMBER))
-        vault = conn.execute(select(store.vault)).one()
+        contact = queries.get_contact(conn, pseudonym=runtime.keys.pseudonym(NUMBER))
+        vault = conn.execute(select(queries.vault)).one()
     assert contact is not None and contact.data_key.startswith(f"w{after.wrap_current}.")
     assert vault.number.startswith(f"m{after.master_current}.")
     assert runtime.keys.open_text(vault.number, aad=f"vault:{vault.pseudonym}") == NUMBER
@@ -195,8 +198,8 @@ def test_erasure_makes_text_unreadable_even_from_an_older_dump(
             report_text(runtime.keys, old, mine)  # nor the running gateway
         assert report_text(seized, runtime.db, theirs) == "texte du voisin"  # others intact
         with runtime.db.transaction() as conn:
-            erased = conn.execute(select(store.reports)
-                                  .where(store.reports.c.source == mine)).one()
+            erased = conn.execute(select(queries.reports)
+                                  .where(queries.reports.c.source == mine)).one()
         assert erased.pseudonym is None and erased.text is None
     finally:
         old.dispose()
@@ -210,20 +213,20 @@ def test_a_restored_backup_is_purged_of_erased_contacts_again(
     phone.press("1", "2", "1", "1", "1", "1", "7")
     pseudonym = runtime.keys.pseudonym(NUMBER)
     with runtime.db.transaction() as conn:
-        contact = dict(store.get_contact(conn, pseudonym=pseudonym)._mapping)  # type: ignore[union-attr]
-        answers = [dict(r._mapping) for r in conn.execute(select(store.poll_answers))]
+        contact = dict(queries.get_contact(conn, pseudonym=pseudonym)._mapping)  # type: ignore[union-attr]
+        answers = [dict(r._mapping) for r in conn.execute(select(queries.poll_answers))]
     phone.dial()
     phone.press("5", "1")
     # The restore: the contact and their answers come back from an older backup.
     with runtime.db.transaction() as conn:
-        conn.execute(insert(store.contacts).values(**contact))
-        conn.execute(insert(store.poll_answers), answers)
+        conn.execute(insert(queries.contacts).values(**contact))
+        conn.execute(insert(queries.poll_answers), answers)
     purged = retention.purge(runtime.db, retention=retention.Retention.of(settings),
                              now=utcnow())
     assert purged.restored_erasures == 1
     with runtime.db.transaction() as conn:
-        assert store.get_contact(conn, pseudonym=pseudonym) is None
-        assert conn.execute(select(store.poll_answers)).all() == []
+        assert queries.get_contact(conn, pseudonym=pseudonym) is None
+        assert conn.execute(select(queries.poll_answers)).all() == []
     # Someone dialling again after the erasure is a new contact and is kept.
     phone.dial()
     phone.press("1", "4", "1")
@@ -247,8 +250,8 @@ def test_retention_removes_old_numbers_and_old_text_and_is_idempotent(
     first = retention.purge(runtime.db, retention=rules, now=later)
     assert (first.numbers, first.texts) == (1, 0)
     with runtime.db.transaction() as conn:
-        assert conn.execute(select(store.vault)).all() == []
-        contact = store.get_contact(conn, pseudonym=runtime.keys.pseudonym(NUMBER))
+        assert conn.execute(select(queries.vault)).all() == []
+        contact = queries.get_contact(conn, pseudonym=runtime.keys.pseudonym(NUMBER))
     assert contact is not None and not contact.subscribed
     assert report_text(runtime, runtime.db, source) == "un vieux message"
     much_later = now + timedelta(days=61)
@@ -256,7 +259,7 @@ def test_retention_removes_old_numbers_and_old_text_and_is_idempotent(
     again = retention.purge(runtime.db, retention=rules, now=much_later)
     assert (again.numbers, again.texts, again.sessions) == (0, 0, 0)
     with runtime.db.transaction() as conn:
-        report = conn.execute(select(store.reports)).one()
+        report = conn.execute(select(queries.reports)).one()
     assert report.text is None and json.loads(report.answers)["category"] == "help"
 
 
@@ -264,7 +267,7 @@ def test_purge_killed_half_way_is_simply_run_again(settings: Settings, runtime: 
                                                   tmp_path: Path) -> None:
     old = utcnow() - timedelta(days=400)
     with runtime.db.transaction() as conn:
-        conn.execute(insert(store.reports), [
+        conn.execute(insert(queries.reports), [
             {"source": f"sms:x:{i}", "flow": "report", "flow_version": 1, "channel": "sms",
              "pseudonym": None, "answers": "{}", "text": "d1.sealed", "status": "new",
              "created_at": old} for i in range(20_000)])
@@ -275,8 +278,8 @@ def test_purge_killed_half_way_is_simply_run_again(settings: Settings, runtime: 
 
     def remaining() -> int:
         with runtime.db.transaction() as conn:
-            return int(conn.execute(select(func.count()).select_from(store.reports)
-                                    .where(store.reports.c.text.is_not(None))).scalar_one())
+            return int(conn.execute(select(func.count()).select_from(queries.reports)
+                                    .where(queries.reports.c.text.is_not(None))).scalar_one())
 
     deadline = time.monotonic() + 60
     while remaining() == 20_000 and time.monotonic() < deadline:
@@ -290,5 +293,5 @@ def test_purge_killed_half_way_is_simply_run_again(settings: Settings, runtime: 
                           capture_output=True, check=False).returncode == 0
     assert remaining() == 0
     with runtime.db.transaction() as conn:
-        conn.execute(update(store.reports).values(text=None))
+        conn.execute(update(queries.reports).values(text=None))
     assert shutil.which("true") is not None

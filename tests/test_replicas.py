@@ -18,9 +18,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from gateway import keys as keys_mod
-from gateway import migrate, store
-from gateway.db import Database, make_engine
+from gateway.privacy import keys as keys_mod
+from gateway.store import migrate, queries
+from gateway.store.db import Database, make_engine
 from tests.conftest import REPO
 from tests.phone import END, Phone
 
@@ -104,8 +104,8 @@ def test_a_session_alternating_between_two_replicas_completes_and_saves_once(
     db = Database(url)
     try:
         with db.transaction() as conn:
-            reports = conn.execute(select(store.reports)).all()
-            answers = conn.execute(select(store.poll_answers)).all()
+            reports = conn.execute(select(queries.reports)).all()
+            answers = conn.execute(select(queries.poll_answers)).all()
     finally:
         db.dispose()
     assert len(reports) == 1

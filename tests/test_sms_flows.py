@@ -12,12 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway import outbox, store
-from gateway.app import Runtime, build_runtime, create_app
-from gateway.models import utcnow
-from gateway.providers.fake import FakeSender
+from gateway.app import create_app
+from gateway.channels.fake import FakeSender
+from gateway.outbox import outbox
+from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
-from gateway.text import encoding_of
+from gateway.store import queries
+from gateway.store.models import utcnow
+from gateway.text.encoding import encoding_of
 from tests.handset import Handset
 from tests.phone import Phone
 
@@ -34,12 +36,12 @@ def lines(text: str) -> str:
 
 def reports(runtime: Runtime) -> list[dict[str, object]]:
     with runtime.db.transaction() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(store.reports)).all()]
+        return [dict(r._mapping) for r in conn.execute(select(queries.reports)).all()]
 
 
 def poll_answers(runtime: Runtime) -> dict[str, str]:
     with runtime.db.transaction() as conn:
-        rows = conn.execute(select(store.poll_answers)).all()
+        rows = conn.execute(select(queries.poll_answers)).all()
     return {r.question: r.answer for r in rows}
 
 
@@ -184,7 +186,7 @@ def test_stop_is_handled_before_any_flow_and_silences_everything(
 def test_every_stop_word_stops(word: str, handset: Handset, runtime: Runtime) -> None:
     [answer] = handset.send(word)
     assert "STOP" not in answer or "START" in answer
-    contact = store.get_contact(runtime.db.engine.connect(),
+    contact = queries.get_contact(runtime.db.engine.connect(),
                                 pseudonym=runtime.keys.pseudonym(handset.number))
     assert contact is not None and contact.stopped
 
@@ -215,8 +217,8 @@ def test_erase_by_sms_asks_first_then_erases(handset: Handset, runtime: Runtime)
     assert poll_answers(runtime) == {}
     with runtime.db.transaction() as conn:
         pseudonym = runtime.keys.pseudonym(handset.number)
-        assert store.get_contact(conn, pseudonym=pseudonym) is None
-        assert store.is_tombstoned(conn, pseudonym=pseudonym)
+        assert queries.get_contact(conn, pseudonym=pseudonym) is None
+        assert queries.is_tombstoned(conn, pseudonym=pseudonym)
     # What was kept for them is gone too, but the answer to SUPPRIMER itself.
     assert [row["kind"] for row in outbox_rows(runtime)] == ["control"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.text import fold, sms_cost, transliterate
+from gateway.text.encoding import fold, sms_cost, transliterate
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.nodb

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway import store
-from gateway.app import Runtime
+from gateway.runtime import Runtime
+from gateway.store import queries
 from tests.phone import CON, END, Phone
 
 LANGUAGE = CON("""
@@ -63,20 +63,20 @@ CERCLES_BM = dedent("""
 
 def reports(runtime: Runtime) -> list[dict[str, object]]:
     with runtime.db.transaction() as conn:
-        rows = conn.execute(select(store.reports)).all()
+        rows = conn.execute(select(queries.reports)).all()
     return [dict(row._mapping) for row in rows]
 
 
 def poll_answers(runtime: Runtime) -> dict[str, str]:
     with runtime.db.transaction() as conn:
-        rows = conn.execute(select(store.poll_answers)).all()
+        rows = conn.execute(select(queries.poll_answers)).all()
     return {row.question: row.answer for row in rows}
 
 
 def contact(runtime: Runtime, phone: Phone) -> Any:
     pseudonym = runtime.keys.pseudonym(phone.number)
     with runtime.db.transaction() as conn:
-        return store.get_contact(conn, pseudonym=pseudonym)
+        return queries.get_contact(conn, pseudonym=pseudonym)
 
 
 # --- French ---------------------------------------------------------------------------

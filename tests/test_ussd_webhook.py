@@ -21,11 +21,12 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import Table, func, select
 
-from gateway import store
-from gateway.app import Runtime, create_app
-from gateway.models import utcnow
-from gateway.providers.base import UssdTurn
-from gateway.text import encoding_of, screen_length
+from gateway.app import create_app
+from gateway.channels.base import UssdTurn
+from gateway.runtime import Runtime
+from gateway.store import queries
+from gateway.store.models import utcnow
+from gateway.text.encoding import encoding_of, screen_length
 from tests.phone import CON, END, USSD_PATH, Phone, Screen
 from tests.test_ussd_flows import CERCLES_FR, MAIN_FR
 
@@ -140,10 +141,10 @@ def test_a_repeated_hop_gets_the_same_screen_and_saves_once(
     assert saved == END("Merci, message recu.")
     assert phone.repeat() == saved
     assert phone.repeat() == saved
-    assert count(runtime, store.reports) == 1
+    assert count(runtime, queries.reports) == 1
     before = phone.press("1")  # a hop after the end: the session stays ended
     assert before == saved
-    assert count(runtime, store.reports) == 1
+    assert count(runtime, queries.reports) == 1
 
 
 def test_a_repeated_middle_hop_does_not_advance_twice(phone: Phone) -> None:
@@ -170,7 +171,7 @@ def test_copies_of_a_hop_at_the_same_moment_answer_alike_and_act_once(
         bodies = set(pool.map(deliver, range(8)))
     assert bodies == {"END C'est fait, vos données sont effacées."}
     with runtime.db.transaction() as conn:  # each erasure counts once towards the shred
-        assert store.get_counter(conn, name=store.ERASURES_PENDING_SHRED) == 1
+        assert queries.get_counter(conn, name=queries.ERASURES_PENDING_SHRED) == 1
 
 
 def test_a_late_copy_of_an_earlier_hop_gets_its_own_screen_and_changes_nothing(
@@ -239,7 +240,7 @@ def test_a_body_over_the_cap_gets_413_and_stores_nothing(
         client: TestClient, runtime: Runtime) -> None:
     response = client.post(USSD_PATH, data=form(text="1*" * 8200))
     assert response.status_code == 413
-    assert count(runtime, store.sessions) == 0
+    assert count(runtime, queries.sessions) == 0
 
 
 def test_a_wrong_or_missing_token_gets_403_and_stores_nothing(
@@ -251,7 +252,7 @@ def test_a_wrong_or_missing_token_gets_403_and_stores_nothing(
         assert guarded.post(USSD_PATH, params={"token": "guess"}, data=form()).status_code == 403
         # Too large is answered before the token is looked at.
         assert guarded.post(USSD_PATH, data=form(text="1" * 17000)).status_code == 413
-        assert count(runtime, store.sessions) == 0
+        assert count(runtime, queries.sessions) == 0
         ok = guarded.post(USSD_PATH, params={"token": "s3cret"}, data=form())
         assert ok.status_code == 200 and ok.text.startswith("CON ")
 
@@ -261,7 +262,7 @@ def test_an_unreadable_number_gets_a_short_apology(
         client: TestClient, runtime: Runtime, number: str) -> None:
     response = client.post(USSD_PATH, data=form(phoneNumber=number))
     assert (response.status_code, response.text) == (200, "END " + APOLOGY_FR.text)
-    assert count(runtime, store.contacts) == 0
+    assert count(runtime, queries.contacts) == 0
 
 
 def test_an_internal_error_answers_an_apology_not_a_500(
@@ -288,8 +289,8 @@ def test_the_end_of_session_notification_is_recorded_once(
     for _ in range(2):
         assert client.post(f"{USSD_PATH}/events", data=event).text == "OK"
     with runtime.db.transaction() as conn:
-        rows = conn.execute(select(store.events)).all()
-        session = conn.execute(select(store.sessions)).one()
+        rows = conn.execute(select(queries.events)).all()
+        session = conn.execute(select(queries.sessions)).one()
     assert [(r.session_id, r.status, r.hops, r.duration_ms) for r in rows] == [
         (phone.session_id, "incomplete", 2, 30000)]
     assert (session.end_status, session.end_hops) == ("incomplete", 2)
@@ -352,4 +353,4 @@ def test_random_walks_through_every_menu_stay_well_formed(
 def test_the_ussd_webhook_only_takes_post(client: TestClient, runtime: Runtime) -> None:
     response = client.get(USSD_PATH, params={"sessionId": "ATUid_1", "text": ""})
     assert (response.status_code, response.headers["allow"]) == (405, "POST")
-    assert count(runtime, store.sessions) == 0
+    assert count(runtime, queries.sessions) == 0

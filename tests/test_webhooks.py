@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.webhooks import MAX_FIELDS, decode_form
+from gateway.channels.forms import MAX_FIELDS, decode_form
 
 PIECES = st.sampled_from(["&", "=", "+", "%", "%2", "%20", "%2B", "%26", "%3D", "%C3%A9",
                           "%E2%82", "%ZZ", "a", "text", "1*2", "é", "\x00", " ", ";", "&&"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.text import screen_length
+from gateway.text.encoding import screen_length
 
 
 class DoesNotFit(Exception):

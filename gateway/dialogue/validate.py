@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.content import Content, Problem, load
-from gateway.engine import LANGUAGE_FLOW, MAIN_FLOW, Engine, Rules
-from gateway.flowdef import (
+from gateway.content.catalogs import Content, Problem, load
+from gateway.content.flowdef import (
     Action,
     BranchStep,
     EndStep,
@@ -27,8 +26,9 @@ from gateway.flowdef import (
     step_keys,
     step_targets,
 )
-from gateway.screens import DoesNotFit, paginate
-from gateway.text import GSM7_SINGLE, non_gsm7_chars, screen_length, transliterate
+from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, Engine, Rules
+from gateway.text.encoding import GSM7_SINGLE, non_gsm7_chars, screen_length, transliterate
+from gateway.text.screens import DoesNotFit, paginate
 
 # Keys the gateway itself shows, outside any flow.
 SYSTEM_KEYS = (

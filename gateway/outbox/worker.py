@@ -7,25 +7,23 @@ ever holds messages it is sending.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
-from gateway import outbox, retention, store
-from gateway.models import utcnow
-from gateway.providers.base import OutboundSms, Sender, SendOutcome, SendResult
+from gateway.channels.base import OutboundSms, Sender, SendOutcome, SendResult
+from gateway.outbox import outbox
+from gateway.outbox.outbox import OutboxPolicy
+from gateway.privacy.keys import KeyRing
+from gateway.store import queries
+from gateway.store.db import Database
+from gateway.store.models import utcnow
 
-if TYPE_CHECKING:
-    from gateway.app import Runtime
-
-log = logging.getLogger("gateway.worker")
+log = logging.getLogger("gateway.outbox.worker")
 
 IDLE_SECONDS = 0.5
 TICK_SECONDS = 0.02
@@ -37,12 +35,20 @@ PURGE_COUNTER = "retention_last_run"  # seconds since the epoch
 
 
 class Worker:
-    def __init__(self, runtime: Runtime, *, clock: Callable[[], datetime] = utcnow) -> None:
-        self.rt = runtime
-        self.db = runtime.db
-        self.keys = runtime.keys
-        self.sender: Sender = runtime.sender
-        self.policy = runtime.outbox_policy
+    """Claims, sends and records outbox messages. ``wake`` gives the event set when a
+    message is queued; ``daily`` is called about once a day from the housekeeping (the
+    composition hands it the retention purge)."""
+
+    def __init__(self, *, db: Database, keys: KeyRing, sender: Sender, policy: OutboxPolicy,
+                 wake: Callable[[], asyncio.Event],
+                 daily: Callable[[datetime], str] | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.keys = keys
+        self.sender = sender
+        self.policy = policy
+        self.wake = wake
+        self.daily = daily
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sent = 0
@@ -59,7 +65,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker %s started: provider %s, %.1f messages/s", self.owner,
                  self.policy.provider, self.policy.rate)
-        wake = self.rt.wake
+        wake = self.wake()
         while not stop.is_set():
             try:
                 handled, more = await self.step()
@@ -134,37 +140,13 @@ class Worker:
     def _housekeeping(self, now: datetime) -> None:
         with self.db.transaction() as conn:
             expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
-            last = store.get_counter(conn, name=PURGE_COUNTER)
+            last = queries.get_counter(conn, name=PURGE_COUNTER)
         if expired:
             log.warning("worker: %d delivery report(s) never matched a message", expired)
-        if last is None or now.timestamp() - last >= PURGE_EVERY.total_seconds():
-            done = retention.purge(self.db, retention=retention.Retention.of(self.rt.settings),
-                                   now=now, key_file=self.rt.settings.key_file)
+        if self.daily is not None and (
+                last is None or now.timestamp() - last >= PURGE_EVERY.total_seconds()):
+            done = self.daily(now)
             with self.db.transaction() as conn:
-                store.set_counter(conn, name=PURGE_COUNTER, value=int(now.timestamp()), now=now)
+                queries.set_counter(conn, name=PURGE_COUNTER, value=int(now.timestamp()), now=now)
             log.info("worker: retention purge done (%s)", done)
 
-
-async def run_worker(runtime: Runtime, stop: asyncio.Event | None = None) -> None:
-    """Work until ``stop`` is set or the task is cancelled (then finish the batch)."""
-    stop = stop or asyncio.Event()
-    worker = Worker(runtime)
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await task
-        raise
-
-
-async def run_worker_until_signal(runtime: Runtime) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await Worker(runtime).run(stop)
-    finally:
-        await runtime.sender.close()

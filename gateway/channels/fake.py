@@ -13,9 +13,9 @@ from collections import deque
 
 import httpx
 
-from gateway.providers.base import OutboundSms, SendOutcome, SendResult
+from gateway.channels.base import OutboundSms, SendOutcome, SendResult
 
-log = logging.getLogger("gateway.providers.fake")
+log = logging.getLogger("gateway.channels.fake")
 NAME = "fake"
 KEEP = 10_000  # messages kept in memory for inspection
 # Connections to the stand-in SMSC. A worker hands over a whole claimed batch at once (up

@@ -1,7 +1,7 @@
 """A USSD hop's PostgreSQL work done by a process of its own (``gateway serve``).
 
 The event loop answers hops; their database work (read the session or do a first hop,
-save, carry out effects) runs in batches (``gateway.batches.run_batch``: one transaction
+save, carry out effects) runs in batches (``gateway.store.batches.run_batch``: one transaction
 per batch). On a thread of the same process, that work had to take turns at Python's
 interpreter lock with the busy event loop after every round trip to the server, and
 waiting for those turns, not the statements, was most of a batch's time. Here the
@@ -30,12 +30,12 @@ from typing import Any, cast
 
 import psycopg
 
-from gateway import store
-from gateway.providers.base import UssdTurn
+from gateway.channels.base import UssdTurn
+from gateway.dialogue.ussd import Begun, Save, UssdService
 from gateway.settings import Settings
-from gateway.ussd import Begun, Save, UssdService
+from gateway.store import queries
 
-log = logging.getLogger("gateway.dbworker")
+log = logging.getLogger("gateway.dialogue.ussd_process")
 
 MESSAGES_PER_BATCH = 32  # rounds of jobs the child puts in one transaction at most
 
@@ -68,12 +68,12 @@ class DbWorker:
         self.loop.add_reader(mine.fileno(), self._readable)
 
     async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
-                            read: bool) -> store.SessionRow | Begun:
-        found: store.SessionRow | Begun = await self._give(
+                            read: bool) -> queries.SessionRow | Begun:
+        found: queries.SessionRow | Begun = await self._give(
             ("read", {"turn": turn, "pseudonym": pseudonym, "read": read}))
         return found
 
-    async def save(self, service: UssdService, save: store.SessionSave, *, turn: UssdTurn,
+    async def save(self, service: UssdService, save: queries.SessionSave, *, turn: UssdTurn,
                    pseudonym: str, plan: Save | None) -> bool:
         then = None if plan is None else {"turn": turn, "pseudonym": pseudonym, "plan": plan}
         saved: bool = await self._give(("save", save, then))
@@ -170,18 +170,24 @@ class WorkerError(Exception):
 def serve(settings: Settings, pipe: Connection) -> None:
     """The child's main: the service built from the same settings, then batches of the
     jobs that come down the pipe until it closes."""
-    from gateway.app import build_runtime
-    from gateway.batches import Entry, run_batch
+    from gateway.content import catalogs
+    from gateway.dialogue.services import ussd_service
     from gateway.logs import configure_logging
+    from gateway.privacy import keys as keys_mod
+    from gateway.store.batches import Entry, run_batch
+    from gateway.store.db import Database
 
     # The parent stops it by closing the pipe, once its own hops are done: a Ctrl-C or a
     # SIGTERM sent to the whole process group must not cut a batch short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging()
-    runtime = build_runtime(settings)
-    service = runtime.ussd
-    db = runtime.db
+    # The parent built the same service from the same settings: keys and content are
+    # there and checked, and the database is migrated.
+    keyring = keys_mod.load(settings.key_file, create=False)
+    content, _problems = catalogs.load(catalogs.locate(settings.content_dir))
+    db = Database(settings.database_url)
+    service = ussd_service(settings, db=db, keys=keyring, content=content)
     # A thread keeps the pipe drained while a batch runs, so the parent's loop never
     # waits to send.
     inbox: queue.SimpleQueue[list[Spec] | None] = queue.SimpleQueue()
@@ -202,7 +208,7 @@ def serve(settings: Settings, pipe: Connection) -> None:
         then = spec[2]
         follow = None if then is None else \
             (lambda conn, saved: service._apply_if_saved(conn, saved, **then))
-        return (store.save_sessions, spec[1], key, follow)
+        return (queries.save_sessions, spec[1], key, follow)
 
     try:
         while True:
@@ -239,7 +245,7 @@ def serve(settings: Settings, pipe: Connection) -> None:
             if stopping:
                 return
     finally:
-        runtime.db.dispose()
+        db.dispose()
 
 
 def _kind(db: Any, exc: BaseException) -> tuple[str, str]:

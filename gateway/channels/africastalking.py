@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from gateway.providers.base import (
+from gateway.channels.base import (
     DeliveryReport,
     DeliveryStatus,
     InboundSms,

@@ -47,11 +47,11 @@ from africastalking.Service import DEFAULT_TIMEOUT_S, AfricasTalkingException, S
 from africastalking.SMS import SMSService
 from urllib3.exceptions import NewConnectionError
 
-from gateway.models import utcnow
-from gateway.providers.base import OutboundSms, SendOutcome, SendResult
+from gateway.channels.base import OutboundSms, SendOutcome, SendResult
 from gateway.settings import Settings
+from gateway.store.models import utcnow
 
-log = logging.getLogger("gateway.providers.africastalking")
+log = logging.getLogger("gateway.channels.africastalking")
 
 NAME = "africastalking"
 ENDPOINT_PATH = "/messaging"

@@ -16,8 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from gateway.logs import redact
-from gateway.providers.base import (
+from gateway.channels.base import (
     DeliveryReport,
     DeliveryStatus,
     InboundSms,
@@ -25,9 +24,10 @@ from gateway.providers.base import (
     SendOutcome,
     SendResult,
 )
+from gateway.logs import redact
 from gateway.settings import Settings
 
-log = logging.getLogger("gateway.providers.kannel")
+log = logging.getLogger("gateway.channels.kannel")
 
 NAME = "kannel"
 MAX_ID = 128

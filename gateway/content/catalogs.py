@@ -22,11 +22,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.flowdef import Flow
+from gateway.content.flowdef import Flow
 
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
-PACKAGE_CONTENT = Path(__file__).parent / "_content"
-SOURCE_CONTENT = Path(__file__).parent.parent
+PACKAGE_CONTENT = Path(__file__).parents[1] / "_content"
+SOURCE_CONTENT = Path(__file__).parents[2]
 
 
 @dataclass(frozen=True, order=True)

@@ -22,22 +22,23 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, delete, select
 
-from gateway import outbox, store
-from gateway.db import Database
-from gateway.engine import Engine, State, Turn
-from gateway.flowdef import InputStep
-from gateway.keys import KeyRing
-from gateway.models import InboundMessage, SmsConversation, utcnow
-from gateway.outbox import OutboxPolicy
-from gateway.phone import normalise
-from gateway.providers.base import InboundSms
-from gateway.text import fold
-from gateway.ussd import apply_effects
+from gateway.channels.base import InboundSms
+from gateway.content.flowdef import InputStep
+from gateway.dialogue.engine import Engine, State, Turn
+from gateway.dialogue.ussd import apply_effects
+from gateway.outbox import outbox
+from gateway.outbox.outbox import OutboxPolicy
+from gateway.privacy.keys import KeyRing
+from gateway.privacy.phone import normalise
+from gateway.store import queries
+from gateway.store.db import Database
+from gateway.store.models import InboundMessage, SmsConversation, utcnow
+from gateway.text.encoding import fold
 
-log = logging.getLogger("gateway.sms")
+log = logging.getLogger("gateway.dialogue.sms")
 
-inbound = store._t(InboundMessage)
-conversations = store._t(SmsConversation)
+inbound = queries._t(InboundMessage)
+conversations = queries._t(SmsConversation)
 HELP_INTERVAL = timedelta(days=1)
 
 
@@ -111,13 +112,13 @@ class SmsService:
         pseudonym = self.keys.pseudonym(e164)
         with self.db.transaction() as conn:
             now = self.clock()
-            stmt = store._insert(conn, inbound).values(
+            stmt = queries._insert(conn, inbound).values(
                 provider=message.provider, external_id=message.external_id,
                 pseudonym=pseudonym, received_at=now,
             ).on_conflict_do_nothing()
             if not conn.execute(stmt).rowcount:
                 return "duplicate"
-            contact = store.touch_contact(conn, pseudonym=pseudonym,
+            contact = queries.touch_contact(conn, pseudonym=pseudonym,
                                           pseudonym_version=self.keys.pseudonym_version, now=now)
             queued = _Reply(self, conn, message, pseudonym, e164, contact, now).handle()
         if queued:
@@ -132,9 +133,9 @@ class SmsService:
         pseudonym = self.keys.pseudonym(e164)
         with self.db.transaction() as conn:
             now = self.clock()
-            store.touch_contact(conn, pseudonym=pseudonym,
+            queries.touch_contact(conn, pseudonym=pseudonym,
                                 pseudonym_version=self.keys.pseudonym_version, now=now)
-            store.update_contact(conn, pseudonym=pseudonym, stopped=True)
+            queries.update_contact(conn, pseudonym=pseudonym, stopped=True)
             outbox.cancel_for(conn, pseudonym=pseudonym, keep_control=False, now=now)
             conn.execute(delete(conversations).where(conversations.c.pseudonym == pseudonym))
         log.info("sms: %s opt-out recorded for contact %s", provider, pseudonym[:8])
@@ -168,13 +169,13 @@ class _Reply:
     def handle(self) -> int:
         policy = self.s.policy
         if self.folded in policy.stop_words:
-            store.update_contact(self.conn, pseudonym=self.pseudonym, stopped=True)
+            queries.update_contact(self.conn, pseudonym=self.pseudonym, stopped=True)
             outbox.cancel_for(self.conn, pseudonym=self.pseudonym, now=self.now)
             self._drop_conversation()
             self._send("control", self._say("sms-stopped"))
             return self.sent
         if self.folded in policy.start_words:
-            store.update_contact(self.conn, pseudonym=self.pseudonym, stopped=False)
+            queries.update_contact(self.conn, pseudonym=self.pseudonym, stopped=False)
             self._send("control", self._say("sms-started"))
             return self.sent
         conversation = self._conversation()
@@ -189,7 +190,7 @@ class _Reply:
                 outbox.cancel_for(self.conn, pseudonym=self.pseudonym, keep_control=False,
                                   now=self.now)
                 language = self.language
-                store.erase_contact(self.conn, pseudonym=self.pseudonym, now=self.now)
+                queries.erase_contact(self.conn, pseudonym=self.pseudonym, now=self.now)
                 self._send("control", self.s.engine.say(language, "sms-erased"))
             else:
                 self._send("control", self._say("sms-erase-cancelled"))
@@ -256,7 +257,7 @@ class _Reply:
         last = self.contact.help_sent_at
         if last is not None and self.now - last < HELP_INTERVAL:
             return
-        store.update_contact(self.conn, pseudonym=self.pseudonym, help_sent_at=self.now)
+        queries.update_contact(self.conn, pseudonym=self.pseudonym, help_sent_at=self.now)
         lang = self.language
         self._send("help", self.s.engine.say(lang, "sms-help",
                                              keywords=self.s.keyword_list(lang)))
@@ -278,7 +279,7 @@ class _Reply:
             "expires_at": self.now + timedelta(minutes=minutes),
             "updated_at": self.now,
         }
-        stmt = store._insert(self.conn, conversations).values(pseudonym=self.pseudonym, **values)
+        stmt = queries._insert(self.conn, conversations).values(pseudonym=self.pseudonym, **values)
         stmt = stmt.on_conflict_do_update(index_elements=[conversations.c.pseudonym],
                                           set_=values)
         self.conn.execute(stmt)

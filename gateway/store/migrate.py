@@ -16,10 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from gateway.content import PACKAGE_CONTENT, SOURCE_CONTENT
-from gateway.db import Database
+from gateway.content.catalogs import PACKAGE_CONTENT, SOURCE_CONTENT
+from gateway.store.db import Database
 
-log = logging.getLogger("gateway.migrate")
+log = logging.getLogger("gateway.store.migrate")
 
 
 class SchemaBehind(Exception):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from gateway.channels.base import Sender
+from gateway.channels.fake import FakeSender
 from gateway.errors import StartupError
-from gateway.providers.base import Sender
-from gateway.providers.fake import FakeSender
 from gateway.settings import ProviderName, Settings
 
 
@@ -13,11 +13,11 @@ def make_sender(settings: Settings) -> Sender:
     is a ``StartupError`` naming them."""
     try:
         if settings.provider is ProviderName.africastalking:
-            from gateway.providers.africastalking_sender import AfricasTalkingSender
+            from gateway.channels.africastalking_sender import AfricasTalkingSender
 
             return AfricasTalkingSender.from_settings(settings)
         if settings.provider is ProviderName.kannel:
-            from gateway.providers.kannel import KannelSender
+            from gateway.channels.kannel import KannelSender
 
             return KannelSender.from_settings(settings)
     except ValueError as exc:  # KannelConfigError included

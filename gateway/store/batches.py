@@ -1,5 +1,5 @@
 """Database jobs of many requests run together: one transaction per batch, on one thread
-(``Batches``) or in the database process (``gateway.dbworker``, with ``run_batch``).
+(``Batches``) or in the database process (``gateway.dialogue.ussd_process``, with ``run_batch``).
 
 PostgreSQL only (SQLite work runs inline: its write lock serialises it anyway). A USSD hop
 on PostgreSQL is one or two short jobs: read the session (unless the process remembers it),
@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
-from gateway.db import Database
+from gateway.store.db import Database
 
-log = logging.getLogger("gateway.batches")
+log = logging.getLogger("gateway.store.batches")
 
 BATCH_SIZE = 64  # jobs in one transaction at most
 

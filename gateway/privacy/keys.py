@@ -33,7 +33,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-log = logging.getLogger("gateway.keys")
+log = logging.getLogger("gateway.privacy.keys")
 
 FORMAT = "dannaya-keys"
 NONCE_BYTES = 12

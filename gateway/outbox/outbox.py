@@ -33,16 +33,16 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, text, update
 
-from gateway import store
-from gateway.keys import KeyRing
-from gateway.models import Outbox, PendingReport, RateBucket
-from gateway.providers.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
-from gateway.text import sms_cost
+from gateway.channels.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
+from gateway.privacy.keys import KeyRing
+from gateway.store import queries
+from gateway.store.models import Outbox, PendingReport, RateBucket
+from gateway.text.encoding import sms_cost
 
-outbox = store._t(Outbox)
-pending = store._t(PendingReport)
-buckets = store._t(RateBucket)
-counters = store.counters
+outbox = queries._t(Outbox)
+pending = queries._t(PendingReport)
+buckets = queries._t(RateBucket)
+counters = queries.counters
 
 PRIORITY = {"control": 0, "ack": 1, "reply": 1, "help": 2, "broadcast": 5}
 RETRY_WHEN_AMBIGUOUS = frozenset({"broadcast"})
@@ -87,7 +87,7 @@ class Claimed:
 # --- writing -------------------------------------------------------------------------
 
 
-_ENQUEUE = store._Prepared(lambda insert: insert(outbox).on_conflict_do_nothing())
+_ENQUEUE = queries._Prepared(lambda insert: insert(outbox).on_conflict_do_nothing())
 
 
 def enqueue(
@@ -126,7 +126,7 @@ def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
 
 _BUCKET = select(buckets).where(buckets.c.provider == bindparam("provider"))
 _BUCKET_LOCKED = _BUCKET.with_for_update()
-_NEW_BUCKET = store._Prepared(lambda insert: insert(buckets).on_conflict_do_nothing())
+_NEW_BUCKET = queries._Prepared(lambda insert: insert(buckets).on_conflict_do_nothing())
 _SET_BUCKET = update(buckets).where(buckets.c.provider == bindparam("provider_")).values(
     tokens=bindparam("tokens_"), updated_at=bindparam("now_"))
 
@@ -158,7 +158,7 @@ def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> No
     conn.execute(update(outbox).where(
         mine, outbox.c.status == "queued", outbox.c.valid_until < now,
     ).values(status="expired", updated_at=now))
-    stopped = select(store.contacts.c.pseudonym).where(store.contacts.c.stopped.is_(True))
+    stopped = select(queries.contacts.c.pseudonym).where(queries.contacts.c.stopped.is_(True))
     conn.execute(update(outbox).where(
         mine, outbox.c.status == "queued", outbox.c.kind != "control",
         outbox.c.pseudonym.in_(stopped),
@@ -176,8 +176,8 @@ def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> No
 
 
 # A message for a contact who sent STOP: only its control answers still go.
-_STOPPED = exists().where(store.contacts.c.pseudonym == outbox.c.pseudonym,
-                          store.contacts.c.stopped.is_(True))
+_STOPPED = exists().where(queries.contacts.c.pseudonym == outbox.c.pseudonym,
+                          queries.contacts.c.stopped.is_(True))
 _CLAIM_ORDER = (outbox.c.priority, outbox.c.next_attempt_at, outbox.c.id)
 _DUE = (
     select(outbox.c.id)
@@ -362,7 +362,7 @@ def apply_delivery(conn: Connection, *, report: DeliveryReport, now: datetime) -
     row = conn.execute(stmt).first()
     if row is None:
         key = report.provider_message_id or f"outbox:{report.outbox_id}"
-        conn.execute(store._insert(conn, pending).values(
+        conn.execute(queries._insert(conn, pending).values(
             provider=report.provider, provider_message_id=key[:128], status=status,
             raw_status=report.raw_status[:64], received_at=now,
         ).on_conflict_do_nothing())
@@ -387,7 +387,7 @@ def expire_pending(conn: Connection, *, older_than: datetime, now: datetime) -> 
     result = conn.execute(pending.delete().where(pending.c.received_at < older_than))
     expired = int(result.rowcount)
     if expired:
-        store.bump(conn, name="delivery_reports_unmatched", by=expired, now=now)
+        queries.bump(conn, name="delivery_reports_unmatched", by=expired, now=now)
     return expired
 
 

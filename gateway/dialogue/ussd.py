@@ -8,8 +8,8 @@ the session not having changed since it was read; a hop that loses that race (a 
 it, or another replica, saved first) is run again and answers as a repeat. On SQLite the
 whole hop is one transaction (``handle``). On PostgreSQL (``handle_batched``) reading and
 saving are jobs run in batches with other hops' jobs, one transaction per batch (in the
-database process of ``gateway.dbworker``, or by ``Batches`` on a thread), and the row a hop
-saved is remembered so the session's next hop skips the read; without the
+database process of ``gateway.dialogue.ussd_process``, or by ``Batches`` on a thread),
+and the row a hop saved is remembered so the session's next hop skips the read; without the
 batches (an app run without its lifespan) they are one autocommit round trip each, and a
 save with effects is one transaction (``Database.hop``).
 
@@ -39,17 +39,17 @@ from typing import NamedTuple, Protocol
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from gateway import store
-from gateway.batches import Batches
-from gateway.db import Database
-from gateway.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
-from gateway.flowdef import Action
-from gateway.keys import KeyRing
-from gateway.models import utcnow
-from gateway.phone import normalise
-from gateway.providers.base import UssdEnded, UssdTurn
+from gateway.channels.base import UssdEnded, UssdTurn
+from gateway.content.flowdef import Action
+from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
+from gateway.privacy.keys import KeyRing
+from gateway.privacy.phone import normalise
+from gateway.store import queries
+from gateway.store.batches import Batches
+from gateway.store.db import Database
+from gateway.store.models import utcnow
 
-log = logging.getLogger("gateway.ussd")
+log = logging.getLogger("gateway.dialogue.ussd")
 
 MAX_DEEP_DIAL = 8  # inputs accepted on a session's first request (*code*1*2#)
 DEFAULT_LANGUAGE = "fr"
@@ -142,7 +142,7 @@ class UssdService:
         if row is None:
             found = await batches.read_or_begin(self, turn=turn, pseudonym=pseudonym,
                                                 read=retry)
-            if not isinstance(found, store.SessionRow):  # a first hop, done in that job
+            if not isinstance(found, queries.SessionRow):  # a first hop, done in that job
                 body, row, effects = found
                 self.recent.put(key, row, keep=row.status == "active" and not effects)
                 return body
@@ -152,7 +152,7 @@ class UssdService:
             return plan
         # The save goes in one round trip with the batch's others; its effects, if any,
         # follow in the same transaction once it is known to have landed.
-        saved = await batches.save(self, store.SessionSave(plan.row, row.hops, plan.now),
+        saved = await batches.save(self, queries.SessionSave(plan.row, row.hops, plan.now),
                                    turn=turn, pseudonym=pseudonym,
                                    plan=plan if plan.result.effects else None)
         if not saved:
@@ -170,13 +170,13 @@ class UssdService:
 
     def _read_or_begin(
         self, conn: Connection, *, turn: UssdTurn, pseudonym: str, read: bool,
-    ) -> store.SessionRow | Begun:
+    ) -> queries.SessionRow | Begun:
         """A job: the session's row, or, for a new session, its first hop done. Unless
         ``read``, a dial (empty text: always a session's first hop, or a copy of it) skips
         the read; a copy then fails to create the session again, and its next attempt
         reads."""
         if read or turn.text:
-            row = store.get_session(store.Driver(conn), provider=turn.provider,
+            row = queries.get_session(queries.Driver(conn), provider=turn.provider,
                                     session_id=turn.session_id)
             if row is not None:
                 return row
@@ -237,8 +237,8 @@ class UssdService:
 
     def _hop(self, conn: Connection, turn: UssdTurn, pseudonym: str) -> str | None:
         """The hop's answer, or None when the session changed after it was read."""
-        db = store.Driver(conn)
-        row = store.get_session(db, provider=turn.provider, session_id=turn.session_id)
+        db = queries.Driver(conn)
+        row = queries.get_session(db, provider=turn.provider, session_id=turn.session_id)
         if row is None:
             return self._first_hop(conn, turn, pseudonym)[0]
         plan = self._plan(turn, pseudonym, row)
@@ -246,7 +246,7 @@ class UssdService:
             return plan
         return plan.body if self._save(conn, turn, pseudonym, row.hops, plan) else None
 
-    def _plan(self, turn: UssdTurn, pseudonym: str, row: store.SessionRow) -> str | Save:
+    def _plan(self, turn: UssdTurn, pseudonym: str, row: queries.SessionRow) -> str | Save:
         """What a hop on a session read as ``row`` does: answer without saving anything
         (a repeat, a refusal), or advance the dialogue and save (``Save``). Pure: no
         database work, so a ``row`` remembered from an earlier hop serves as well."""
@@ -280,8 +280,8 @@ class UssdService:
         done) when the session changed since it was read with ``expected_hops``."""
         row = plan.row
         with self.db.together(conn, needed=bool(plan.result.effects)):
-            saved = store.update_session(
-                store.Driver(conn), pk=row.id, expected_hops=expected_hops, state=row.state,
+            saved = queries.update_session(
+                queries.Driver(conn), pk=row.id, expected_hops=expected_hops, state=row.state,
                 status=row.status, text_len=row.text_len, text_mac=row.text_mac,
                 response=row.response, history=row.history, hops=row.hops, now=plan.now,
             )
@@ -295,10 +295,10 @@ class UssdService:
         """The first hop of a session: its answer, the session row it created, and
         whether the dialogue asked for effects."""
         now = self.clock()
-        db = store.Driver(conn)
+        db = queries.Driver(conn)
         text_mac = self._text_mac(turn, turn.text)
         look = turn.text == "" and self.policy.resume_minutes > 0
-        language, old = store.touch_contact_find_dropped(
+        language, old = queries.touch_contact_find_dropped(
             db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now,
             since=now - timedelta(minutes=self.policy.resume_minutes) if look else None,
             provider=turn.provider)
@@ -319,12 +319,12 @@ class UssdService:
         body = self._body(result)
         with self.db.together(conn, needed=bool(result.effects) or dropped is not None):
             if dropped is not None:  # it is offered here, and never again
-                store.set_session_status(db, pk=dropped[0], status="abandoned")
-            row = store.SessionRow(
+                queries.set_session_status(db, pk=dropped[0], status="abandoned")
+            row = queries.SessionRow(
                 id=0, pseudonym=pseudonym, state=self._seal(turn, result),
                 status=self._status(result), text_len=len(turn.text), text_mac=text_mac,
                 response=body, hops=1, history="")
-            pk = store.insert_session(
+            pk = queries.insert_session(
                 db, provider=turn.provider, session_id=turn.session_id, pseudonym=pseudonym,
                 state=row.state, status=row.status, text_len=row.text_len,
                 text_mac=text_mac, response=body, history="", hops=1, now=now,
@@ -332,8 +332,8 @@ class UssdService:
             self._apply(conn, turn, pseudonym, result, now)
         return body, row._replace(id=pk), bool(result.effects)
 
-    def _dropped(self, old: store.Resumable | None) -> tuple[int, State] | None:
-        """The session this phone dropped within the window (``store.find_resumable``)
+    def _dropped(self, old: queries.Resumable | None) -> tuple[int, State] | None:
+        """The session this phone dropped within the window (``queries.find_resumable``)
         and its unfinished dialogue, if it has one."""
         if old is None or not old.state:
             return None
@@ -371,7 +371,7 @@ class UssdService:
                       language=result.state.lang, source=self._aad(turn), channel="ussd",
                       now=now)
 
-    def _latest_input(self, turn: UssdTurn, row: store.SessionRow) -> str | None:
+    def _latest_input(self, turn: UssdTurn, row: queries.SessionRow) -> str | None:
         """The input this hop adds to the last one handled, or None if it adds none.
 
         The text is the previous text plus ``*`` plus the new input, so the new input is
@@ -397,24 +397,24 @@ class UssdService:
 
     def ended(self, event: UssdEnded) -> None:
         with self.db.transaction() as conn:
-            store.record_ussd_event(
+            queries.record_ussd_event(
                 conn, provider=event.provider, session_id=event.session_id,
                 status=event.status, hops_count=event.hops, duration_ms=event.duration_ms,
                 now=self.clock(),
             )
 
 
-Begun = tuple[str, store.SessionRow, bool]  # a first hop's answer, its row, whether effects
+Begun = tuple[str, queries.SessionRow, bool]  # a first hop's answer, its row, whether effects
 
 
 class HopJobs(Protocol):
     """Where ``handle_batched`` sends a hop's database work: ``InThread`` (a thread of
-    this process) or ``gateway.dbworker.DbWorker`` (a process of its own)."""
+    this process) or ``gateway.dialogue.ussd_process.DbWorker`` (a process of its own)."""
 
     async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
-                            read: bool) -> store.SessionRow | Begun: ...
+                            read: bool) -> queries.SessionRow | Begun: ...
 
-    async def save(self, service: UssdService, save: store.SessionSave, *, turn: UssdTurn,
+    async def save(self, service: UssdService, save: queries.SessionSave, *, turn: UssdTurn,
                    pseudonym: str, plan: Save | None) -> bool: ...
 
 
@@ -426,16 +426,16 @@ class InThread:
         self.batches = batches
 
     async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
-                            read: bool) -> store.SessionRow | Begun:
-        found: store.SessionRow | Begun = await self.batches.run(functools.partial(
+                            read: bool) -> queries.SessionRow | Begun:
+        found: queries.SessionRow | Begun = await self.batches.run(functools.partial(
             service._read_or_begin, turn=turn, pseudonym=pseudonym, read=read))
         return found
 
-    async def save(self, service: UssdService, save: store.SessionSave, *, turn: UssdTurn,
+    async def save(self, service: UssdService, save: queries.SessionSave, *, turn: UssdTurn,
                    pseudonym: str, plan: Save | None) -> bool:
         then = None if plan is None else functools.partial(
             service._apply_if_saved, turn=turn, pseudonym=pseudonym, plan=plan)
-        saved: bool = await self.batches.run_in(store.save_sessions, save, then)
+        saved: bool = await self.batches.run_in(queries.save_sessions, save, then)
         return saved
 
 
@@ -444,7 +444,7 @@ class Save(NamedTuple):
     engine's turn (its effects) and the time it was worked out."""
 
     body: str
-    row: store.SessionRow
+    row: queries.SessionRow
     result: Turn
     now: datetime
 
@@ -460,10 +460,10 @@ class RecentSessions:
     def __init__(self, size: int = RECENT_SESSIONS, seconds: float = RECENT_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.size, self.seconds, self.clock = size, seconds, clock
-        self._rows: OrderedDict[tuple[str, str], tuple[float, store.SessionRow]] = \
+        self._rows: OrderedDict[tuple[str, str], tuple[float, queries.SessionRow]] = \
             OrderedDict()
 
-    def get(self, key: tuple[str, str]) -> store.SessionRow | None:
+    def get(self, key: tuple[str, str]) -> queries.SessionRow | None:
         found = self._rows.get(key)
         if found is None:
             return None
@@ -472,7 +472,7 @@ class RecentSessions:
             return None
         return found[1]
 
-    def put(self, key: tuple[str, str], row: store.SessionRow, *, keep: bool = True) -> None:
+    def put(self, key: tuple[str, str], row: queries.SessionRow, *, keep: bool = True) -> None:
         """Remember ``row`` (or, unless ``keep``, forget the session)."""
         if not keep:
             self.forget(key)
@@ -529,33 +529,33 @@ def apply_effects(
     for effect in effects:
         coded = {k: v for k, v in effect.results.items() if k not in effect.sensitive}
         if effect.action is Action.set_language:
-            store.update_contact(conn, pseudonym=pseudonym, language=language)
+            queries.update_contact(conn, pseudonym=pseudonym, language=language)
         elif effect.action is Action.save_report:
             typed = {k: v for k, v in effect.results.items() if k in effect.sensitive}
             sealed = None
             if typed:
-                wrapped = store.get_data_key(conn, pseudonym=pseudonym)
+                wrapped = queries.get_data_key(conn, pseudonym=pseudonym)
                 if wrapped is None:
                     wrapped = keys.new_data_key(pseudonym=pseudonym)
-                    store.update_contact(conn, pseudonym=pseudonym, data_key=wrapped)
+                    queries.update_contact(conn, pseudonym=pseudonym, data_key=wrapped)
                 sealed = keys.encrypt_for(wrapped, json.dumps(typed, ensure_ascii=False),
                                           pseudonym=pseudonym, aad=source)
-            store.insert_report(conn, source=source, flow=effect.flow,
+            queries.insert_report(conn, source=source, flow=effect.flow,
                                 flow_version=effect.version, channel=channel,
                                 pseudonym=pseudonym, answers=coded, text=sealed, now=now)
         elif effect.action is Action.save_poll:
             assert effect.poll is not None
-            store.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,
+            queries.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,
                                       answers=coded, flow_version=effect.version, now=now)
         elif effect.action is Action.subscribe:
             area = coded.get("commune") if coded.get("commune") not in (None, OTHER) else None
             area = area or (coded.get("cercle") if coded.get("cercle") != OTHER else None)
-            store.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
+            queries.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
             number = e164() if callable(e164) else e164
-            store.upsert_vault(conn, pseudonym=pseudonym, now=now,
+            queries.upsert_vault(conn, pseudonym=pseudonym, now=now,
                                number=keys.seal_text(number, aad=f"vault:{pseudonym}"))
         elif effect.action is Action.unsubscribe:
-            store.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
-            store.delete_vault(conn, pseudonym=pseudonym)
+            queries.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
+            queries.delete_vault(conn, pseudonym=pseudonym)
         elif effect.action is Action.erase:
-            store.erase_contact(conn, pseudonym=pseudonym, now=now)
+            queries.erase_contact(conn, pseudonym=pseudonym, now=now)

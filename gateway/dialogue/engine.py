@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.content import PLACEHOLDER, Content
-from gateway.flowdef import (
+from gateway.content.catalogs import PLACEHOLDER, Content
+from gateway.content.flowdef import (
     Action,
     BranchStep,
     EndStep,
@@ -27,8 +27,8 @@ from gateway.flowdef import (
     flow_of_target,
     is_flow_target,
 )
-from gateway.screens import Layout, Page, paginate
-from gateway.text import screen_length, transliterate
+from gateway.text.encoding import screen_length, transliterate
+from gateway.text.screens import Layout, Page, paginate
 
 MAIN_FLOW = "main"
 LANGUAGE_FLOW = "language"

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, Executable, Row, Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.models import (
+from gateway.store.models import (
     Contact,
     Counter,
     InboundMessage,

@@ -1,0 +1,1 @@
+"""Flow definitions and catalogs, loaded as data."""

@@ -1,0 +1,1 @@
+"""Keys, the vault, pseudonyms and phone numbers."""

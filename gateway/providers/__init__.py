@@ -1,1 +1,0 @@
-"""Provider adapters: each translates one provider's HTTP into canonical events."""

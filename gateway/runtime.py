@@ -1,0 +1,130 @@
+"""Composition: everything the service and the worker share, built once from settings
+(``build_runtime``), and the worker run over it. Nothing below imports this module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway import retention
+from gateway.channels.base import Sender
+from gateway.channels.senders import make_sender
+from gateway.content import catalogs
+from gateway.dialogue.engine import Engine
+from gateway.dialogue.services import engine_rules, sms_rules, ussd_service
+from gateway.dialogue.sms import SmsPolicy, SmsService, words
+from gateway.dialogue.ussd import HopJobs, UssdService
+from gateway.dialogue.validate import check_content, errors
+from gateway.errors import StartupError
+from gateway.outbox.outbox import OutboxPolicy
+from gateway.outbox.worker import Worker
+from gateway.privacy import keys as keys_mod
+from gateway.settings import Settings, production_problems
+from gateway.store.batches import Batches
+from gateway.store.db import Database
+from gateway.store.migrate import SchemaBehind, prepare_database
+from gateway.store.models import utcnow
+
+
+@dataclass
+class Runtime:
+    """Everything built from settings at start, shared by the routes and the worker."""
+
+    settings: Settings
+    db: Database
+    keys: keys_mod.KeyRing
+    engine: Engine
+    ussd: UssdService
+    sms: SmsService
+    sender: Sender
+    outbox_policy: OutboxPolicy
+    wake: asyncio.Event
+    loop: asyncio.AbstractEventLoop | None = None
+    batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs...
+    hop_jobs: HopJobs | None = None  # ... given to these (InThread(batches), or DbWorker)
+
+    def notify(self) -> None:
+        """Wake the worker: a message was queued (safe from any thread)."""
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.wake.set)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Open the database, load keys and content; refuse to start on what is unsafe."""
+    problems = production_problems(settings)
+    if problems:
+        raise StartupError("; ".join(problems))
+    try:
+        keyring = keys_mod.load(settings.key_file, create=not settings.is_production)
+    except keys_mod.KeyFileError as exc:
+        raise StartupError(str(exc)) from None
+    root = catalogs.locate(settings.content_dir)
+    content, load_problems = catalogs.load(root)
+    rules = engine_rules(settings)
+    bad = errors(load_problems + list(check_content(content, rules)))
+    if bad:
+        raise StartupError(f"content in {root} has {len(bad)} problem(s); run "
+                           f"`gateway flows check {root}`. First: {bad[0]}")
+    sender = make_sender(settings)  # refuses a provider without its settings: before any I/O
+    db = Database(settings.database_url)
+    try:
+        prepare_database(db)
+    except SchemaBehind as exc:
+        db.dispose()
+        raise StartupError(str(exc)) from None
+    ussd = ussd_service(settings, db=db, keys=keyring, content=content)
+    outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
+                                 lease_seconds=settings.send_lease_seconds)
+    sms_policy = SmsPolicy(
+        default_region=settings.default_region, stop_words=words(settings.stop_words),
+        start_words=words(settings.start_words), erase_words=words(settings.erase_words),
+        yes_words=words(settings.yes_words),
+    )
+    wake = asyncio.Event()
+    sms = SmsService(db=db, keys=keyring, engine=Engine(content, sms_rules(settings)),
+                     policy=sms_policy, outbox_policy=outbox_policy)
+    runtime = Runtime(settings, db, keyring, ussd.engine, ussd, sms, sender, outbox_policy,
+                      wake)
+    sms.notify = runtime.notify
+    return runtime
+
+
+def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worker:
+    """The outbox worker over the runtime's parts; it runs the retention purge (a job over
+    every layer, so scheduled from here) through its daily hook."""
+
+    def purge(now: datetime) -> str:
+        done = retention.purge(rt.db, retention=retention.Retention.of(rt.settings), now=now,
+                               key_file=rt.settings.key_file)
+        return str(done)
+
+    return Worker(db=rt.db, keys=rt.keys, sender=rt.sender, policy=rt.outbox_policy,
+                  wake=lambda: rt.wake, daily=purge, clock=clock)
+
+
+async def run_worker(rt: Runtime, stop: asyncio.Event | None = None) -> None:
+    """Work until ``stop`` is set or the task is cancelled (then finish the batch)."""
+    stop = stop or asyncio.Event()
+    task = asyncio.create_task(make_worker(rt).run(stop))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+async def run_worker_until_signal(rt: Runtime) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await make_worker(rt).run(stop)
+    finally:
+        await rt.sender.close()

@@ -67,7 +67,7 @@ TARGET_THROUGHPUT = 0.5
 TARGET_P99 = 2.0
 
 # Real flows, walked to their END from a first dial (the language question comes first:
-# every number is new). Digits from flows/*.yml and tests/test_ussd_flows.py.
+# every number is new). Digits from flows/*.yml and tests/dialogue/test_ussd_flows.py.
 SCRIPTS: dict[str, tuple[str, ...]] = {
     # French; poll: 4 actors, cercle Mopti, its first commune.
     "poll-fr": ("1", "2", "3", "3", "3", "3", "1", "1"),

@@ -27,8 +27,8 @@ from gateway.runtime import Runtime
 from gateway.store import queries
 from gateway.store.models import utcnow
 from gateway.text.encoding import encoding_of, screen_length
+from tests.dialogue.test_ussd_flows import CERCLES_FR, MAIN_FR
 from tests.phone import CON, END, USSD_PATH, Phone, Screen
-from tests.test_ussd_flows import CERCLES_FR, MAIN_FR
 
 APOLOGY_FR = END("Service momentanément indisponible. Merci de réessayer plus tard.")
 MOPTI_PAGE_1 = CON("""

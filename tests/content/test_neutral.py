@@ -18,7 +18,7 @@ from gateway.dialogue.sms import SmsPolicy, SmsService
 from gateway.dialogue.validate import SMS_KEYS
 from gateway.text.encoding import fold
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Folded (case, accents and Bambara spellings collapsed by gateway.text.fold).
 FORBIDDEN = {

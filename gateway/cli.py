@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from gateway.content import catalogs as content_mod
+from gateway.operators.access import Role
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.operators import accounts as accounts_mod
+    from gateway.store.db import Database
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -49,6 +57,32 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("shred", help="destroy old data-wrapping keys now (after erasures)")
 
     sub.add_parser("purge", help="apply the retention rules once")
+
+    users = sub.add_parser("users", help="operator accounts")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="COMMAND")
+    create = users_sub.add_parser(
+        "create", help="make an account (password from stdin's first line, or prompted)")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    create.add_argument("--cercle", action="append", default=[], dest="cercles", metavar="ID",
+                        help="a cercle id the account works in (operator, reviewer: one at "
+                        "least); repeat for more")
+    users_sub.add_parser("list", help="every account, its role, cercles and state")
+    disable = users_sub.add_parser("disable", help="refuse the account's sign-ins, tokens "
+                                   "and sessions from now on")
+    disable.add_argument("name", metavar="NAME")
+    password = users_sub.add_parser("password", help="set a new password (ends the "
+                                    "account's dashboard sessions and sign-in tokens)")
+    password.add_argument("name", metavar="NAME")
+    token = users_sub.add_parser("token", help="print a new API token (only its hash is kept)")
+    token.add_argument("name", metavar="NAME")
+    token.add_argument("--label", default="", metavar="TEXT", help="what the token is for")
+    revoke = users_sub.add_parser("revoke", help="revoke every API token of the account")
+    revoke.add_argument("name", metavar="NAME")
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    audit_sub.add_parser("verify", help="check the audit chain: exit 0 intact, 1 otherwise")
     return parser
 
 
@@ -216,6 +250,126 @@ def cmd_purge() -> int:
     return EXIT_OK
 
 
+@contextmanager
+def _database(settings: Settings) -> Iterator[Database]:
+    """The database, at the latest schema (SQLite migrates itself; PostgreSQL must have
+    been migrated with `gateway migrate`)."""
+    from gateway.errors import StartupError
+    from gateway.store.db import Database
+    from gateway.store.migrate import SchemaBehind, prepare_database
+
+    db = Database(settings.database_url)
+    try:
+        try:
+            prepare_database(db)
+        except SchemaBehind as exc:
+            raise StartupError(str(exc)) from None
+        yield db
+    finally:
+        db.dispose()
+
+
+def _read_password() -> str | None:
+    """stdin's first line when it is not a terminal; else prompted twice (None: the two
+    differ)."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    first = getpass.getpass("Password (12 characters or more): ")
+    if getpass.getpass("Password again: ") != first:
+        return None
+    return first
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from gateway.errors import StartupError
+    from gateway.operators import accounts
+    from gateway.operators.access import Areas
+    from gateway.store.models import utcnow
+
+    settings = _settings()
+    command, name = args.users_command, str(getattr(args, "name", ""))
+    where = f"gateway users {command}"
+    known: frozenset[str] = frozenset()
+    if command == "create":
+        content, _ = content_mod.load(content_mod.locate(settings.content_dir))
+        known = frozenset(Areas.of(content.communes).communes_of)
+    password: str | None = None
+    if command in ("create", "password"):
+        password = _read_password()
+        if password is None:
+            print(f"{where}: the two passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        with _database(settings) as db, db.transaction() as conn:
+            now = utcnow()
+            if command == "create":
+                assert password is not None
+                made = accounts.create(conn, name=name, role=Role(args.role),
+                                       cercles=args.cercles, password=password,
+                                       known_cercles=known, actor="cli", now=now)
+                print(f"created {made.role} account {made.name}"
+                      + (f" for {', '.join(sorted(made.cercles))}" if made.cercles else ""))
+            elif command == "list":
+                _print_accounts(accounts.list_accounts(conn))
+            elif command == "disable":
+                accounts.disable(conn, name=name, actor="cli", now=now)
+                print(f"account {name} is disabled: its tokens and sessions are refused")
+            elif command == "password":
+                assert password is not None
+                accounts.set_password(conn, name=name, password=password, actor="cli",
+                                      now=now)
+                print(f"password of {name} changed; its dashboard sessions and sign-in "
+                      "tokens ended")
+            elif command == "token":
+                print(accounts.new_cli_token(conn, name=name, label=args.label, actor="cli",
+                                             now=now))
+            else:
+                revoked = accounts.revoke_tokens(conn, name=name, actor="cli", now=now)
+                print(f"revoked {revoked} token(s) of {name}")
+    except accounts.InvalidAccount as exc:
+        print(f"{where}: {exc}", file=sys.stderr)
+        return EXIT_USAGE if command in ("create", "password") else EXIT_PROBLEMS
+    except (accounts.AccountExists, accounts.UnknownAccount, StartupError) as exc:
+        print(f"{where}: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def _print_accounts(found: Sequence[accounts_mod.AccountInfo]) -> None:
+    rows = [("NAME", "ROLE", "CERCLES", "STATE", "CREATED")] + [
+        (a.name, a.role.value, ",".join(sorted(a.cercles)) or ("all" if a.role is Role.admin
+                                                                else "-"),
+         "disabled" if a.disabled else "active", a.created_at.strftime("%Y-%m-%d %H:%M"))
+        for a in found
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[4])
+
+
+def cmd_audit_verify() -> int:
+    from gateway.errors import StartupError
+    from gateway.operators import audit
+
+    try:
+        with _database(_settings()) as db, db.transaction() as conn:
+            broken = audit.verify(conn)
+            at_head = audit.head(conn)
+    except StartupError as exc:
+        print(f"gateway audit verify: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    if broken is not None:
+        print(broken)
+        if broken.entry is not None:
+            print(broken.entry)
+        return EXIT_PROBLEMS
+    assert at_head is not None
+    entries, head = at_head
+    print(f"ok: the audit chain is intact ({entries} entries; head {head})")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "flows":
@@ -234,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         commands = {"init": cmd_keys_init, "rotate": cmd_keys_rotate, "shred": cmd_keys_shred}
         return commands[args.keys_command]()
+    if args.command == "users":
+        return cmd_users(args)
+    if args.command == "audit":
+        return cmd_audit_verify()
     return cmd_purge()
 
 

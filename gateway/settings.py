@@ -142,6 +142,17 @@ class Settings(BaseSettings):
         "(a stand-in SMSC on loopback).",
     )
 
+    # Operators (accounts, the API, the dashboard).
+    token_hours: int = Field(
+        12, ge=1, le=720,
+        description="How long a token from `POST /api/v1/auth/token` lasts, in hours "
+        "(command-line tokens last until revoked).",
+    )
+    session_hours: int = Field(
+        8, ge=1, le=168,
+        description="How long a dashboard sign-in lasts, in hours.",
+    )
+
     # Africa's Talking.
     at_username: str = Field("sandbox", description="Africa's Talking application username.")
     at_api_key: SecretStr | None = Field(None, description="Africa's Talking API key.")

@@ -219,3 +219,96 @@ class RateBucket(SQLModel, table=True):
     provider: str = Field(max_length=32, primary_key=True)
     tokens: float = 0.0
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+# Operators: accounts, their credentials, and the audit trail (gateway/operators/).
+
+
+class Account(SQLModel, table=True):
+    """An operator's sign-in, made on the command line. Never deleted (the audit log names
+    it): disabled instead, which refuses its tokens and sessions at once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    role: str = Field(max_length=16)  # admin | operator | reviewer | radio
+    # Cercle ids, comma-separated and sorted (flows/lists/communes.yml); empty for admins.
+    cercles: str = Field(default="", sa_column=Column(Text, nullable=False))
+    password_hash: str = Field(max_length=255)  # argon2id, in its PHC string form
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token: only the SHA-256 of the token is kept. ``login`` tokens come from
+    ``POST /api/v1/auth/token`` and expire; ``cli`` ones from ``gateway users token``."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    kind: str = Field(max_length=8)  # login | cli
+    label: str = Field(default="", max_length=100)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None  # None: until revoked
+    revoked_at: datetime | None = None
+
+
+class OperatorSession(SQLModel, table=True):
+    """A dashboard sign-in: the cookie holds a random id, this row only its SHA-256."""
+
+    __tablename__ = "operator_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_hash: str = Field(max_length=64, unique=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+
+
+class SignInFailure(SQLModel, table=True):
+    """A refused sign-in, for throttling by account name and by client address. Rows older
+    than the throttling window are deleted as new ones arrive."""
+
+    __tablename__ = "sign_in_failure"
+    __table_args__ = (
+        Index("ix_sign_in_failure_name_at", "name", "at"),
+        Index("ix_sign_in_failure_client_at", "client", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)  # the name tried (an account's or not), folded
+    client: str = Field(max_length=64)  # the client address
+    at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEntry(SQLModel, table=True):
+    """The audit trail, append-only (gateway/operators/audit.py). Ids run 1, 2, 3... with
+    no gap; each entry's hash covers the previous entry's hash and its own fields. Details
+    hold ids and codes, never a phone number or typed text."""
+
+    __tablename__ = "audit_log"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime
+    actor: str = Field(max_length=64)  # an account name, "cli", or the name tried
+    action: str = Field(max_length=64)
+    object_type: str | None = Field(default=None, max_length=32)
+    object_id: str | None = Field(default=None, max_length=64)
+    details: str = Field(sa_column=Column(Text, nullable=False))  # canonical JSON
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditHead(SQLModel, table=True):
+    """One row (id 1): the last entry's id and hash, updated in the same transaction as
+    each append. Deleting the last entries without updating it shows; locking it orders
+    concurrent appends on PostgreSQL."""
+
+    __tablename__ = "audit_head"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    last_id: int = 0
+    hash: str = Field(max_length=64)
+    updated_at: datetime = Field(default_factory=utcnow)

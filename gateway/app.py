@@ -29,6 +29,7 @@ from gateway.channels.forms import Refused, read_form
 from gateway.dialogue.ussd import InThread
 from gateway.dialogue.ussd_process import DbWorker
 from gateway.logs import configure_logging
+from gateway.operators.api import build_api
 from gateway.outbox import outbox
 from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
@@ -128,6 +129,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                   redoc_url=None, openapi_url=None if settings.is_production else "/openapi.json")
     if runtime is not None:
         app.state.runtime = runtime
+    app.mount("/api/v1", build_api(settings, runtime=lambda: app.state.runtime))
 
     def rt_of(request: Request) -> Runtime:
         rt: Runtime = request.app.state.runtime

@@ -1,0 +1,31 @@
+"""The operator API, mounted at ``/api/v1`` (OpenAPI at ``/api/v1/openapi.json``).
+
+:func:`build_api` makes the sub-application: one router per domain, each in its own
+module here, included below; the dependencies and the error mapping are in ``deps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from gateway.operators.api import audit, auth
+from gateway.operators.api.deps import install_error_handlers
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+
+
+def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
+    """The API app. ``runtime`` returns the running service's runtime (built when the
+    service starts, after this is made). Its docs page (``/api/v1/docs``) is off in
+    production; its OpenAPI document is part of the contract and always served."""
+    api = FastAPI(title="Dannaya operator API", version="1",
+                  openapi_url="/openapi.json",
+                  docs_url=None if settings.is_production else "/docs", redoc_url=None)
+    api.state.runtime = runtime
+    api.state.settings = settings
+    install_error_handlers(api)
+    api.include_router(auth.router)
+    api.include_router(audit.router)
+    return api

@@ -196,6 +196,7 @@ def cmd_keys_rotate() -> int:
     from gateway import retention
     from gateway.privacy import keys as keys_mod
     from gateway.store.db import Database
+    from gateway.store.models import utcnow
 
     settings = _settings()
     if not settings.key_file.exists():
@@ -208,12 +209,12 @@ def cmd_keys_rotate() -> int:
         return EXIT_PROBLEMS
     db = Database(settings.database_url)
     try:
-        done = retention.rotate(db, key_file=settings.key_file)
+        done = retention.rotate(db, key_file=settings.key_file, now=utcnow())
     finally:
         db.dispose()
     print(f"master key version {done.master_version} is now current; re-wrapped "
-          f"{done.data_keys} data key(s) and {done.numbers} vault number(s). Copy "
-          f"{settings.key_file} to every replica and to your key backup now.")
+          f"{done.data_keys} data key(s); moved {done.numbers} vault number(s) under data "
+          f"keys. Copy {settings.key_file} to every replica and to your key backup now.")
     return EXIT_OK
 
 
@@ -228,9 +229,9 @@ def cmd_keys_shred() -> int:
         version = retention.shred(db, key_file=settings.key_file, now=utcnow(), force=True)
     finally:
         db.dispose()
-    print(f"data-wrapping key version {version} is now the only one: typed text in dumps "
-          f"taken before now can no longer be read. Copy {settings.key_file} to every replica "
-          "and replace your key backup now.")
+    print(f"master key version {version} and new data-wrapping keys are now the only ones: "
+          "numbers, typed text and state in dumps taken before now can no longer be read. "
+          f"Copy {settings.key_file} to every replica and replace your key backup now.")
     return EXIT_OK
 
 

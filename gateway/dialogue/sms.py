@@ -179,6 +179,9 @@ class _Reply:
             self._send("control", self._say("sms-started"))
             return self.sent
         conversation = self._conversation()
+        if conversation is not None and not self.s.keys.master_alive(conversation.state):
+            self._drop_conversation()  # its state came back from an older dump: unreadable
+            conversation = None
         if self.folded in policy.erase_words:
             state = State(lang=self.language, flow="", step="")
             self._keep(state, waiting="erase", minutes=60)

@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.channels.base import UssdEnded, UssdTurn
 from gateway.content.flowdef import Action
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
-from gateway.privacy.keys import KeyRing
+from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.privacy.phone import normalise
 from gateway.store import queries
 from gateway.store.batches import Batches
@@ -186,6 +186,11 @@ class UssdService:
         """Whether a hop that raised ``exc`` on this attempt is run again."""
         if attempt == HOP_ATTEMPTS:
             return False
+        if isinstance(exc, KeyGone):
+            # A shred sealed the session again under a new master key and destroyed the
+            # one this hop's copy of the row (remembered, or read just before) needs: the
+            # next attempt reads the row as it is now.
+            return True
         if isinstance(exc, (IntegrityError, self.db.driver_errors.IntegrityError)):
             # Two copies of a session's first hop raced; the next attempt finds the
             # session the first one created and answers as a repeat.
@@ -335,8 +340,8 @@ class UssdService:
     def _dropped(self, old: queries.Resumable | None) -> tuple[int, State] | None:
         """The session this phone dropped within the window (``queries.find_resumable``)
         and its unfinished dialogue, if it has one."""
-        if old is None or not old.state:
-            return None
+        if old is None or not old.state or not self.keys.master_alive(old.state):
+            return None  # nothing to offer (or state a shred left unreadable)
         old_state = State.loads(self.keys.open_text(
             old.state, aad=session_ref(old.provider, old.session_id)))
         if old_state.suspended is not None:  # the offer itself was dropped: offer again
@@ -520,6 +525,20 @@ def earlier_screen(history: str, text_mac: str) -> str | None:
     return None
 
 
+def data_key(conn: Connection, keys: KeyRing, *, pseudonym: str) -> str:
+    """The contact's wrapped data key, made now if they have none (or only one that a
+    shred left unreadable: it came back from an older dump)."""
+    wrapped = queries.get_data_key(conn, pseudonym=pseudonym)
+    if wrapped is not None and keys.data_key_alive(wrapped, pseudonym=pseudonym):
+        return wrapped
+    fresh = keys.new_data_key(pseudonym=pseudonym)
+    if wrapped is None:
+        queries.update_contact(conn, pseudonym=pseudonym, data_key=fresh)
+    else:
+        queries.replace_data_key(conn, pseudonym=pseudonym, wrapped=fresh)
+    return fresh
+
+
 def apply_effects(
     conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str,
     e164: str | Callable[[], str], language: str, source: str, channel: str, now: datetime,
@@ -534,10 +553,7 @@ def apply_effects(
             typed = {k: v for k, v in effect.results.items() if k in effect.sensitive}
             sealed = None
             if typed:
-                wrapped = queries.get_data_key(conn, pseudonym=pseudonym)
-                if wrapped is None:
-                    wrapped = keys.new_data_key(pseudonym=pseudonym)
-                    queries.update_contact(conn, pseudonym=pseudonym, data_key=wrapped)
+                wrapped = data_key(conn, keys, pseudonym=pseudonym)
                 sealed = keys.encrypt_for(wrapped, json.dumps(typed, ensure_ascii=False),
                                           pseudonym=pseudonym, aad=source)
             queries.insert_report(conn, source=source, flow=effect.flow,
@@ -552,8 +568,9 @@ def apply_effects(
             area = area or (coded.get("cercle") if coded.get("cercle") != OTHER else None)
             queries.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
             number = e164() if callable(e164) else e164
+            wrapped = data_key(conn, keys, pseudonym=pseudonym)
             queries.upsert_vault(conn, pseudonym=pseudonym, now=now,
-                               number=keys.seal_text(number, aad=f"vault:{pseudonym}"))
+                                 number=keys.seal_number(wrapped, number, pseudonym=pseudonym))
         elif effect.action is Action.unsubscribe:
             queries.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
             queries.delete_vault(conn, pseudonym=pseudonym)

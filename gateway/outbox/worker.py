@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from gateway.channels.base import OutboundSms, Sender, SendOutcome, SendResult
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
-from gateway.privacy.keys import KeyRing
+from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.store import queries
 from gateway.store.db import Database
 from gateway.store.models import utcnow
@@ -53,6 +53,8 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sent = 0
         self._last_housekeeping: datetime | None = None
+        self._daily_task: asyncio.Future[None] | None = None
+        self.daily_failures = 0
         self._last_tidy: datetime | None = None
         # Tidy often enough that a dead worker's lease is looked at soon after it runs out.
         self._tidy_every = timedelta(seconds=min(TIDY_SECONDS, self.policy.lease_seconds / 4))
@@ -85,14 +87,20 @@ class Worker:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
+        if self._daily_task is not None and not self._daily_task.done():
+            log.info("worker: letting the retention purge finish its batch")
+            await asyncio.wait([self._daily_task])
         log.info("worker %s stopped after %d messages", self.owner, self.sent)
 
     async def step(self) -> tuple[int, bool]:
         """Claim a batch, send it, record the outcomes: (how many, whether more are due)."""
         now, started = self.clock(), time.monotonic()
         if self._last_housekeeping is None or now - self._last_housekeeping > HOUSEKEEPING_EVERY:
-            await asyncio.to_thread(self._housekeeping, now)
-            self._last_housekeeping = now
+            self._last_housekeeping = now  # a failure waits for the next round, not a loop
+            if await asyncio.to_thread(self._housekeeping, now) and (
+                    self._daily_task is None or self._daily_task.done()):
+                # The daily job runs beside the sending, never in its way.
+                self._daily_task = asyncio.ensure_future(asyncio.to_thread(self._daily, now))
         if self._last_tidy is None or now - self._last_tidy >= self._tidy_every:
             await asyncio.to_thread(self._tidy, now)
             self._last_tidy = now
@@ -126,6 +134,11 @@ class Worker:
     async def _send(self, claimed: outbox.Claimed) -> SendResult:
         try:
             to = outbox.open_recipient(self.keys, claimed)
+        except KeyGone:
+            # A shred sealed the row again under a new master key after this worker read
+            # it: nothing left, so it is simply tried again (and read again) shortly.
+            return SendResult(SendOutcome.retry, code="key-gone", retry_after=1.0)
+        try:
             message = OutboundSms(claimed.id, to, claimed.text, claimed.encoding)
             return await self.sender.send(message)
         except Exception as exc:  # a provider adapter bug must not lose the row
@@ -137,16 +150,30 @@ class Worker:
             outbox.record(conn, policy=self.policy, owner=self.owner, results=results,
                           now=self.clock())
 
-    def _housekeeping(self, now: datetime) -> None:
+    def _housekeeping(self, now: datetime) -> bool:
+        """Expire stale delivery reports; whether the daily job is due."""
         with self.db.transaction() as conn:
             expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
             last = queries.get_counter(conn, name=PURGE_COUNTER)
         if expired:
             log.warning("worker: %d delivery report(s) never matched a message", expired)
-        if self.daily is not None and (
-                last is None or now.timestamp() - last >= PURGE_EVERY.total_seconds()):
+        return self.daily is not None and (
+            last is None or now.timestamp() - last >= PURGE_EVERY.total_seconds())
+
+    def _daily(self, now: datetime) -> None:
+        """Run the daily job (on its own thread). A failure is logged, by its class only
+        (a message may quote data), and tried again at a later housekeeping round; it
+        never stops the sending."""
+        assert self.daily is not None
+        try:
             done = self.daily(now)
             with self.db.transaction() as conn:
                 queries.set_counter(conn, name=PURGE_COUNTER, value=int(now.timestamp()), now=now)
-            log.info("worker: retention purge done (%s)", done)
+        except Exception as exc:
+            self.daily_failures += 1
+            log.error("worker: retention purge failed (%s); sending goes on, the purge is "
+                      "tried again in %d minutes", exc.__class__.__name__,
+                      HOUSEKEEPING_EVERY.total_seconds() // 60)
+            return
+        log.info("worker: retention purge done (%s)", done)
 

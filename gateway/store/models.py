@@ -1,8 +1,10 @@
 """Tables. Nothing here holds a phone number or typed text in clear.
 
-Contacts key on a keyed-HMAC pseudonym. The only phone numbers are in ``vault``, sealed
-with a master key. Typed free text is sealed: in session state with a master key, in
-reports with the contact's own data key.
+Contacts key on a keyed-HMAC pseudonym. The only phone numbers kept for long are in
+``vault``, sealed with the contact's own data key (itself wrapped by the key file), so
+shredding it reaches every backup; queued messages hold theirs sealed with a master key.
+Typed free text is sealed: in session state with a master key, in reports with the
+contact's data key.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Contact(SQLModel, table=True):
 
 
 class Vault(SQLModel, table=True):
-    """Phone numbers, sealed with a master key; only the sending path opens them."""
+    """Phone numbers, sealed with the contact's data key (``KeyRing.open_number`` with the
+    contact's ``data_key``); only the sending path opens them."""
 
     pseudonym: str = Field(max_length=64, primary_key=True)
     number: str = Field(sa_column=Column(Text, nullable=False))

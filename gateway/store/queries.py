@@ -379,11 +379,13 @@ def is_tombstoned(conn: Connection, *, pseudonym: str) -> bool:
 def erase_contact(conn: Connection, *, pseudonym: str, now: datetime) -> None:
     """Erase what is kept about a contact and leave a tombstone.
 
-    Gone: the vault row (the number), the data key (so their report text is unreadable in
-    every backup), their poll answers, their sessions' state, their SMS conversation, the
-    messages queued or kept for them (numbers sealed inside) and the contact itself.
-    Reports stay as unlinked, coded records: pseudonym cleared, text unreadable. A message
-    in flight at this moment is left to finish; the retention job clears it later.
+    Gone: the vault row (the number), the data key (so their number and report text are
+    unreadable in every backup once the next purge has shredded), their poll answers, their
+    sessions' state, their SMS conversation, the messages queued or kept for them (numbers
+    sealed inside) and the contact itself. Reports stay as unlinked, coded records:
+    pseudonym cleared, text gone. A message in flight at this moment is left to finish; the
+    retention job clears it later. The next purge copies the tombstone into the key file,
+    where a database restore cannot take it back (``retention.purge``).
     """
     conn.execute(delete(vault).where(vault.c.pseudonym == pseudonym))
     conn.execute(delete(poll_answers).where(poll_answers.c.pseudonym == pseudonym))
@@ -399,12 +401,36 @@ def erase_contact(conn: Connection, *, pseudonym: str, now: datetime) -> None:
         update(sessions).where(sessions.c.pseudonym == pseudonym)
         .values(state="", status="erased")
     )
-    conn.execute(
-        _insert(conn, tombstones).values(pseudonym=pseudonym, erased_at=now)
-        .on_conflict_do_nothing()
-    )
-    # Older dumps still hold the wrapped data key until the next shred (retention.shred).
-    bump(conn, name=ERASURES_PENDING_SHRED, now=now)
+    stmt = _insert(conn, tombstones).values(pseudonym=pseudonym, erased_at=now)
+    conn.execute(stmt.on_conflict_do_update(  # erased again after coming back: the latest
+        index_elements=[tombstones.c.pseudonym], set_={"erased_at": stmt.excluded.erased_at}))
+
+
+def erase_restored(conn: Connection, *, pseudonym: str, erased_at: datetime) -> bool:
+    """Erase again what a database restore brought back of a contact erased at
+    ``erased_at``: everything of theirs dated before it (a resident who came back after the
+    erasure keeps what they did since). True when something was there."""
+    changed = 0
+    for stmt in (
+        delete(contacts).where(contacts.c.pseudonym == pseudonym,
+                               contacts.c.created_at < erased_at),
+        delete(vault).where(vault.c.pseudonym == pseudonym, vault.c.updated_at < erased_at),
+        delete(poll_answers).where(poll_answers.c.pseudonym == pseudonym,
+                                   poll_answers.c.updated_at < erased_at),
+        update(reports).where(reports.c.pseudonym == pseudonym,
+                              reports.c.created_at < erased_at).values(pseudonym=None, text=None),
+        delete(_conversations).where(_conversations.c.pseudonym == pseudonym,
+                                     _conversations.c.updated_at < erased_at),
+        update(_inbound).where(_inbound.c.pseudonym == pseudonym,
+                               _inbound.c.received_at < erased_at).values(pseudonym=""),
+        delete(_outbox).where(_outbox.c.pseudonym == pseudonym, _outbox.c.status != "sending",
+                              _outbox.c.created_at < erased_at),
+        update(sessions).where(sessions.c.pseudonym == pseudonym,
+                               sessions.c.created_at < erased_at, sessions.c.state != "")
+        .values(state="", status="erased"),
+    ):
+        changed += conn.execute(stmt).rowcount
+    return changed > 0
 
 
 # --- reports and polls ---------------------------------------------------------------
@@ -446,7 +472,27 @@ def delete_vault(conn: Connection, *, pseudonym: str) -> None:
     conn.execute(delete(vault).where(vault.c.pseudonym == pseudonym))
 
 
-ERASURES_PENDING_SHRED = "erasures_pending_shred"
+class VaultEntry(NamedTuple):
+    number: str  # sealed with the data key: KeyRing.open_number(data_key, number, ...)
+    data_key: str | None
+
+
+def get_vault(conn: Connection, *, pseudonym: str) -> VaultEntry | None:
+    """A contact's sealed number and the wrapped data key that opens it."""
+    row = conn.execute(
+        select(vault.c.number, contacts.c.data_key)
+        .select_from(vault.outerjoin(contacts, contacts.c.pseudonym == vault.c.pseudonym))
+        .where(vault.c.pseudonym == pseudonym)).first()
+    return VaultEntry(row.number, row.data_key) if row is not None else None
+
+
+def replace_data_key(conn: Connection, *, pseudonym: str, wrapped: str) -> None:
+    """Give a contact a new data key: what the old one sealed (report text, the vault
+    number) can no longer be read and goes."""
+    update_contact(conn, pseudonym=pseudonym, data_key=wrapped)
+    conn.execute(update(reports).where(reports.c.pseudonym == pseudonym,
+                                       reports.c.text.is_not(None)).values(text=None))
+    conn.execute(delete(vault).where(vault.c.pseudonym == pseudonym))
 
 
 def bump(conn: Connection, *, name: str, by: int = 1, now: datetime) -> None:

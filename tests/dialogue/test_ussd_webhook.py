@@ -170,8 +170,8 @@ def test_copies_of_a_hop_at_the_same_moment_answer_alike_and_act_once(
     with ThreadPoolExecutor(8) as pool:
         bodies = set(pool.map(deliver, range(8)))
     assert bodies == {"END C'est fait, vos données sont effacées."}
-    with runtime.db.transaction() as conn:  # each erasure counts once towards the shred
-        assert queries.get_counter(conn, name=queries.ERASURES_PENDING_SHRED) == 1
+    with runtime.db.transaction() as conn:  # one erasure, one tombstone for the shred
+        assert len(conn.execute(select(queries.tombstones)).all()) == 1
 
 
 def test_a_late_copy_of_an_earlier_hop_gets_its_own_screen_and_changes_nothing(

@@ -134,14 +134,17 @@ def test_rotation_keeps_old_data_readable_and_writes_with_the_new_version(
 
     after = keys_mod.load(settings.key_file, create=False)
     assert after.master_current == before.master_current + 1
-    assert set(before.masters) < set(after.masters)  # old versions kept
+    assert set(before.master.keys) < set(after.master.keys)  # old versions kept
     assert report_text(runtime, runtime.db, source) == "avant rotation"
     with runtime.db.transaction() as conn:
         contact = queries.get_contact(conn, pseudonym=runtime.keys.pseudonym(NUMBER))
         vault = conn.execute(select(queries.vault)).one()
-    assert contact is not None and contact.data_key.startswith(f"w{after.wrap_current}.")
-    assert vault.number.startswith(f"m{after.master_current}.")
-    assert runtime.keys.open_text(vault.number, aad=f"vault:{vault.pseudonym}") == NUMBER
+    bucket = after.buckets[keys_mod.bucket_of(vault.pseudonym)]
+    assert bucket.current == before.buckets[keys_mod.bucket_of(vault.pseudonym)].current + 1
+    assert contact is not None and contact.data_key.startswith(f"k{bucket.current}.")
+    assert vault.number.startswith("n1.")  # under the contact's own data key
+    assert runtime.keys.open_number(contact.data_key, vault.number,
+                                    pseudonym=vault.pseudonym) == NUMBER
     # A running gateway picks up the new versions and keeps working.
     phone.dial()
     phone.press("2", "1", "1", "1", "1")

@@ -18,7 +18,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -137,7 +136,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
 
     async def form(request: Request) -> dict[str, str]:
         return await read_form(request, max_bytes=settings.max_body_bytes,
-                               token=settings.token)
+                               token=settings.token, timeout=settings.body_timeout_seconds)
 
     @app.exception_handler(Refused)
     async def _refused(_request: Request, exc: Refused) -> Response:
@@ -168,8 +167,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             fields = await form(request)
         except Refused as exc:
             await exc.response(scope, receive, send)
-            return
-        except ClientDisconnect:
             return
         try:
             turn = at.parse_ussd(fields)

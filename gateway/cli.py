@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -116,6 +117,20 @@ def cmd_flows_check(directory: Path | None) -> int:
     return EXIT_PROBLEMS if bad else EXIT_OK
 
 
+def _refuse_without_keys(settings: Settings) -> bool:
+    """In production, a command that needs the key file refuses before it touches the
+    database, with the message ``serve`` gives (True when it refused). In development the
+    file is created if missing, as ``serve`` does."""
+    from gateway.privacy import keys as keys_mod
+
+    try:
+        keys_mod.load(settings.key_file, create=not settings.is_production)
+    except keys_mod.KeyFileError as exc:
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_serve(host: str, port: int, worker: bool) -> int:
     import uvicorn
 
@@ -123,6 +138,15 @@ def cmd_serve(host: str, port: int, worker: bool) -> int:
     from gateway.errors import StartupError
     from gateway.logs import configure_logging
     from gateway.runtime import build_runtime, run_worker
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a graceful shutdown on SIGTERM or SIGINT exits 0:
+        uvicorn raises the signal again once it is done, so the process would end with 143
+        (which systemd counts as a failure) or a KeyboardInterrupt traceback."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
 
     configure_logging()
     settings = _settings()
@@ -133,8 +157,10 @@ def cmd_serve(host: str, port: int, worker: bool) -> int:
         return EXIT_PROBLEMS
     app = create_app(settings, runtime=runtime, background=run_worker if worker else None,
                      db_process=True)
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
-                server_header=False, timeout_graceful_shutdown=20)
+    server = Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                   access_log=False, server_header=False,
+                                   timeout_graceful_shutdown=20))
+    server.run()
     return EXIT_OK
 
 
@@ -160,6 +186,8 @@ def cmd_migrate() -> int:
     from gateway.store.db import make_engine
 
     settings = _settings()
+    if settings.is_production and _refuse_without_keys(settings):
+        return EXIT_PROBLEMS  # a deployment without its keys stops here, not at serve
     engine = make_engine(settings.database_url)
     try:
         before = migrate.current(engine)
@@ -195,7 +223,6 @@ def cmd_keys_init() -> int:
 def cmd_keys_rotate() -> int:
     from gateway import retention
     from gateway.privacy import keys as keys_mod
-    from gateway.store.db import Database
     from gateway.store.models import utcnow
 
     settings = _settings()
@@ -207,11 +234,8 @@ def cmd_keys_rotate() -> int:
     except keys_mod.KeyFileError as exc:
         print(f"gateway keys rotate: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    db = Database(settings.database_url)
-    try:
+    with _database(settings) as db:
         done = retention.rotate(db, key_file=settings.key_file, now=utcnow())
-    finally:
-        db.dispose()
     print(f"master key version {done.master_version} is now current; re-wrapped "
           f"{done.data_keys} data key(s); moved {done.numbers} vault number(s) under data "
           f"keys. Copy {settings.key_file} to every replica and to your key backup now.")
@@ -220,15 +244,17 @@ def cmd_keys_rotate() -> int:
 
 def cmd_keys_shred() -> int:
     from gateway import retention
-    from gateway.store.db import Database
+    from gateway.privacy import keys as keys_mod
     from gateway.store.models import utcnow
 
     settings = _settings()
-    db = Database(settings.database_url)
     try:
+        keys_mod.load(settings.key_file, create=False)
+    except keys_mod.KeyFileError as exc:
+        print(f"gateway keys shred: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    with _database(settings) as db:
         version = retention.shred(db, key_file=settings.key_file, now=utcnow(), force=True)
-    finally:
-        db.dispose()
     print(f"master key version {version} and new data-wrapping keys are now the only ones: "
           "numbers, typed text and state in dumps taken before now can no longer be read. "
           f"Copy {settings.key_file} to every replica and replace your key backup now.")
@@ -237,16 +263,16 @@ def cmd_keys_shred() -> int:
 
 def cmd_purge() -> int:
     from gateway import retention
-    from gateway.store.db import Database
+    from gateway.logs import configure_logging
     from gateway.store.models import utcnow
 
+    configure_logging()
     settings = _settings()
-    db = Database(settings.database_url)
-    try:
+    if _refuse_without_keys(settings):
+        return EXIT_PROBLEMS
+    with _database(settings) as db:
         done = retention.purge(db, retention=retention.Retention.of(settings), now=utcnow(),
                                key_file=settings.key_file)
-    finally:
-        db.dispose()
     print(f"purged: {done}")
     return EXIT_OK
 
@@ -371,8 +397,36 @@ def cmd_audit_verify() -> int:
     return EXIT_OK
 
 
+def _describe(exc: BaseException) -> str:
+    """One line about a failure, safe to print: our own errors say what to do; anything
+    else is named by its class only (a driver's message may quote the data it held)."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.errors import StartupError
+    from gateway.privacy.keys import KeyFileError
+
+    if isinstance(exc, (StartupError, KeyFileError)):
+        return str(exc)
+    if isinstance(exc, OperationalError) or exc.__class__.__name__ == "OperationalError":
+        return f"the database cannot be reached or refused the work ({exc.__class__.__name__})"
+    if isinstance(exc, OSError):
+        return f"{exc.__class__.__name__}: {exc.strerror or 'system error'}"
+    return f"unexpected {exc.__class__.__name__}; nothing else was printed, as it may quote data"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"gateway {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # no command ends in a raw traceback
+        print(f"gateway {args.command}: failed: {_describe(exc)}", file=sys.stderr)
+        return EXIT_PROBLEMS
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "flows":
         return cmd_flows_check(args.dir)
     if args.command == "serve":

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16384, description="Webhook bodies larger than this get 413."
     )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0,
+        description="A webhook body that has not fully arrived this many seconds after the "
+        "request's headers gets 408 and the connection is closed.",
+    )
     ussd_code: str = Field(
         "*123#", description="The USSD code residents dial, quoted in SMS messages."
     )

@@ -1,5 +1,7 @@
-"""What every webhook does first: cap the body (413), then check the token (403), then
-decode the form strictly. Only then does a provider adapter see the fields.
+"""What every webhook does first: cap the body (413) and the time it takes to arrive
+(408), then check the token (403), then decode the form strictly. Only then does a
+provider adapter see the fields. A client that hangs up mid-body is noted in one quiet
+line and answered nothing.
 
 Bodies are parsed here, not by python-multipart: a form is at most 16 KiB, decoded as
 UTF-8 (invalid bytes are replaced, never a 500), with a bounded number of fields.
@@ -9,11 +11,16 @@ a fraction of its cost: most values need no unquoting.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 from urllib.parse import unquote
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
+
+log = logging.getLogger("gateway.channels.forms")
 
 MAX_FIELDS = 64
 
@@ -25,22 +32,26 @@ class Refused(Exception):
         self.response = response
 
 
-async def read_form(request: Request, *, max_bytes: int, token: str | None) -> dict[str, str]:
-    """The request's fields (query string, then a form body), after the size and token
-    checks. Raises ``Refused`` with a 413 or 403 response."""
+async def read_form(request: Request, *, max_bytes: int, token: str | None,
+                    timeout: float | None = None) -> dict[str, str]:
+    """The request's fields (query string, then a form body), after the size, time and
+    token checks. Raises ``Refused`` with a 413, 408 or 403 response (or, for a client
+    that hung up, a response nobody will read)."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
         raise Refused(PlainTextResponse("Request body too large", status_code=413))
     body = b""
     if request.method == "POST":
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise Refused(PlainTextResponse("Request body too large", status_code=413))
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        try:
+            async with asyncio.timeout(timeout):
+                body = await _body(request, max_bytes)
+        except TimeoutError:
+            log.info("%s: body not received within %gs; 408", request.url.path, timeout)
+            raise Refused(PlainTextResponse("Request body too slow", status_code=408,
+                                            headers={"Connection": "close"})) from None
+        except ClientDisconnect:
+            log.info("%s: the client hung up before its body ended", request.url.path)
+            raise Refused(PlainTextResponse("Client disconnected", status_code=400)) from None
     query = decode_form(request.scope.get("query_string", b"").decode("latin-1"),
                         max_fields=None)
     if token is not None:
@@ -63,6 +74,17 @@ async def read_form(request: Request, *, max_bytes: int, token: str | None) -> d
         for key, value in pairs:
             fields[key] = value.replace("\x00", "")
     return fields
+
+
+async def _body(request: Request, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise Refused(PlainTextResponse("Request body too large", status_code=413))
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def decode_form(text: str, *, max_fields: int | None = MAX_FIELDS) -> list[tuple[str, str]]:

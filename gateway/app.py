@@ -11,21 +11,23 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.channels import africastalking as at
 from gateway.channels import kannel
-from gateway.channels.base import DeliveryReport
+from gateway.channels.base import DeliveryReport, UssdTurn
 from gateway.channels.forms import Refused, read_form
-from gateway.dialogue.ussd import InThread
+from gateway.dialogue.ussd import HopJobs, InThread
 from gateway.dialogue.ussd_process import DbWorker
 from gateway.logs import configure_logging
 from gateway.operators.api import build_api
@@ -33,6 +35,7 @@ from gateway.outbox import outbox
 from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
 from gateway.store.batches import Batches
+from gateway.store.db import DatabaseBusy, DatabaseUnavailable, waiting
 from gateway.store.models import utcnow
 
 log = logging.getLogger("gateway.app")
@@ -42,6 +45,12 @@ log = logging.getLogger("gateway.app")
 # lock (or queue for one of the pool's connections) and cost CPU per request.
 DB_THREADS = 8
 USSD_PATH = "/webhooks/africastalking/ussd"
+GRACE_SECONDS = 0.25  # beyond the database wait: a job queued for a thread, the hand-back
+READY_SECONDS = 0.8  # /readyz answers within a second
+READY_WAIT_SECONDS = 0.5  # ... of which its probe waits this long for SQLite's lock
+RETRY_AFTER_SECONDS = 5  # told to providers with a 503
+DB_PROCESS_START_SECONDS = 60  # the start waits this long for the USSD database process
+RESTART_SECONDS = 6.0  # a hop's patience while that process is replaced (AT allows 10 s)
 
 
 class GatewayApp(FastAPI):
@@ -69,13 +78,31 @@ def deliver(rt: Runtime, report: DeliveryReport) -> str:
         return outbox.apply_delivery(conn, report=report, now=utcnow())
 
 
-def queue_depth(rt: Runtime) -> int | None:
-    """Messages waiting to be sent, or None when the database does not answer."""
-    try:
-        with rt.db.transaction() as conn:
-            return outbox.queue_depth(conn)
-    except Exception:
-        return None
+def probe(rt: Runtime) -> int:
+    """A committed write (raises if the database cannot take one); the messages waiting
+    to be sent."""
+    with waiting(READY_WAIT_SECONDS):
+        return rt.db.probe()
+
+
+def _within(fn: Callable[..., Any], args: tuple[Any, ...], deadline: float) -> Any:
+    """A request's database work on a thread: not begun at all once its request has
+    been answered (nothing half-stored), and waiting for SQLite's lock only until then."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DatabaseUnavailable()
+    with waiting(left):
+        return fn(*args)
+
+
+def driver_operational_errors() -> list[type[Exception]]:
+    """The drivers' own OperationalError classes (raised by statements run straight on
+    the driver connection)."""
+    import sqlite3
+
+    import psycopg
+
+    return [sqlite3.OperationalError, psycopg.OperationalError]
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None,
@@ -98,7 +125,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         if not rt.db.sqlite:
             db_threads = ThreadPoolExecutor(DB_THREADS, thread_name_prefix="gateway-db")
             if db_process:
-                rt.hop_jobs = DbWorker(settings, rt.loop)
+                rt.hop_jobs = workers = DbWorker(settings, rt.loop)
+                try:
+                    await asyncio.wait_for(workers.ready(), timeout=DB_PROCESS_START_SECONDS)
+                except Exception as exc:  # hops then answer the apology until it is
+                    log.warning("the USSD database process is not ready (%s)",
+                                exc.__class__.__name__)
             else:
                 rt.batches = Batches(rt.db, rt.loop)
                 rt.hop_jobs = InThread(rt.batches)
@@ -142,16 +174,53 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     async def _refused(_request: Request, exc: Refused) -> Response:
         return exc.response
 
+    wait = settings.db_wait_seconds
+
     async def call(rt: Runtime, fn: Callable[..., Any], *args: Any) -> Any:
-        # SQLite work is short and serialised by its write lock: run it inline. PostgreSQL
-        # round trips are network waits: run them on the service's database threads (the
-        # shared thread pool when the app runs without its lifespan).
-        if rt.db.sqlite:
-            return fn(*args)
-        if db_threads is None:
-            return await run_in_threadpool(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(
-            db_threads, functools.partial(fn, *args))
+        """Run a request's database work, waiting at most ``GATEWAY_DB_WAIT_SECONDS`` for
+        the database; ``DatabaseUnavailable`` (nothing stored) when it cannot.
+
+        SQLite work is short and serialised by its write lock: run it inline, without
+        waiting for the lock; if another connection holds it, wait for it on a thread, so
+        that the event loop (every other request, ``/readyz``) never waits behind a locked
+        file. PostgreSQL round trips are network waits: run them on the service's database
+        threads (the shared thread pool when the app runs without its lifespan)."""
+        db = rt.db
+        if not db.available():
+            raise DatabaseUnavailable()
+        if db.sqlite:
+            try:
+                with waiting(0):
+                    return fn(*args)
+            except DatabaseBusy:
+                pass
+        job = functools.partial(_within, fn, args, time.monotonic() + wait)
+        if db.sqlite or db_threads is None:
+            pending: Awaitable[Any] = run_in_threadpool(job)
+        else:
+            pending = asyncio.get_running_loop().run_in_executor(db_threads, job)
+        try:
+            return await asyncio.wait_for(pending, timeout=wait + GRACE_SECONDS)
+        except TimeoutError:
+            db.note_failure()
+            log.warning("database: no answer within %gs; answering 'try again later' for "
+                        "a moment", wait)
+            raise DatabaseUnavailable() from None
+
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(OperationalError)
+    async def _unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("%s: database unavailable (%s); 503", request.url.path,
+                    exc.__class__.__name__)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if request.url.path.startswith("/webhooks/"):
+            return PlainTextResponse("Database unavailable; try again later",
+                                     status_code=503, headers=headers)
+        return JSONResponse({"detail": "The database is unavailable; try again later."},
+                            status_code=503, headers=headers)
+
+    for driver in driver_operational_errors():
+        app.add_exception_handler(driver, _unavailable)
 
     async def ussd_hop(scope: Scope, receive: Receive, send: Send) -> None:
         """POST /webhooks/africastalking/ussd: one hop in, ``CON``/``END`` out, 200
@@ -173,10 +242,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             if turn is None:
                 log.warning("ussd: request without a session id or caller refused")
                 body = rt.ussd.apology()
+            elif not rt.db.available():
+                body = rt.ussd.apology()  # the database just failed: answer at once
             elif rt.hop_jobs is not None:
-                body = await rt.ussd.handle_batched(turn, rt.hop_jobs)
+                body = await batched_hop(rt, turn, rt.hop_jobs)
             else:
                 body = await call(rt, rt.ussd.handle, turn)
+        except DatabaseUnavailable:
+            body = rt.ussd.apology()
         except Exception as exc:  # handle() never raises; this is the last line of defence
             log.error("ussd: %s before the hop was handled", exc.__class__.__name__)
             body = rt.ussd.apology()
@@ -188,6 +261,26 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         await send({"type": "http.response.body", "body": payload})
 
     app.ussd_hop = ussd_hop
+
+    async def batched_hop(rt: Runtime, turn: UssdTurn, jobs: HopJobs) -> str:
+        """``handle_batched``, answered with the apology if the database has not done the
+        hop's work within ``GATEWAY_DB_WAIT_SECONDS`` (more while the database process is
+        being replaced: the hop then goes on, still within the provider's timeout)."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(rt.ussd.handle_batched(turn, jobs))
+        started, limit = loop.time(), wait + GRACE_SECONDS
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, started + limit - loop.time()))
+            if done:
+                return task.result()
+            if isinstance(jobs, DbWorker) and jobs.starting and limit < wait + RESTART_SECONDS:
+                limit = wait + RESTART_SECONDS
+                continue
+            task.cancel()
+            rt.db.note_failure()
+            log.warning("ussd: no answer from the database within %gs; session %s got an "
+                        "apology", limit, turn.session_id)
+            return rt.ussd.apology()
 
     @app.post("/webhooks/africastalking/ussd/events", response_class=PlainTextResponse)
     async def at_ussd_events(request: Request) -> Response:
@@ -249,8 +342,19 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
 
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
+        """Whether the database takes a write (a real one, committed), the keys are
+        loaded and the queue is within bounds; 503 within a second otherwise."""
         rt = rt_of(request)
-        depth = await run_in_threadpool(queue_depth, rt)
+        depth = None
+        if rt.db.available():
+            try:
+                depth = await asyncio.wait_for(run_in_threadpool(probe, rt),
+                                               timeout=READY_SECONDS)
+            except TimeoutError:
+                rt.db.note_failure()
+            except Exception as exc:
+                log.warning("readyz: the database cannot take a write (%s)",
+                            exc.__class__.__name__)
         checks = {
             "database": depth is not None,
             "keys": True,

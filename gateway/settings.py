@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         16384, description="Webhook bodies larger than this get 413."
     )
+    db_wait_seconds: float = Field(
+        2.0, gt=0, le=8,
+        description="The longest a webhook waits for the database (SQLite's write lock held "
+        "elsewhere, PostgreSQL slow or unreachable) before answering 'try again later': the "
+        "USSD apology screen, 503 for SMS and delivery reports (providers retry). Keep it "
+        "well under the USSD provider's timeout.",
+    )
     body_timeout_seconds: float = Field(
         10.0, gt=0,
         description="A webhook body that has not fully arrived this many seconds after the "

@@ -46,7 +46,7 @@ from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.privacy.phone import normalise
 from gateway.store import queries
 from gateway.store.batches import Batches
-from gateway.store.db import Database
+from gateway.store.db import Database, DatabaseBusy
 from gateway.store.models import utcnow
 
 log = logging.getLogger("gateway.dialogue.ussd")
@@ -90,7 +90,8 @@ class UssdService:
     # --- hops ------------------------------------------------------------------------
 
     def handle(self, turn: UssdTurn) -> str:
-        """The response body (``CON …`` or ``END …``) for one hop. Never raises."""
+        """The response body (``CON …`` or ``END …``) for one hop. Never raises, but
+        ``DatabaseBusy`` when the context asked not to wait for SQLite's lock."""
         try:
             pseudonym = self._pseudonym(turn)
             if pseudonym is None:
@@ -107,6 +108,8 @@ class UssdService:
                     if not self._try_again(exc, attempt):
                         raise
             return self._kept_changing(turn)
+        except DatabaseBusy:
+            raise  # the caller chose not to wait for the lock here: it waits elsewhere
         except Exception as exc:
             return self._failed(turn, exc)
 

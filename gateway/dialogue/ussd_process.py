@@ -39,7 +39,8 @@ log = logging.getLogger("gateway.dialogue.ussd_process")
 
 MESSAGES_PER_BATCH = 32  # rounds of jobs the child puts in one transaction at most
 
-# A job as it crosses the pipe: ("read", kwargs) or ("save", SessionSave, kwargs or None)
+# A job as it crosses the pipe: ("read", kwargs), ("save", SessionSave, kwargs or None)
+# or ("ping",)
 Spec = tuple[Any, ...]
 # A result as it comes back: (True, value) or (False, (kind, exception class name))
 Reply = tuple[bool, Any]
@@ -55,6 +56,7 @@ class DbWorker:
         self._sent: deque[list[asyncio.Future[Any]]] = deque()
         self._pipe: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
+        self.starting = True
         self._start()
 
     def _start(self) -> None:
@@ -65,6 +67,7 @@ class DbWorker:
         process.start()
         theirs.close()
         self._pipe, self._process = mine, process
+        self.starting = True  # until its first answer
         self.loop.add_reader(mine.fileno(), self._readable)
 
     async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
@@ -78,6 +81,12 @@ class DbWorker:
         then = None if plan is None else {"turn": turn, "pseudonym": pseudonym, "plan": plan}
         saved: bool = await self._give(("save", save, then))
         return saved
+
+    async def ready(self) -> None:
+        """Wait until the child has started and reached the database: the first hops
+        after a start are then not held up by it (they wait for the database only a
+        bounded time, ``GATEWAY_DB_WAIT_SECONDS``)."""
+        await self._give(("ping",))
 
     def _give(self, spec: Spec) -> asyncio.Future[Any]:
         """Queue a job; the jobs given during one turn of the loop go down together."""
@@ -108,6 +117,7 @@ class DbWorker:
             assert self._pipe is not None
             while self._pipe.poll(0):
                 replies: list[Reply] = self._pipe.recv()
+                self.starting = False
                 for future, (ok, value) in zip(self._sent.popleft(), replies, strict=True):
                     if future.cancelled():
                         continue
@@ -203,6 +213,8 @@ def serve(settings: Settings, pipe: Connection) -> None:
 
     def entry(spec: Spec, index: int) -> Entry:
         key = cast("asyncio.Future[Any]", index)  # carried through to the outcome only
+        if spec[0] == "ping":
+            return (None, lambda conn: True, key, None)
         if spec[0] == "read":
             return (None, lambda conn: service._read_or_begin(conn, **spec[1]), key, None)
         then = spec[2]

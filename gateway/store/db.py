@@ -3,20 +3,71 @@
 Every transaction that may write starts with ``BEGIN IMMEDIATE`` on SQLite, so a read
 that later writes never fails with SQLITE_BUSY (reference/security-and-reliability.md
 §3.3, rule 10). On PostgreSQL rows are locked explicitly where a race matters.
+
+When the database stalls (an SQLite file locked by another process, a full disk,
+PostgreSQL unreachable) requests must answer at once rather than queue: ``waiting`` bounds
+how long the transactions of the current context wait for SQLite's write lock (none at all:
+``DatabaseBusy``, so the caller can wait off the event loop instead), and after a failure
+that says the database is unavailable, ``available`` is False for a moment, so that
+requests answer "try again later" without touching it until one of them (or a readiness
+probe) finds it writable again.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-BUSY_TIMEOUT_MS = 10_000
+from gateway.store.models import utcnow
+
+BUSY_TIMEOUT_MS = 10_000  # background work (the worker, the purge, commands)
+PG_CONNECT_TIMEOUT = 5  # seconds: never hang on an unreachable server
+RETRY_AFTER_SECONDS = 1.0  # after a failure, the database is left alone this long
+_WAIT: ContextVar[float | None] = ContextVar("gateway_db_wait", default=None)
+
+
+class DatabaseBusy(Exception):
+    """Another connection holds SQLite's write lock and this context chose not to wait
+    (``waiting(0)``): nothing was done."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot take the work now (locked, full, unreachable, or it just failed
+    and is being left alone): nothing was stored; try again later."""
+
+
+@contextmanager
+def waiting(seconds: float | None) -> Iterator[None]:
+    """Within this block (this thread or task), a transaction waits at most ``seconds`` for
+    SQLite's write lock (``None``: the default, ten seconds)."""
+    token = _WAIT.set(seconds)
+    try:
+        yield
+    finally:
+        _WAIT.reset(token)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether an error says the database itself cannot work now (rather than that one
+    statement or transaction failed)."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.OperationalError):
+        return True  # locked, full, unreadable: the file
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg ships with the gateway
+        return False
+    if isinstance(orig, (psycopg.errors.TransactionRollback, psycopg.errors.QueryCanceled)):
+        return False  # a deadlock or a cancelled statement: that transaction only
+    return isinstance(orig, psycopg.OperationalError)
 WAL_CHECKPOINT_PAGES = 10_000
 KEPT_CONNECTIONS = 8
 KEPT_IDLE_SECONDS = 10.0  # a kept connection idle longer goes back through the pool's ping
@@ -25,6 +76,11 @@ KEPT_IDLE_SECONDS = 10.0  # a kept connection idle longer goes back through the 
 def idle_clock() -> float:
     """The clock kept connections are aged by (a test moves it on)."""
     return time.monotonic()
+
+
+def _busy(exc: BaseException) -> bool:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
 
 
 def is_sqlite(url: str) -> bool:
@@ -44,7 +100,8 @@ def make_engine(url: str) -> Engine:
     # Up to 2 x KEPT_CONNECTIONS stay checked out between uses (transactions and autocommit
     # USSD hops keep their own), so the pool allows that many beyond its usual ten.
     return create_engine(url, pool_size=10, max_overflow=2 * KEPT_CONNECTIONS + 4,
-                         pool_pre_ping=True)
+                         pool_pre_ping=True,
+                         connect_args={"connect_timeout": PG_CONNECT_TIMEOUT})
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -94,18 +151,56 @@ class Database:
         # (connection, when it was last used); list.pop and append are atomic
         self._kept: list[tuple[Connection, float]] = []
         self._kept_autocommit: list[tuple[Connection, float]] = []  # PostgreSQL USSD hops
+        self.failed_at: float | None = None  # time.monotonic() of the last failure
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""
         conn = self._take(self._kept) or self.engine.connect()
+        wait = self._set_wait(conn) if self.sqlite else None
         try:
             with conn.begin():
                 yield conn
         except BaseException as exc:
+            if wait == 0 and _busy(exc):
+                conn.close()  # nothing wrong with the database: someone holds the lock
+                raise DatabaseBusy() from None
             self._drop(conn, exc)
             raise
         self._keep(conn, self._kept)
+        self.failed_at = None
+
+    def _set_wait(self, conn: Connection) -> float | None:
+        """Give an SQLite connection the busy timeout this context asks for."""
+        wait = _WAIT.get()
+        ms = BUSY_TIMEOUT_MS if wait is None else max(0, int(wait * 1000))
+        info = conn.connection.info
+        if info.get("busy_ms") != ms:
+            raw: Any = conn.connection.driver_connection
+            raw.execute(f"PRAGMA busy_timeout={ms}")
+            info["busy_ms"] = ms
+        return wait
+
+    def available(self) -> bool:
+        """False for a moment after the database failed: requests answer "try again later"
+        without waiting on it; then one is let through to find out."""
+        failed = self.failed_at
+        return failed is None or time.monotonic() - failed >= RETRY_AFTER_SECONDS
+
+    def note_failure(self) -> None:
+        """The database failed (or did not answer in time): leave it alone a moment."""
+        self.failed_at = time.monotonic()
+
+    def probe(self) -> int:
+        """A real write, committed (the readiness check): raises if the database cannot
+        take one. Returns the messages waiting to be sent."""
+        from gateway.store import queries  # queries is above this module
+
+        with self.transaction() as conn:
+            queries.set_counter(conn, name="readiness_probe", value=int(time.time()),
+                                now=utcnow())
+            return int(conn.execute(text(
+                "SELECT count(*) FROM outbox WHERE status IN ('queued', 'sending')")).scalar_one())
 
     @contextmanager
     def hop(self) -> Iterator[Connection]:
@@ -131,6 +226,7 @@ class Database:
             self._drop(conn, exc)
             raise
         self._keep(conn, self._kept_autocommit)
+        self.failed_at = None
 
     @contextmanager
     def together(self, conn: Connection, *, needed: bool = True) -> Iterator[None]:
@@ -153,6 +249,8 @@ class Database:
         conn.close()
         if isinstance(exc, (OperationalError, self.driver_errors.OperationalError)):
             self._close_kept()
+            if _unavailable(exc):
+                self.note_failure()
 
     def _close_kept(self) -> None:
         for kept in (self._kept, self._kept_autocommit):

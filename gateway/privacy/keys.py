@@ -148,7 +148,7 @@ class KeyRing:
     erased: dict[str, datetime] = field(default_factory=dict, repr=False)
     shredding: Shredding | None = None
     source: Path | None = None  # the key file, re-read when it changes
-    stamp: int = 0  # its modification time when read
+    stamp: tuple[int, int] = (0, 0)  # its modification time and inode when read
 
     def __post_init__(self) -> None:
         self._mac_key = hmac.new(self.pseudonym_key, b"dannaya/dedupe", hashlib.sha256).digest()
@@ -162,7 +162,7 @@ class KeyRing:
         if self.source is None:
             return
         try:
-            stamp = self.source.stat().st_mtime_ns
+            stamp = _file_stamp(self.source)
         except OSError:
             return
         if stamp == self.stamp:
@@ -347,7 +347,14 @@ def _family(raw: Mapping[str, Any]) -> Family:
     return Family(int(raw["current"]), {int(v): _unb64(k) for v, k in raw["keys"].items()})
 
 
-def _parse(path: Path, raw: dict[str, Any], stamp: int) -> KeyRing:
+def _file_stamp(path: Path) -> tuple[int, int]:
+    """What changes whenever the file is rewritten: each write replaces it (a new inode),
+    even within the clock's resolution."""
+    info = path.stat()
+    return info.st_mtime_ns, info.st_ino
+
+
+def _parse(path: Path, raw: dict[str, Any], stamp: tuple[int, int]) -> KeyRing:
     try:
         if raw.get("format") != FORMAT:
             raise ValueError("not a Dannaya key file")
@@ -378,9 +385,9 @@ def _parse(path: Path, raw: dict[str, Any], stamp: int) -> KeyRing:
     return ring
 
 
-def _read(path: Path) -> tuple[dict[str, Any], int]:
+def _read(path: Path) -> tuple[dict[str, Any], tuple[int, int]]:
     try:
-        stamp = path.stat().st_mtime_ns
+        stamp = _file_stamp(path)
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise KeyFileError(f"{path}: cannot read key file ({exc.__class__.__name__})") from None

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.channels import africastalking as at
 from gateway.channels import kannel
 from gateway.channels.base import DeliveryReport
-from gateway.channels.forms import Refused, read_form
+from gateway.channels.forms import Refused, read_form, read_raw_form
 from gateway.dialogue.ussd import InThread
 from gateway.dialogue.ussd_process import DbWorker
 from gateway.logs import configure_logging
@@ -139,6 +139,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         return await read_form(request, max_bytes=settings.max_body_bytes,
                                token=settings.token)
 
+    async def raw_form(request: Request) -> dict[str, bytes]:
+        return await read_raw_form(request, max_bytes=settings.max_body_bytes,
+                                   token=settings.token)
+
     @app.exception_handler(Refused)
     async def _refused(_request: Request, exc: Refused) -> Response:
         return exc.response
@@ -231,7 +235,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                    response_class=PlainTextResponse)
     async def kannel_sms(request: Request) -> Response:
         rt = rt_of(request)
-        message = kannel.parse_sms(await form(request))
+        message = kannel.parse_sms(await raw_form(request))
         if message is None:
             log.warning("sms: Kannel message without id or sender ignored")
             return PlainTextResponse("ignored: no id or sender")
@@ -241,7 +245,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                    response_class=PlainTextResponse)
     async def kannel_delivery(request: Request) -> Response:
         rt = rt_of(request)
-        report = kannel.parse_delivery(await form(request))
+        report = kannel.parse_delivery(await raw_form(request))
         if report is None:
             return PlainTextResponse("ignored: no id")
         return PlainTextResponse(await call(rt, deliver, rt, report))

@@ -218,8 +218,9 @@ class Kannel:
     """bearerbox + smsbox + one fakesmsc, configured for a gateway at ``gateway_url``."""
 
     def __init__(self, directory: Path, *, gateway_url: str, token: str | None = None,
-                 binaries: Binaries | None = None) -> None:
+                 binaries: Binaries | None = None, mo_recode: bool = True) -> None:
         self.dir = directory
+        self.mo_recode = mo_recode
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bin = binaries or require_kannel()
         self.admin_port, self.box_port, self.smsc_port, self.sendsms_port = (
@@ -267,7 +268,7 @@ sendsms-interface = 127.0.0.1
 log-file = "{d / 'smsbox.log'}"
 log-level = 1
 # A phone writing ɛ, ɔ or é sends UCS-2: have smsbox hand it to the get-url as UTF-8.
-mo-recode = true
+mo-recode = {"true" if self.mo_recode else "false"}
 
 group = sendsms-user
 username = {USERNAME}

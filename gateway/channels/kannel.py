@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from itertools import pairwise
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -38,40 +37,69 @@ _DLR = {
 }
 
 
-def parse_sms(fields: Mapping[str, str]) -> InboundSms | None:
-    """A message from the get-url's query (or form) fields; None without id or sender."""
-    external_id = fields.get("id", "").strip()
-    sender = fields.get("from", "")
+def parse_sms(fields: Mapping[str, bytes]) -> InboundSms | None:
+    """A message from the get-url's query (or form) fields, as bytes (``read_raw_form``);
+    None without id or sender."""
+    external_id = field(fields, "id").strip()
+    sender = field(fields, "from")
     if not external_id or len(external_id) > MAX_ID or not sender.strip():
         return None
     return InboundSms(provider=NAME, external_id=external_id, phone=sender,
-                      to=fields.get("to", "")[:32], text=_text(fields)[:MAX_TEXT],
+                      to=field(fields, "to")[:32], text=message_text(fields)[:MAX_TEXT],
                       received_at=None)
 
 
-_UTF16 = frozenset({"UTF-16BE", "UTF16-BE", "UTF-16", "UCS-2", "UCS2"})
+def field(fields: Mapping[str, bytes], name: str) -> str:
+    """A field that is always ASCII or UTF-8 (ids, numbers, codes), NULs dropped."""
+    value = fields.get(name, b"").decode("utf-8", "replace")
+    return value.replace("\x00", "") if "\x00" in value else value
 
 
-def _text(fields: Mapping[str, str]) -> str:
-    """The message text. smsbox passes a UCS-2 message (a phone writing ɛ, ɔ or é) as raw
-    UTF-16BE bytes unless its group sets ``mo-recode = true``, which turns it into UTF-8
-    (reference: tests/kannel.py's configuration). Without it only the ASCII letters
-    survive the web layer's UTF-8 decoding: keep those, so STOP still works, and say so."""
-    text = fields.get("text", "")
-    if fields.get("charset", "").strip().upper() in _UTF16:
-        log.warning("sms: Kannel passed a UCS-2 message undecoded (message %s); set "
-                    "`mo-recode = true` in smsbox's group", fields.get("id", "")[:MAX_ID])
-        # Each ASCII letter arrived as a NUL and itself; anything else is beyond repair.
-        text = "".join(ch for prev, ch in pairwise(text) if prev == "\x00" and " " <= ch <= "~")
-    return text
+# Charsets Kannel names in %C, by their upper-cased name, and the codec for each.
+_CHARSETS = {
+    "UTF-8": "utf-8", "UTF8": "utf-8",
+    "UTF-16BE": "utf-16-be", "UTF16-BE": "utf-16-be", "UTF-16": "utf-16",
+    "UCS-2": "utf-16-be", "UCS2": "utf-16-be", "UCS-2BE": "utf-16-be",
+    "ISO-8859-1": "latin-1", "ISO8859-1": "latin-1", "LATIN1": "latin-1",
+    "ISO-8859-15": "iso8859-15", "WINDOWS-1252": "cp1252", "CP1252": "cp1252",
+    "US-ASCII": "latin-1", "ASCII": "latin-1",
+}
 
 
-def parse_delivery(fields: Mapping[str, str]) -> DeliveryReport | None:
+def message_text(fields: Mapping[str, bytes]) -> str:
+    """The ``text`` field decoded by the charset Kannel names beside it (``%C``), so a
+    letter is never lost for its encoding (brief: a stop word is never missed).
+
+    A phone typing ɛ, ɔ or Ê sends UCS-2. Unless smsbox's group sets ``mo-recode = true``
+    (recommended: it hands such a message over as UTF-8), Kannel passes it with
+    ``coding=2`` and ``charset=UTF-16BE`` as the raw UTF-16BE bytes. Its ``%a`` also
+    splits the text into words at whitespace *bytes* and drops those at either end, so a
+    UTF-16BE text ending in a space arrives one byte short: the lost byte is put back as
+    a space. Without a charset it names, ``coding=2`` means UTF-16BE, anything else
+    UTF-8; bytes the charset cannot read become U+FFFD, never an error."""
+    raw = fields.get("text", b"")
+    charset = field(fields, "charset").strip().upper().replace("_", "-")
+    codec = _CHARSETS.get(charset)
+    if codec is None:
+        if charset:
+            log.warning("kannel: unknown charset %r for message %s; read as %s",
+                        charset[:32], field(fields, "id")[:MAX_ID],
+                        "UTF-16BE" if field(fields, "coding").strip() == "2" else "UTF-8")
+        codec = "utf-16-be" if field(fields, "coding").strip() == "2" else "utf-8"
+    if codec == "utf-16" and not raw.startswith((b"\xfe\xff", b"\xff\xfe")):
+        codec = "utf-16-be"  # no byte-order mark: big-endian, as SMS carries it
+    if codec.startswith("utf-16") and len(raw) % 2:
+        raw += b" "
+    text = raw.decode(codec, errors="replace")
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+def parse_delivery(fields: Mapping[str, bytes]) -> DeliveryReport | None:
     """A delivery report from our dlr-url: ``id`` is our outbox id, ``status`` Kannel's %d."""
-    raw_id = fields.get("id", "").strip()
+    raw_id = field(fields, "id").strip()
     if not raw_id.isdigit() or len(raw_id) > 18:
         return None
-    raw = fields.get("status", "").strip()
+    raw = field(fields, "status").strip()
     return DeliveryReport(provider=NAME, status=_DLR.get(raw, DeliveryStatus.unknown),
                           raw_status=raw[:64], outbox_id=int(raw_id))
 
@@ -101,7 +129,8 @@ class KannelSender:
     Kannel's side needs, besides the sms-service of the brief: in the ``sendsms-user``
     group, ``concatenation = true`` and ``max-messages`` at least the parts of the longest
     message (10 is ample), or Kannel cuts a longer message to one SMS and still answers
-    "0: Accepted"; in the ``smsbox`` group, ``mo-recode = true`` (see ``_text``).
+    "0: Accepted"; in the ``smsbox`` group, ``mo-recode = true`` is recommended (see
+    ``message_text``).
     tests/kannel.py writes such a configuration.
     """
 

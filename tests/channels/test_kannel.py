@@ -26,9 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
 from gateway.channels.base import OutboundSms, SendOutcome, SendResult
+from gateway.channels.forms import decode_form_bytes
 from gateway.channels.kannel import KannelConfigError, KannelSender, parse_sms
 from gateway.channels.senders import make_sender
 from gateway.dialogue import sms
@@ -37,12 +39,15 @@ from gateway.logs import configure_logging
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.privacy import keys as keys_mod
+from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.store import queries
 from gateway.store.db import make_engine
 from gateway.store.models import utcnow
 from tests import capture
 from tests.capture import RawLog, serving
 from tests.conftest import REPO
+from tests.handset import Handset
 from tests.kannel import (
     SHORT_CODE,
     Binaries,
@@ -108,10 +113,11 @@ def binaries() -> Binaries:
 
 @contextmanager
 def stack(binaries: Binaries, settings: Settings, tmp_path: Path, *,
-          token: str | None = None, **env: str) -> Iterator[Stack]:
+          token: str | None = None, mo_recode: bool = True, **env: str) -> Iterator[Stack]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    kannel = Kannel(tmp_path / "kannel", gateway_url=base, token=token, binaries=binaries)
+    kannel = Kannel(tmp_path / "kannel", gateway_url=base, token=token, binaries=binaries,
+                    mo_recode=mo_recode)
     extra = {
         "GATEWAY_PROVIDER": "kannel",
         "GATEWAY_KANNEL_SENDSMS_URL": kannel.sendsms_url,
@@ -204,6 +210,23 @@ def test_bambara_text_goes_both_ways_as_ucs2_and_arrives_intact(
             Sms(PHONE2, short, ucs2=True, parts=1),
             Sms(PHONE2, long, ucs2=True, parts=rows[2].segments),
         ]
+
+
+@pytest.mark.kannel
+@pytest.mark.slow
+@SQLITE_ONLY
+def test_without_mo_recode_a_stop_word_typed_with_its_accent_still_stops(
+        binaries: Binaries, settings: Settings, tmp_path: Path) -> None:
+    # smsbox without mo-recode hands a UCS-2 message over as its raw UTF-16BE bytes.
+    with stack(binaries, settings, tmp_path, mo_recode=False) as s:
+        s.kannel.inject(PHONE, "ARRÊT", ucs2=True)
+        [answer] = s.kannel.wait_for_sms(1)
+        [row] = s.wait_delivered(1)
+        assert (row.kind, answer.text) == ("control", row.text)
+        assert answer.text.startswith("Vous ne recevrez plus")
+        s.kannel.inject(PHONE2, "ƝININKALI ", ucs2=True)  # the trailing space byte is lost
+        question = only(s.kannel.wait_for_sms(2), PHONE2)[0]
+        assert question.text.startswith("I da bè sòròdasiw (FAMa) la wa?")
 
 
 TOKEN = "s3cr+t/&=%x y"  # every character that needs escaping in a URL
@@ -438,13 +461,74 @@ def test_settings_that_work_build_the_sender(tmp_path: Path) -> None:
     asyncio.run(sender.close())
 
 
+# --- inbound text in the charset Kannel names ---------------------------------------
+
+# Raw get-url query strings as smsbox builds them (``text=%a``): a phone's UCS-2 message
+# without ``mo-recode`` is its UTF-16BE bytes, escaped, with a whitespace byte written as
+# ``+`` and one at either end dropped (Kannel's %a splits the text into words).
+TEXTS = {
+    "UTF-16BE": ("text=%00A%00R%00R%00%CA%00T&coding=2&charset=UTF-16BE", "ARRÊT"),
+    "UTF-16BE, its last space byte dropped by %a":
+        ("text=%00A%00R%00R%00%CA%00T%00&coding=2&charset=UTF-16BE", "ARRÊT "),
+    "UTF-16BE, Bambara": ("text=%01%9D%00i%00n%00i%00n%00k%00a%00l%00i&coding=2"
+                          "&charset=UTF-16BE", "Ɲininkali"),
+    "UTF-16BE, a space inside": ("text=%00S%00T%00O%00P%00+%02%5B&coding=2&charset=UTF-16BE",
+                                 "STOP ɛ"),
+    "UCS-2 named so": ("text=%00S%00T%00O%00P&coding=2&charset=UCS-2", "STOP"),
+    "UTF-16 with its byte-order mark": ("text=%FE%FF%00O%00K&coding=2&charset=UTF-16", "OK"),
+    "recoded to UTF-8 (mo-recode)": ("text=ARR%C3%8AT&coding=2&charset=UTF-8", "ARRÊT"),
+    "GSM text": ("text=STOP&coding=0&charset=UTF-8", "STOP"),
+    "words joined by +": ("text=Route+barr%C3%A9e&coding=0&charset=UTF-8", "Route barrée"),
+    "ISO-8859-1": ("text=ARR%CAT&coding=0&charset=ISO-8859-1", "ARRÊT"),
+    "windows-1252, lower case name": ("text=%80+ARR%CAT&coding=0&charset=windows-1252",
+                                      "€ ARRÊT"),
+    "no charset, UCS-2 coding": ("text=%00A%00R%00R%00%CA%00T&coding=2", "ARRÊT"),
+    "no charset, no coding": ("text=ARR%C3%8AT", "ARRÊT"),
+    "unknown charset, UCS-2 coding": ("text=%00O%00K&coding=2&charset=X-NEW", "OK"),
+    "broken UTF-8": ("text=ARR%C3&coding=0&charset=UTF-8", "ARR\ufffd"),
+    "a NUL in UTF-8": ("text=ST%00OP&coding=0&charset=UTF-8", "STOP"),
+}
+
+
 @pytest.mark.nodb
-def test_a_ucs2_message_kannel_did_not_recode_keeps_its_ascii_letters() -> None:
-    fields = {"from": PHONE, "to": SHORT_CODE, "id": "k-2", "coding": "2",
-              "charset": "UTF-16BE",
-              # "STOP ɛ" as UTF-16BE, after the web layer decoded it as UTF-8
-              "text": "STOP ɛ".encode("utf-16-be").decode("utf-8", "replace")}
-    message = parse_sms(fields)
-    assert message is not None and message.text == "STOP "
-    recoded = parse_sms({**fields, "coding": "0", "charset": "UTF-8", "text": "STOP ɛ"})
-    assert recoded is not None and recoded.text == "STOP ɛ"
+@pytest.mark.parametrize("case", list(TEXTS))
+def test_kannel_text_is_decoded_by_the_charset_kannel_names(case: str) -> None:
+    query, text = TEXTS[case]
+    raw = f"from=%2B22370000101&to=36123&id=k-1&{query}".encode()
+    message = parse_sms(dict(decode_form_bytes(raw)))
+    assert message is not None
+    assert (message.text, message.phone, message.external_id) == (text, PHONE, "k-1")
+
+
+STOPS = {
+    "UTF-16BE": "text=%00A%00R%00R%00%CA%00T&coding=2&charset=UTF-16BE",
+    "UTF-16BE, lower case, trailing space": "text=%00a%00r%00r%00%EA%00t%00&coding=2"
+                                            "&charset=UTF-16BE",
+    "UTF-8": "text=ARR%C3%8AT&coding=2&charset=UTF-8",
+    "ISO-8859-1": "text=Arr%EAt&coding=0&charset=ISO-8859-1",
+    "Bambara, UTF-16BE": "text=%00D%00A%00B%00I%00L%00A&coding=2&charset=UTF-16BE",
+}
+
+
+@pytest.mark.parametrize("case", list(STOPS))
+def test_a_stop_word_is_never_missed_for_its_encoding(case: str, client: TestClient,
+                                                      runtime: Runtime) -> None:
+    handset = Handset(client, runtime, PHONE)
+    response = client.get(f"/webhooks/kannel/sms?from=%2B22370000101&to=36123&id=k-{case}"
+                          f"&{STOPS[case]}")
+    assert (response.status_code, response.text) == (200, "accepted")
+    [answer] = handset.inbox()
+    assert answer == runtime.engine.say(
+        "bm" if "Bambara" in case else "fr", "sms-stopped")
+    with runtime.db.transaction() as conn:
+        contact = queries.get_contact(conn, pseudonym=runtime.keys.pseudonym(PHONE))
+    assert contact is not None and contact.stopped
+
+
+def test_a_ucs2_keyword_starts_its_flow(client: TestClient, runtime: Runtime) -> None:
+    handset = Handset(client, runtime, PHONE)
+    raw = "%01%9D%00I%00N%00I%00N%00K%00A%00L%00I"  # ƝININKALI, as the phone sent it
+    client.get(f"/webhooks/kannel/sms?from=%2B22370000101&to=36123&id=k-9&text={raw}"
+               "&coding=2&charset=UTF-16BE")
+    [question] = handset.inbox()
+    assert question.startswith(runtime.engine.say("bm", "poll-trust-army")), question

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.channels import africastalking as at
 from gateway.channels import kannel
-from gateway.channels.base import DeliveryReport
+from gateway.channels.base import DeliveryReport, UssdEnded
 from gateway.channels.forms import Refused, read_form, read_raw_form
 from gateway.dialogue.ussd import InThread
 from gateway.dialogue.ussd_process import DbWorker
@@ -240,6 +240,29 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             log.warning("sms: Kannel message without id or sender ignored")
             return PlainTextResponse("ignored: no id or sender")
         return PlainTextResponse(await call(rt, rt.sms.receive, message))
+
+    kannel_ussd = kannel.UssdConfig.from_settings(settings)
+
+    @app.api_route("/webhooks/kannel/ussd", methods=["GET", "POST"],
+                   response_class=PlainTextResponse)
+    async def kannel_ussd_hop(request: Request) -> Response:
+        """One USSD operation through Kannel; the screen goes back in the answer, with
+        its operation and session in X-Kannel-Meta-Data. 200 whatever happens."""
+        rt = rt_of(request)
+        hop = kannel.parse_ussd(await raw_form(request), kannel_ussd)
+        body = ""
+        try:
+            if isinstance(hop.event, UssdEnded):
+                await call(rt, rt.ussd.ended, hop.event)
+            elif hop.event is not None and rt.hop_jobs is not None:
+                body = await rt.ussd.handle_batched(hop.event, rt.hop_jobs)
+            elif hop.event is not None:
+                body = await call(rt, rt.ussd.handle, hop.event)
+        except Exception as exc:  # handle() never raises; ended() may lose its database
+            log.error("ussd: %s on a Kannel operation", exc.__class__.__name__)
+            body = "" if isinstance(hop.event, UssdEnded) else rt.ussd.apology()
+        text, headers = kannel.ussd_reply(body, hop, kannel_ussd)
+        return PlainTextResponse(text, headers=headers)
 
     @app.api_route("/webhooks/kannel/delivery", methods=["GET", "POST"],
                    response_class=PlainTextResponse)

@@ -29,9 +29,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from gateway.channels.base import OutboundSms, SendOutcome, SendResult
+from gateway.channels.base import OutboundSms, SendOutcome, SendResult, UssdEnded, UssdTurn
 from gateway.channels.forms import decode_form_bytes
-from gateway.channels.kannel import KannelConfigError, KannelSender, parse_sms
+from gateway.channels.kannel import (
+    KannelConfigError,
+    KannelSender,
+    UssdConfig,
+    UssdRequest,
+    operation,
+    parse_sms,
+    parse_ussd,
+    ussd_reply,
+)
 from gateway.channels.senders import make_sender
 from gateway.dialogue import sms
 from gateway.errors import StartupError
@@ -532,3 +541,100 @@ def test_a_ucs2_keyword_starts_its_flow(client: TestClient, runtime: Runtime) ->
                "&coding=2&charset=UTF-16BE")
     [question] = handset.inbox()
     assert question.startswith(runtime.engine.say("bm", "poll-trust-army")), question
+
+
+# --- USSD: the get-url's operations, and the answers -----------------------------------
+
+USSD = UssdConfig()
+VENDOR = UssdConfig(smsc="", op_tlv="vendor_op", session_tlv="vendor_session",
+                    session_bytes=0, begin_ops=frozenset({0}), answer_ops=frozenset({1}),
+                    wait_op=3, end_op=4)
+HEAD = "from=%2B22370000101&to=36123&id=k-7&smsc=ussd&coding=0&charset=UTF-8"
+# %D after Kannel's own escaping, then the query's: ?smpp?ussd_service_op=%01&...
+BEGIN_META = "%3Fsmpp%3Fussd_service_op%3D%2501%26its_session_info%3D%250A%2501%26"
+ANSWER_META = "%3Fsmpp%3Fussd_service_op%3D%2512%26its_session_info%3D%250A%2503%26"
+ABORT_META = "%3Fsmpp%3Fussd_service_op%3D%2B%26its_session_info%3D%250C%2503%26"
+OPERATIONS: dict[str, tuple[UssdConfig, str, object]] = {
+    "begin": (USSD, f"{HEAD}&text=%2A123%23&meta={BEGIN_META}",
+              ("turn", "0a/k-7", "", "*123#", "0a", b"\x0a\x01")),
+    "begin with a longer code": (USSD, f"{HEAD}&text=%2A123%2A5%23&meta={BEGIN_META}",
+                                 ("turn", "0a/k-7", "", "*123*5#", "0a", b"\x0a\x01")),
+    "answer": (USSD, f"{HEAD}&text=2&meta={ANSWER_META}",
+               ("turn", "", "2", "", "0a", b"\x0a\x03")),
+    "answer typed in UCS-2": (USSD, f"{HEAD.replace('coding=0&charset=UTF-8', 'coding=2')}"
+                              f"&charset=UTF-16BE&text=%00B%02%5B%02%5B&meta={ANSWER_META}",
+                              ("turn", "", "Bɛɛ", "", "0a", b"\x0a\x03")),
+    "operation as decimal text": (USSD, f"{HEAD}&text=1&meta=%3Fsmpp%3Fussd_service_op%3D18"
+                                  "%26its_session_info%3D%2501%2500",
+                                  ("turn", "", "1", "", "01", b"\x01\x00")),
+    "abort (0x20, written +)": (USSD, f"{HEAD}&text=&meta={ABORT_META}", ("ended", "0c")),
+    "release (0x11)": (USSD, f"{HEAD}&meta=%3Fsmpp%3Fussd_service_op%3D%2511",
+                       ("ended", "")),
+    "no session parameter": (USSD, f"{HEAD}&text=3&meta=%3Fsmpp%3Fussd_service_op%3D%2512",
+                             ("turn", "", "3", "", "", None)),
+    "no meta-data at all": (USSD, f"{HEAD}&text=3", None),
+    "a bare ?smpp?": (USSD, f"{HEAD}&text=3&meta=%3Fsmpp%3F", None),
+    "from the SMS bind": (USSD, f"{HEAD.replace('smsc=ussd', 'smsc=FAKE')}&text=3"
+                          f"&meta={ANSWER_META}", None),
+    "no id": (USSD, f"{HEAD.replace('id=k-7', 'id=')}&meta={ANSWER_META}", None),
+    "a vendor's names and codes": (VENDOR, f"{HEAD.replace('smsc=ussd', 'smsc=OTHER')}"
+                                   "&text=%2A500%23&meta=%3Fsmpp%3Fvendor_op%3D%2500"
+                                   "%26vendor_session%3D%2501%2502%2503%2504",
+                                   ("turn", "01020304/k-7", "", "*500#", "01020304",
+                                    b"\x01\x02\x03\x04")),
+    "a vendor's answer code": (VENDOR, f"{HEAD}&text=4&meta=%3Fsmpp%3Fvendor_op%3D%2501"
+                               "%26vendor_session%3D%2501%2502%2503%2504",
+                               ("turn", "", "4", "", "01020304", b"\x01\x02\x03\x04")),
+}
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize("case", list(OPERATIONS))
+def test_each_ussd_operation_is_read(case: str) -> None:
+    config, query, expected = OPERATIONS[case]
+    request = parse_ussd(dict(decode_form_bytes(query.encode())), config)
+    event = request.event
+    if expected is None:
+        assert event is None
+    elif isinstance(event, UssdEnded):
+        assert ("ended", event.line) == expected
+        assert (event.phone, event.session_id, event.status) == (PHONE, "", "incomplete")
+    else:
+        assert isinstance(event, UssdTurn)
+        assert ("turn", event.session_id, event.text, event.service_code, event.line,
+                request.session_info) == expected
+        assert (event.phone, event.hop_id, event.provider) == (PHONE, "k-7", "kannel")
+
+
+REPLIES: dict[str, tuple[UssdConfig, str, bytes | None, dict[str, str]]] = {
+    "a screen that waits": (USSD, "CON Langue / Kan:\n1. Francais", b"\x0a\x01", {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2&its_session_info=%0A%01"}),
+    "the last screen": (USSD, "END Merci, message recu.", b"\x0a\x03", {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=17&its_session_info=%0A%03"}),
+    "every byte echoed": (USSD, "CON x", b" &=%+\xff", {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2&its_session_info=%20%26%3D%25%2B%FF"}),
+    "no session parameter to echo": (USSD, "CON x", None, {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2"}),
+    "a screen GSM-7 cannot carry": (USSD, "CON Ɓe ngal ɗemngal?", None, {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2", "x-kannel-coding": "2"}),
+    "a vendor's codes": (VENDOR, "END x", b"\x01\x02", {
+        "x-kannel-meta-data": "?smpp?vendor_op=4&vendor_session=%01%02"}),
+}
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize("case", list(REPLIES))
+def test_each_screen_goes_back_with_its_operation_and_session(case: str) -> None:
+    config, body, info, headers = REPLIES[case]
+    text, sent = ussd_reply(body, UssdRequest(None, info), config)
+    assert text == body[4:]
+    assert {k.lower(): v for k, v in sent.items()} == headers
+    assert ussd_reply("", UssdRequest(None, info), config) == ("", {})  # nothing to send
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"\x01", 1), (b"\x12", 18), (b" ", 32), (b"18", 18), (b"2", 2), (b"", None),
+    (b"\x00\x12", 18), (b"9999", None)])
+def test_an_operation_code_is_read_as_kannel_passes_it(raw: bytes, code: int | None) -> None:
+    assert operation(raw) == code

@@ -24,6 +24,17 @@ GSM7_BASIC = frozenset(
 )
 # Reached through ESC: each costs two septets.
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+# The same tables in order, for the septets themselves (an SMPP peer sends one septet per
+# octet, unpacked): the basic table with ESC at 0x1B, and each extension's code after ESC.
+_ESC = 0x1B
+_GSM7_TABLE = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_CODES = {ch: i for i, ch in enumerate(_GSM7_TABLE) if i != _ESC}
+_GSM7_EXTENSION_CODES = {"\f": 0x0A, "^": 0x14, "{": 0x28, "}": 0x29, "\\": 0x2F,
+                         "[": 0x3C, "~": 0x3D, "]": 0x3E, "|": 0x40, "€": 0x65}
+_GSM7_EXTENSION_CHARS = {code: ch for ch, code in _GSM7_EXTENSION_CODES.items()}
 
 Encoding = Literal["GSM-7", "UCS-2"]
 Language = str
@@ -94,6 +105,37 @@ def non_gsm7_chars(text: str) -> list[str]:
 def septets(text: str) -> int:
     """GSM-7 length of ``text``: extension characters count two. Assumes ``is_gsm7``."""
     return sum(2 if ch in GSM7_EXTENSION else 1 for ch in text)
+
+
+def gsm7_encode(text: str) -> bytes:
+    """``text`` as unpacked GSM-7 septets, one per octet (an extension character is ESC
+    and its code); ``?`` for a character GSM-7 lacks."""
+    out = bytearray()
+    for ch in text:
+        code = _GSM7_CODES.get(ch)
+        if code is not None:
+            out.append(code)
+        elif ch in _GSM7_EXTENSION_CODES:
+            out += bytes([_ESC, _GSM7_EXTENSION_CODES[ch]])
+        else:
+            out.append(_GSM7_CODES["?"])
+    return bytes(out)
+
+
+def gsm7_decode(data: bytes) -> str:
+    """Unpacked GSM-7 septets, one per octet, as text (``gsm7_encode`` reversed)."""
+    out: list[str] = []
+    escaped = False
+    for octet in data:
+        code = octet & 0x7F
+        if escaped:
+            out.append(_GSM7_EXTENSION_CHARS.get(code, " "))
+            escaped = False
+        elif code == _ESC:
+            escaped = True
+        else:
+            out.append(_GSM7_TABLE[code])
+    return "".join(out)
 
 
 def ucs2_units(text: str) -> int:

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.text.encoding import fold, sms_cost, transliterate
+from gateway.text.encoding import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
+    fold,
+    gsm7_decode,
+    gsm7_encode,
+    sms_cost,
+    transliterate,
+)
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.nodb
@@ -65,3 +73,20 @@ def test_transliteration_halves_the_segments_of_long_catalog_messages() -> None:
     ucs2 = sum(c.ucs2_segments for c in costs)
     assert all(c.encoding == "GSM-7" for c in costs)
     assert gsm7 <= ucs2 / 2, f"{gsm7} segments transliterated against {ucs2} as UCS-2"
+
+
+@pytest.mark.parametrize(("text", "septets"), [
+    ("@£$", b"\x00\x01\x02"),
+    ("Nyògòn è", b"Ny\x08g\x08n \x04"),
+    ("5€ [x]", b"5\x1be \x1b<x\x1b>"),  # an extension character is ESC and its code
+    ("ɛ", b"?"),  # not GSM-7
+])
+def test_gsm7_septets_as_an_smpp_peer_sends_them(text: str, septets: bytes) -> None:
+    assert gsm7_encode(text) == septets
+    if "?" not in gsm7_decode(septets) or text == "?":
+        assert gsm7_decode(septets) == text
+
+
+def test_every_gsm7_character_goes_and_comes_back() -> None:
+    every = "".join(sorted(GSM7_BASIC | GSM7_EXTENSION))
+    assert gsm7_decode(gsm7_encode(every)) == every

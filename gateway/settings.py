@@ -80,9 +80,9 @@ class Settings(BaseSettings):
     )
     transliterate: bool = Field(
         True,
-        description="Send SMS in the GSM-safe form (Bambara ɛ ɔ ɲ ŋ as è ò ny ng, French "
-        "ê ç as e c). Off sends SMS text as the catalog writes it (UCS-2 where needed, about "
-        "twice the segments). USSD screens are always GSM-safe.",
+        description="Send SMS in the GSM-safe form (Bambara ɛ ɔ ɲ ŋ as è ò ny ng, Fulfulde "
+        "ɓ ɗ ƴ as b d y, French ê ç as e c). Off sends SMS text as the catalog writes it "
+        "(UCS-2 where needed, about twice the segments). USSD screens are always GSM-safe.",
     )
     max_body_bytes: int = Field(
         16384, description="Webhook bodies larger than this get 413."

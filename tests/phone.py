@@ -2,7 +2,7 @@
 per dial, the whole input history in ``text`` joined with ``*``, form-encoded POSTs; and
 one whose operator reaches it through Kannel's USSD get-url (``KannelPhone``).
 
-    phone.dial()      -> Screen("CON", "Langue / Kan:\\n1. Francais\\n2. Bamanankan")
+    phone.dial()      -> Screen("CON", "Langue / Kan / Demngal:\\n1. Francais\\n...")
     phone.press("1")  -> the next screen
 """
 

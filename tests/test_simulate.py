@@ -139,7 +139,8 @@ def test_a_report_a_poll_and_a_hang_up(gateway: Gateway, tmp_path: Path) -> None
     assert run.stderr == ""
     assert "│ Merci, message recu.\n[END · 20/160 septets · GSM-7]\n" in out
     assert "│ I ni ce, jaabi sòròla.\n[END · 22/160 septets · GSM-7]\n" in out
-    assert "│ Langue / Kan:\n│ 1. Francais\n│ 2. Bamanankan\n[CON · " in out
+    assert "│ Langue / Kan / Demngal:\n│ 1. Francais\n│ 2. Bamanankan\n│ 3. Fulfulde\n[CON · " \
+        in out
     statuses = STATUS_LINE.findall(out)
     assert len(statuses) == 9 + 9 + 1  # every hop of the three dials shows its status
     assert all(int(length) <= 160 for _, length in statuses)

@@ -63,6 +63,16 @@ _COMMON_MAP = {
 _BAMBARA_MAP = {
     "ɛ": "è", "Ɛ": "E", "ɔ": "ò", "Ɔ": "O", "ɲ": "ny", "Ɲ": "Ny", "ŋ": "ng", "Ŋ": "Ng",
 }
+# Fulfulde's letters in Mali's orthography (reference, "Fulfulde on the phone"): none is
+# GSM-7. The forms in use in Mali, Niger and Nigeria: ɓ→b, ɗ→d, ƴ→y, ŋ→ng, ɲ→ny, ʼ→'.
+# Which Maasina readers prefer (ɲ→ñ, as in Senegal, is GSM-7 too) is not verified: change
+# it here, with readers' tests.
+_FULFULDE_MAP = {
+    "ɓ": "b", "Ɓ": "B", "ɗ": "d", "Ɗ": "D", "ƴ": "y", "Ƴ": "Y", "ŋ": "ng", "Ŋ": "Ng",
+    "ɲ": "ny", "Ɲ": "Ny", "ʼ": "'",
+}
+# Each language's own letters, applied before the common table.
+_LANGUAGE_MAPS = {"bm": _BAMBARA_MAP, "ff": _FULFULDE_MAP}
 _TONE_MARKS = {"\u0300", "\u0301", "\u0302", "\u030c", "\u0304"}
 _NUMERO = re.compile(r"N°\s*")
 
@@ -74,8 +84,9 @@ def _translate(text: str, table: dict[str, str]) -> str:
 def transliterate(text: str, language: Language) -> str:
     """The GSM-safe form of ``text`` written in ``language``.
 
-    Bambara drops tone marks and writes ɛ ɔ ɲ ŋ as è ò ny ng; French drops the accents that
-    GSM-7 lacks; both replace typographic punctuation. Letters GSM-7 has are kept.
+    Bambara drops tone marks and writes ɛ ɔ ɲ ŋ as è ò ny ng; Fulfulde writes ɓ ɗ ƴ ŋ ɲ ʼ
+    as b d y ng ny '; French drops the accents that GSM-7 lacks; all replace typographic
+    punctuation. Letters GSM-7 has are kept.
     """
     text = unicodedata.normalize("NFC", text)
     if language == "bm":
@@ -84,7 +95,9 @@ def transliterate(text: str, language: Language) -> str:
         text = unicodedata.normalize(
             "NFC", "".join(ch for ch in decomposed if ch not in _TONE_MARKS)
         )
-        text = _translate(text, _BAMBARA_MAP)
+    table = _LANGUAGE_MAPS.get(language)
+    if table is not None:
+        text = _translate(text, table)
     text = _NUMERO.sub("No ", text)
     return _translate(text, _COMMON_MAP)
 
@@ -201,7 +214,8 @@ def outbound(text: str, language: Language, *, transliterate_text: bool = True) 
 
 # --- inbound keyword folding ---------------------------------------------------------
 
-_FOLD_LETTERS = {"ɛ": "e", "ɔ": "o", "ɲ": "ny", "ñ": "ny", "ŋ": "ng", "œ": "oe", "æ": "ae"}
+_FOLD_LETTERS = {"ɛ": "e", "ɔ": "o", "ɲ": "ny", "ñ": "ny", "ŋ": "ng", "œ": "oe", "æ": "ae",
+                 "ɓ": "b", "ɗ": "d", "ƴ": "y"}
 # Spelling variants of reference §1.6, folded to one key. Longest first.
 _FOLD_CLUSTERS = (("tch", "c"), ("ty", "c"), ("dj", "j"), ("gn", "ny"), ("ou", "u"))
 _NON_WORD = re.compile(r"[^a-z0-9 ]+")
@@ -210,7 +224,8 @@ _SPACES = re.compile(r"\s+")
 
 def fold(text: str) -> str:
     """Fold text for keyword matching: case, accents, tone marks and the Bambara spelling
-    variants ɛ/è/e, ɔ/ò/o, ɲ/ny/gn/ñ, ŋ/ng, u/ou, j/dj, c/ty/tch all collapse to one form."""
+    variants ɛ/è/e, ɔ/ò/o, ɲ/ny/gn/ñ, ŋ/ng, u/ou, j/dj, c/ty/tch all collapse to one form,
+    and so do Fulfulde's ɓ/b, ɗ/d and ƴ/y."""
     text = unicodedata.normalize("NFC", text).casefold()
     text = _translate(text, _FOLD_LETTERS)
     decomposed = unicodedata.normalize("NFD", text)

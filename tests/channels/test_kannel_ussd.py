@@ -25,7 +25,7 @@ from gateway.dialogue.engine import Engine
 from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
 from gateway.store import queries
-from tests.dialogue.test_ussd_flows import LANGUAGE, MAIN_BM, MAIN_FR
+from tests.dialogue.test_ussd_flows import LANGUAGE, MAIN_BM, MAIN_FF, MAIN_FR
 from tests.dialogue.test_ussd_webhook import APOLOGY_FR, MOPTI_PAGE_1
 from tests.kannel import (
     Binaries,
@@ -39,8 +39,8 @@ from tests.kannel import (
 )
 from tests.phone import CON, END
 
-PHONE, PHONE2 = "+22370000111", "+22370000112"
-NUMBER_FORMS = (PHONE[1:], PHONE[4:], PHONE2[1:], PHONE2[4:])
+PHONE, PHONE2, PHONE3 = "+22370000111", "+22370000112", "+22370000113"
+NUMBER_FORMS = tuple(form for n in (PHONE, PHONE2, PHONE3) for form in (n[1:], n[4:]))
 OFFER = CON("""
     Vous n'avez pas terminé.
     1. Continuer
@@ -107,11 +107,12 @@ def line(binaries: Binaries, settings: Settings, tmp_path: Path,
     assert not [f for f in NUMBER_FORMS if f in logged], "a phone number in the log"
 
 
-def test_residents_answer_the_poll_in_french_and_bambara(
+def test_residents_answer_the_poll_in_french_bambara_and_fulfulde(
         binaries: Binaries, settings: Settings, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     with line(binaries, settings, tmp_path, caplog) as net:
         fr, bm = net.phone(PHONE), net.phone(PHONE2, session=0x0B)
+        ff = net.phone(PHONE3, session=0x0A)
         assert fr.dial() == LANGUAGE
         assert fr.press("1") == CON(MAIN_FR + "\n0. Retour")
         assert fr.press("2").text.startswith("Faites-vous confiance à l'armée (FAMa)?")
@@ -124,13 +125,20 @@ def test_residents_answer_the_poll_in_french_and_bambara(
         bm.press("4", "4", "4", "4")
         assert bm.press("7").kind == "END"
 
-        for screen in fr.screens + bm.screens:
+        assert ff.dial() == LANGUAGE
+        assert ff.press("3") == CON(MAIN_FF + "\n0. Rutto")  # ɓ ɗ as b d
+        assert ff.press("2").text.startswith("Ada hoolii sordaasiibe (FAMa)?")
+        ff.press("3", "3", "3", "3")
+        assert ff.press("7") == END("A jaraama, jaabawol hebaama.")
+
+        for screen in fr.screens + bm.screens + ff.screens:
             assert screen.data_coding == 0  # every screen in GSM-7
         assert [s.op for s in fr.screens] == [2] * 7 + [17]
         assert net.answers(PHONE) == {"army": "not_at_all", "gendarmerie": "just_a_little",
                                       "police": "somewhat", "national_guard": "a_lot",
                                       "cercle": "other"}
         assert net.answers(PHONE2)["army"] == "a_lot"
+        assert net.answers(PHONE3)["army"] == "somewhat"
 
 
 def test_an_abort_then_a_new_dial_is_offered_to_resume(
@@ -181,7 +189,8 @@ def test_a_screen_gsm7_cannot_carry_goes_as_ucs2_with_its_session(
         shipped = ussd.engine
         ussd.engine = Engine(shipped.content, replace(shipped.rules, transliterate=False))
         phone = net.phone(PHONE)
-        assert phone.dial() == CON("Langue / Kan:\n1. Français\n2. Bamanankan")
+        assert phone.dial() == CON("Langue / Kan / Demngal:\n1. Français\n2. Bamanankan\n"
+                                   "3. Fulfulde")
         assert phone.press("2").text.startswith("Dannaya, i tɔgɔ tɛ fɔ\n1. Ko dɔ lase (FDS)")
         assert [s.data_coding for s in phone.screens] == [8, 8]  # UCS-2, parameters intact
         # Back to GSM-7 screens; the phone's own UCS-2 text arrives whole.

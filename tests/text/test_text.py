@@ -27,6 +27,9 @@ pytestmark = pytest.mark.nodb
     ("fr", "Arrêt ça «oui» N° 5 – où…", 'Arret ca "oui" No 5 - où...'),
     ("fr", "Œuvre À Ç l’été", "OEuvre A C l'été"),  # é è à ù are GSM-7: kept
     ("fr", "Données effacées", "Données effacées"),
+    ("ff", "Aɗa hoolii sordaasiiɓe? Ƴettugol, ŋ ɲ", "Ada hoolii sordaasiibe? Yettugol, ng ny"),
+    ("ff", "Ɓaawo, Ɗemngal, naʼi", "Baawo, Demngal, na'i"),  # capitals and the glottal stop
+    ("ff", "Mi anndaa", "Mi anndaa"),  # long vowels stay doubled
 ])
 def test_transliteration_gives_the_gsm_safe_form(
         language: str, written: str, over_the_air: str) -> None:
@@ -59,6 +62,7 @@ def test_encoding_length_and_segments(text: str, encoding: str, length: int,
     ("ɲininkali", "nyininkali"), ("gnininkali", "nyininkali"), ("Ñininkali", "nyininkali"),
     ("NYININKALI", "nyininkali"), ("Djè", "je"), ("jɛ", "je"), ("tchè", "ce"), ("tyɛ", "ce"),
     ("Soukou", "suku"), ("ŋoni", "ngoni"), ("  Stop! ", "stop"),
+    ("Kabaaru", "kabaaru"), ("ƊEMNGAL", "demngal"), ("ɓaawo", "baawo"), ("ƴettu", "yettu"),
 ])
 def test_keywords_fold_case_accents_and_spelling_variants(typed: str, folded: str) -> None:
     assert fold(typed) == folded
@@ -68,7 +72,8 @@ def test_transliteration_halves_the_segments_of_long_catalog_messages() -> None:
     from bench.text_cost import catalog_costs
 
     costs = catalog_costs(REPO)
-    assert len(costs) >= 8  # long messages in both languages were measured
+    assert {c.language for c in costs} == {"fr", "bm", "ff"}  # every language measured
+    assert len(costs) >= 12
     gsm7 = sum(c.gsm7_segments for c in costs)
     ucs2 = sum(c.ucs2_segments for c in costs)
     assert all(c.encoding == "GSM-7" for c in costs)

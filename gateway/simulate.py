@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import socket
 import sys
 import time
 import uuid
@@ -437,12 +438,17 @@ class KannelSimulator:
 
 async def run_kannel_async(*, port: int, phone: str, service_code: str, settings: Settings,
                            op_tag: int, session_tag: int) -> int:
-    operator = SmppOperator("127.0.0.1", port, op_tag=op_tag, session_tag=session_tag)
+    # Ask the system first: smpp34 1.5.0 raises for a port in use, then crashes the
+    # interpreter when the server it could not start is dropped.
     try:
-        await operator.start()
-    except Exception as exc:  # smpp34 raises its own errors for a port in use
-        print(f"gateway simulate: cannot listen on 127.0.0.1:{port}: {exc}", file=sys.stderr)
+        with socket.create_server(("127.0.0.1", port)):
+            pass
+    except OSError as exc:
+        print(f"gateway simulate: cannot listen on 127.0.0.1:{port}: {exc.strerror}",
+              file=sys.stderr)
         return EXIT_UNREACHABLE
+    operator = SmppOperator("127.0.0.1", port, op_tag=op_tag, session_tag=session_tag)
+    await operator.start()
     try:
         print(f"Dannaya phone {phone} behind an operator's USSD gateway: SMPP on "
               f"127.0.0.1:{port}. In kannel.conf, point the USSD bind at it:\n"

@@ -430,6 +430,10 @@ get-url = "{self.ussd_get_url}"
         self._fakesmsc.stdin.write(line.encode() + b"\n")
         self._fakesmsc.stdin.flush()
 
+    def box_pids(self) -> list[int]:
+        """bearerbox's and smsbox's process ids (fakesmsc not included)."""
+        return [p.pid for p in self._procs if p is not self._fakesmsc]
+
     def messages(self) -> list[Mt]:
         with self._lock:
             return list(self.output.messages)

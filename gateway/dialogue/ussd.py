@@ -451,10 +451,11 @@ class UssdService:
             session_id = event.session_id
             if not session_id:  # a per-hop provider names the phone and the line
                 pseudonym = self._pseudonym(event.phone)
+                # An end may come after the operator's timeout: it is still that end.
+                window = max(self.policy.line_timeout_seconds, self.policy.resume_minutes * 60)
                 row = None if pseudonym is None else queries.get_session_on_line(
                     queries.Driver(conn), provider=event.provider, pseudonym=pseudonym,
-                    line=event.line, since=self.clock() - timedelta(
-                        seconds=self.policy.line_timeout_seconds))
+                    line=event.line, since=self.clock() - timedelta(seconds=window))
                 if row is None:
                     return
                 session_id = row.session_id

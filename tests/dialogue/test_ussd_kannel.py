@@ -154,6 +154,8 @@ def test_an_answer_after_the_operators_timeout_is_never_applied(
     later = utcnow() + timedelta(seconds=runtime.settings.kannel_ussd_timeout + 1)
     monkeypatch.setattr(runtime.ussd, "clock", lambda: later)
     assert kphone.press("5") == APOLOGY_FR  # that session is over at the operator
+    assert kphone.abort().screen is None  # its end, late, is still noted
+    assert count(runtime, queries.events) == 1
     assert kphone.dial() == OFFER  # still within the resume window
     assert kphone.press("1") == MOPTI_PAGE_1
 

@@ -25,8 +25,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.channels import africastalking as at
 from gateway.channels import kannel
-from gateway.channels.base import DeliveryReport, UssdTurn
-from gateway.channels.forms import Refused, read_form
+from gateway.channels.base import DeliveryReport, UssdEnded, UssdTurn
+from gateway.channels.forms import Refused, read_form, read_raw_form
 from gateway.dialogue.ussd import HopJobs, InThread
 from gateway.dialogue.ussd_process import DbWorker
 from gateway.logs import configure_logging
@@ -169,6 +169,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     async def form(request: Request) -> dict[str, str]:
         return await read_form(request, max_bytes=settings.max_body_bytes,
                                token=settings.token, timeout=settings.body_timeout_seconds)
+
+    async def raw_form(request: Request) -> dict[str, bytes]:
+        return await read_raw_form(request, max_bytes=settings.max_body_bytes,
+                                   token=settings.token, timeout=settings.body_timeout_seconds)
 
     @app.exception_handler(Refused)
     async def _refused(_request: Request, exc: Refused) -> Response:
@@ -321,17 +325,44 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                    response_class=PlainTextResponse)
     async def kannel_sms(request: Request) -> Response:
         rt = rt_of(request)
-        message = kannel.parse_sms(await form(request))
+        message = kannel.parse_sms(await raw_form(request))
         if message is None:
             log.warning("sms: Kannel message without id or sender ignored")
             return PlainTextResponse("ignored: no id or sender")
         return PlainTextResponse(await call(rt, rt.sms.receive, message))
 
+    kannel_ussd = kannel.UssdConfig.from_settings(settings)
+
+    @app.api_route("/webhooks/kannel/ussd", methods=["GET", "POST"],
+                   response_class=PlainTextResponse)
+    async def kannel_ussd_hop(request: Request) -> Response:
+        """One USSD operation through Kannel; the screen goes back in the answer, with
+        its operation and session in X-Kannel-Meta-Data. 200 whatever happens."""
+        rt = rt_of(request)
+        hop = kannel.parse_ussd(await raw_form(request), kannel_ussd)
+        body = ""
+        try:
+            if isinstance(hop.event, UssdEnded):
+                await call(rt, rt.ussd.ended, hop.event)
+            elif hop.event is not None and not rt.db.available():
+                body = rt.ussd.apology()  # the database just failed: answer at once
+            elif hop.event is not None and rt.hop_jobs is not None:
+                body = await batched_hop(rt, hop.event, rt.hop_jobs)
+            elif hop.event is not None:
+                body = await call(rt, rt.ussd.handle, hop.event)
+        except DatabaseUnavailable:
+            body = "" if isinstance(hop.event, UssdEnded) else rt.ussd.apology()
+        except Exception as exc:  # handle() never raises; ended() may lose its database
+            log.error("ussd: %s on a Kannel operation", exc.__class__.__name__)
+            body = "" if isinstance(hop.event, UssdEnded) else rt.ussd.apology()
+        text, headers = kannel.ussd_reply(body, hop, kannel_ussd)
+        return PlainTextResponse(text, headers=headers)
+
     @app.api_route("/webhooks/kannel/delivery", methods=["GET", "POST"],
                    response_class=PlainTextResponse)
     async def kannel_delivery(request: Request) -> Response:
         rt = rt_of(request)
-        report = kannel.parse_delivery(await form(request))
+        report = kannel.parse_delivery(await raw_form(request))
         if report is None:
             return PlainTextResponse("ignored: no id")
         return PlainTextResponse(await call(rt, deliver, rt, report))

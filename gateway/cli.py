@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--url", default="http://127.0.0.1:8000", metavar="BASE")
     simulate.add_argument("--phone", default="+22370000000", metavar="+223…")
     simulate.add_argument("--service-code", default="*123#", help=argparse.SUPPRESS)
+    simulate.add_argument("--kannel", action="store_true",
+                          help="be the operator's USSD gateway (SMPP) for your own Kannel")
+    simulate.add_argument("--smpp-port", type=int, default=2775, metavar="PORT",
+                          help="with --kannel: the SMPP port Kannel binds to (127.0.0.1)")
+    simulate.add_argument("--op-tag", type=lambda v: int(v, 0), default=0x0501,
+                          metavar="TAG", help="with --kannel: ussd_service_op's TLV tag")
+    simulate.add_argument("--session-tag", type=lambda v: int(v, 0), default=0x1383,
+                          metavar="TAG", help="with --kannel: its_session_info's TLV tag")
 
     sub.add_parser("migrate", help="bring the database to the latest schema")
 
@@ -435,7 +443,12 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_worker()
     if args.command == "simulate":
         from gateway.simulate import run as simulate
+        from gateway.simulate import run_kannel
 
+        if args.kannel:
+            return run_kannel(port=args.smpp_port, phone=args.phone,
+                              service_code=args.service_code, settings=_settings(),
+                              op_tag=args.op_tag, session_tag=args.session_tag)
         return simulate(base=args.url, phone=args.phone, service_code=args.service_code,
                         token=_settings().token)
     if args.command == "migrate":

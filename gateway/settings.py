@@ -80,9 +80,9 @@ class Settings(BaseSettings):
     )
     transliterate: bool = Field(
         True,
-        description="Send SMS in the GSM-safe form (Bambara ɛ ɔ ɲ ŋ as è ò ny ng, French "
-        "ê ç as e c). Off sends SMS text as the catalog writes it (UCS-2 where needed, about "
-        "twice the segments). USSD screens are always GSM-safe.",
+        description="Send SMS in the GSM-safe form (Bambara ɛ ɔ ɲ ŋ as è ò ny ng, Fulfulde "
+        "ɓ ɗ ƴ as b d y, French ê ç as e c). Off sends SMS text as the catalog writes it "
+        "(UCS-2 where needed, about twice the segments). USSD screens are always GSM-safe.",
     )
     max_body_bytes: int = Field(
         16384, description="Webhook bodies larger than this get 413."
@@ -184,11 +184,61 @@ class Settings(BaseSettings):
     )
     kannel_from: str | None = Field(None, description="Kannel sender: the short code.")
 
+    # USSD over SMPP through Kannel (what differs between operators' USSD gateways).
+    kannel_ussd_smsc: str = Field(
+        "ussd",
+        description="The `smsc-id` of Kannel's bind to the operator's USSD gateway; a call "
+        "to the USSD webhook from another SMSC is not answered (empty: any).",
+    )
+    kannel_ussd_op_tlv: str = Field(
+        "ussd_service_op",
+        description="Name of the `smpp-tlv` group carrying the USSD operation.",
+    )
+    kannel_ussd_session_tlv: str = Field(
+        "its_session_info",
+        description="Name of the `smpp-tlv` group carrying the operator's session reference, "
+        "echoed on every screen; empty when the operator sends none (sessions are then "
+        "keyed on the phone alone).",
+    )
+    kannel_ussd_session_bytes: int = Field(
+        1, ge=0, le=30,
+        description="How many leading bytes of that parameter number the session: 1 for "
+        "`its_session_info` (its session number; the second byte changes each message), 0 "
+        "for all of it (a vendor parameter holding a session id).",
+    )
+    kannel_ussd_begin_ops: str = Field(
+        "1", description="Operations (comma-separated numbers) that begin a session.",
+    )
+    kannel_ussd_answer_ops: str = Field(
+        "18",
+        description="Operations that carry the resident's answer; any other operation "
+        "ends the session as dropped (resumable).",
+    )
+    kannel_ussd_wait_op: int = Field(
+        2, ge=0, le=255, description="Operation sent with a screen that waits for input.",
+    )
+    kannel_ussd_end_op: int = Field(
+        17, ge=0, le=255, description="Operation sent with a session's last screen.",
+    )
+    kannel_ussd_timeout: int = Field(
+        180, ge=1,
+        description="Seconds after which the operator has ended a session that got no "
+        "answer: a later answer on it is refused with the apology, never applied.",
+    )
+
     @field_validator("ussd_next", "ussd_back", "ussd_home")
     @classmethod
     def _digits(cls, value: str) -> str:
         if not value.isdigit():
             raise ValueError("navigation keys are digits")
+        return value
+
+    @field_validator("kannel_ussd_begin_ops", "kannel_ussd_answer_ops")
+    @classmethod
+    def _operations(cls, value: str) -> str:
+        codes = [part.strip() for part in value.split(",") if part.strip()]
+        if not codes or not all(c.isdigit() and int(c) <= 255 for c in codes):
+            raise ValueError("USSD operations are comma-separated numbers from 0 to 255")
         return value
 
     @model_validator(mode="after")

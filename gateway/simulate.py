@@ -1,28 +1,46 @@
 """``gateway simulate``: a terminal feature phone for a running gateway.
 
-It dials over HTTP exactly as Africa's Talking does (reference/africastalking.md §1, §7.2):
-a fresh ``sessionId`` per dial, form-encoded POSTs whose ``text`` is ``""`` on the dial and
-then the whole input history joined with ``*``, a reply checked strictly (200,
-``text/plain``, ``CON ``/``END ``), the ``at-ussd-hop-metadata`` label echoed, and one
-end-of-session notification per dial: ``Success`` after ``END``, ``Incomplete`` when the
-resident hangs up, ``Failed`` on a malformed reply. Each screen is shown with its length
-against the USSD budget and its encoding, measured by :mod:`gateway.text.encoding`.
+By default it dials over HTTP exactly as Africa's Talking does
+(reference/africastalking.md §1, §7.2): a fresh ``sessionId`` per dial, form-encoded POSTs
+whose ``text`` is ``""`` on the dial and then the whole input history joined with ``*``, a
+reply checked strictly (200, ``text/plain``, ``CON ``/``END ``), the
+``at-ussd-hop-metadata`` label echoed, and one end-of-session notification per dial:
+``Success`` after ``END``, ``Incomplete`` when the resident hangs up, ``Failed`` on a
+malformed reply. Each screen is shown with its length against the USSD budget and its
+encoding, measured by :mod:`gateway.text.encoding`.
+
+With ``--kannel`` it stands where the operator's USSD gateway stands instead: an SMPP 3.4
+server (``SmppOperator``) that a deployer's own Kannel binds to, so the menus can be
+walked through that Kannel before the operator's link is live. Each input goes to Kannel
+as a ``deliver_sm`` with ``ussd_service_op`` and ``its_session_info``; each screen comes
+back as a ``submit_sm``, checked for its operation, its session echoed and its budget.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import socket
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
 from gateway.settings import Settings
-from gateway.text.encoding import encoding_of, length_in, screen_length
+from gateway.text.encoding import (
+    encoding_of,
+    gsm7_decode,
+    gsm7_encode,
+    is_gsm7,
+    length_in,
+    screen_length,
+)
 
 USSD_PATH = "/webhooks/africastalking/ussd"
 EVENTS_PATH = USSD_PATH + "/events"
@@ -213,3 +231,260 @@ def run(*, base: str, phone: str, service_code: str, token: str | None,
         except KeyboardInterrupt:
             print()
             return EXIT_INTERRUPTED
+
+
+# --- the operator's USSD gateway, for a deployer's own Kannel --------------------------
+
+OP_TAG, SESSION_TAG = 0x0501, 0x1383  # ussd_service_op, its_session_info (SMPP 3.4)
+BEGIN, ANSWER, ABORT = 1, 18, 0x20  # as an operator's USSD gateway sends them
+SCREEN_TIMEOUT = 10.0  # an operator waits about this long for the application
+SHORT_CODE = "36123"
+
+
+@dataclass(frozen=True)
+class SmppScreen:
+    """A ``submit_sm`` Kannel sent to a phone: the screen and what came with it."""
+
+    text: str
+    op: int | None  # ussd_service_op, or None when it was missing
+    session: bytes | None  # its_session_info as sent back
+    data_coding: int
+    service_type: str
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number if ch.isdigit())
+
+
+class SmppOperator:
+    """The operator's USSD gateway as Kannel sees it: an SMPP 3.4 server (``smpp34``)
+    that Kannel's USSD bind connects to. ``send`` is a phone's operation (a
+    ``deliver_sm`` with ``ussd_service_op`` and, unless None, ``its_session_info``);
+    ``screen`` waits for Kannel's ``submit_sm`` back to that phone. Screens are kept per
+    phone, so several phones can dial at once."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 2775, *, op_tag: int = OP_TAG,
+                 session_tag: int = SESSION_TAG) -> None:
+        self.host, self.port = host, port
+        self.op_tag, self.session_tag = op_tag, session_tag
+        self._server: Any = None
+        self._esme: Any = None
+        self._bound: asyncio.Event | None = None
+        self._screens: dict[str, asyncio.Queue[SmppScreen]] = {}
+        self._pump: asyncio.Task[None] | None = None
+        self.submits = 0
+
+    async def start(self) -> None:
+        import smpp34
+
+        self._bound = asyncio.Event()
+        self._server = smpp34.Server(host=self.host, port=self.port, system_id="DANNAYA-SIM")
+        await self._server.start()
+        self._pump = asyncio.create_task(self._events())
+
+    async def _events(self) -> None:
+        import smpp34
+
+        assert self._server is not None and self._bound is not None
+        while True:
+            event = await self._server.next()
+            if isinstance(event, smpp34.Esme):
+                self._esme = event
+                self._bound.set()
+            elif isinstance(event, smpp34.Unbound):
+                if self._esme is not None and event.session_id == self._esme.session_id:
+                    self._esme = None
+                    self._bound.clear()
+            elif isinstance(event, smpp34.SubmitSmEvent):
+                self.submits += 1
+                event.accept(message_id=f"sim-{self.submits}")
+                self.queue(event.destination_addr).put_nowait(self._screen(event))
+
+    def _screen(self, event: Any) -> SmppScreen:
+        op: int | None = None
+        session: bytes | None = None
+        for tlv in event.tlvs:
+            if tlv.tag == self.op_tag:
+                op = int.from_bytes(tlv.value, "big") if tlv.value else None
+            elif tlv.tag == self.session_tag:
+                session = bytes(tlv.value)
+        data = bytes(event.short_message)
+        text = data.decode("utf-16-be", "replace") if event.data_coding == 8 \
+            else gsm7_decode(data)
+        return SmppScreen(text, op, session, event.data_coding, event.service_type)
+
+    def queue(self, phone: str) -> asyncio.Queue[SmppScreen]:
+        return self._screens.setdefault(_digits(phone), asyncio.Queue())
+
+    async def bound(self, timeout: float | None = None) -> str:
+        """Wait for Kannel to bind; its system id."""
+        assert self._bound is not None
+        await asyncio.wait_for(self._bound.wait(), timeout)
+        assert self._esme is not None
+        return str(self._esme.system_id)
+
+    async def send(self, phone: str, op: int, text: str, *, session: bytes | None,
+                   ucs2: bool = False, short_code: str = SHORT_CODE) -> None:
+        """One operation from ``phone``, as the operator's gateway delivers it."""
+        import smpp34
+
+        if self._esme is None:
+            raise ConnectionError("Kannel is not bound")
+        tlvs = [smpp34.Tlv(self.op_tag, bytes([op]))]
+        if session is not None:
+            tlvs.append(smpp34.Tlv(self.session_tag, session))
+        data = text.encode("utf-16-be") if ucs2 else gsm7_encode(text)
+        response = await self._esme.deliver_sm(
+            short_code, data, source_addr=phone, service_type="USSD",
+            data_coding=8 if ucs2 else 0, source_addr_ton=1, source_addr_npi=1, tlvs=tlvs)
+        if not response.is_success:
+            raise ConnectionError(f"Kannel refused the deliver_sm "
+                                  f"(status 0x{response.command_status:08X})")
+
+    async def screen(self, phone: str, timeout: float = SCREEN_TIMEOUT) -> SmppScreen | None:
+        """The next screen Kannel sent ``phone``, or None when none came in ``timeout``."""
+        try:
+            return await asyncio.wait_for(self.queue(phone).get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        if self._server is not None:
+            await self._server.stop()
+
+
+def smpp_status(screen: SmppScreen, sent: bytes | None, budget: int, *, wait_op: int,
+                end_op: int) -> tuple[str, list[str]]:
+    """The status line of a screen from Kannel, and what is wrong with it, if anything."""
+    problems = []
+    kind = "END" if screen.op == end_op else "CON" if screen.op == wait_op else "???"
+    if kind == "???":
+        problems.append(f"ussd_service_op is {screen.op}, neither {wait_op} (waits) nor "
+                        f"{end_op} (last screen)")
+    if screen.session != sent:
+        problems.append(f"its_session_info {screen.session!r} is not the {sent!r} sent")
+    coding = "UCS-2" if screen.data_coding == 8 else "GSM-7"
+    cost = screen_length(screen.text)
+    if cost > budget:
+        problems.append(f"screen over budget: {cost} > {budget} septets (GATEWAY_USSD_BUDGET)")
+    echo = "session echoed" if sent is not None and screen.session == sent else "no session"
+    return f"[{kind} · op {screen.op} · {echo} · {cost}/{budget} septets · {coding}]", problems
+
+
+class KannelSimulator:
+    """A terminal phone on the operator's side of a deployer's Kannel."""
+
+    def __init__(self, operator: SmppOperator, *, phone: str, service_code: str,
+                 settings: Settings, ask: Callable[[str], str] = input) -> None:
+        self.operator = operator
+        self.phone = phone
+        self.service_code = service_code
+        self.budget = settings.ussd_budget
+        begin = sorted(int(c) for c in settings.kannel_ussd_begin_ops.split(",") if c.strip())
+        answer = sorted(int(c) for c in settings.kannel_ussd_answer_ops.split(",") if c.strip())
+        self.begin_op, self.answer_op = begin[0], answer[0]
+        self.wait_op, self.end_op = settings.kannel_ussd_wait_op, settings.kannel_ussd_end_op
+        self.with_session = bool(settings.kannel_ussd_session_tlv.strip())
+        self.ask = ask
+        self.session = 0
+
+    async def read(self, prompt: str) -> str | None:
+        try:
+            line = await asyncio.to_thread(self.ask, prompt)
+        except EOFError:
+            print()
+            return None
+        if not sys.stdin.isatty():
+            print(line)
+        return line.strip()
+
+    async def dial(self) -> str:
+        """One session from dial to hang-up: ``Success``, ``Incomplete`` or ``Failed``."""
+        self.session = (self.session + 1) % 256
+        seq = 0
+        print(f"\n--- dial {self.service_code} (session {self.session}) ---")
+        op, text = self.begin_op, self.service_code
+        while True:
+            sent = bytes([self.session, seq << 1]) if self.with_session else None
+            seq = (seq + 1) % 128
+            await self.operator.send(self.phone, op, text, session=sent,
+                                     ucs2=not is_gsm7(text))
+            screen = await self.operator.screen(self.phone)
+            if screen is None:
+                print(f"warning: no screen within {SCREEN_TIMEOUT:.0f} s: is the USSD "
+                      "sms-service's get-url the gateway's /webhooks/kannel/ussd?")
+                return "Failed"
+            for shown in screen.text.split("\n"):
+                print(f"│ {shown}")
+            status, problems = smpp_status(screen, sent, self.budget, wait_op=self.wait_op,
+                                           end_op=self.end_op)
+            print(status)
+            for problem in problems:
+                print(f"warning: {problem}")
+            if screen.op != self.wait_op:
+                return "Success" if screen.op == self.end_op else "Failed"
+            typed = await self.read("> ")
+            if typed is None:
+                sent = bytes([self.session, seq << 1]) if self.with_session else None
+                await self.operator.send(self.phone, ABORT, "", session=sent)
+                print("(hung up: the network tells the gateway)")
+                return "Incomplete"
+            op, text = self.answer_op, typed
+
+
+async def run_kannel_async(*, port: int, phone: str, service_code: str, settings: Settings,
+                           op_tag: int, session_tag: int) -> int:
+    # Ask the system first: smpp34 1.5.0 raises for a port in use, then crashes the
+    # interpreter when the server it could not start is dropped.
+    try:
+        with socket.create_server(("127.0.0.1", port)):
+            pass
+    except OSError as exc:
+        print(f"gateway simulate: cannot listen on 127.0.0.1:{port}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    operator = SmppOperator("127.0.0.1", port, op_tag=op_tag, session_tag=session_tag)
+    await operator.start()
+    try:
+        print(f"Dannaya phone {phone} behind an operator's USSD gateway: SMPP on "
+              f"127.0.0.1:{port}. In kannel.conf, point the USSD bind at it:\n"
+              f"  group = smsc\n  smsc = smpp\n  smsc-id = {settings.kannel_ussd_smsc}\n"
+              f"  host = 127.0.0.1\n  port = {port}\n  transceiver-mode = true\n"
+              "  smsc-username = dannaya\n  smsc-password = sim\n"
+              "  system-type = USSD\n  service-type = USSD\n"
+              "with the smpp-tlv groups and the USSD sms-service of the README, then "
+              "(re)start bearerbox.")
+        print("Waiting for Kannel to bind (Ctrl-C stops)...")
+        system_id = await operator.bound()
+        print(f"Kannel bound as {system_id!r}. Type a reply and press Enter; Ctrl-D hangs up.")
+        simulator = KannelSimulator(operator, phone=phone, service_code=service_code,
+                                    settings=settings)
+        while True:
+            status = await simulator.dial()
+            print(f"--- {status} ---")
+            again = await simulator.read("dial again? [Y/n] ")
+            if again is None or again.lower().startswith("n"):
+                return EXIT_OK
+    except ConnectionError as exc:
+        print(f"gateway simulate: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        await operator.stop()
+
+
+def run_kannel(*, port: int, phone: str, service_code: str, settings: Settings,
+               op_tag: int = OP_TAG, session_tag: int = SESSION_TAG) -> int:
+    """``gateway simulate --kannel``: the CLI's exit code."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
+    try:
+        return asyncio.run(run_kannel_async(port=port, phone=phone, service_code=service_code,
+                                            settings=settings, op_tag=op_tag,
+                                            session_tag=session_tag))
+    except KeyboardInterrupt:
+        print()
+        return EXIT_INTERRUPTED

@@ -1,6 +1,7 @@
 """A real Kannel on loopback for the tests: bearerbox, smsbox and the fake SMSC client
 ``fakesmsc`` (Debian's ``kannel`` and ``kannel-extras``; ``scripts/install-kannel``), in a
-temporary directory, on free ports.
+temporary directory, on free ports; with ``ussd_port``, also the README's USSD groups,
+bound to a fake operator's USSD gateway (``Operator``: an SMPP 3.4 server) on that port.
 
 fakesmsc plays the mobile network. It runs in interactive mode: each line written to its
 standard input is one message from a phone (``sender receiver text|ucs2 text``), and it
@@ -14,6 +15,7 @@ files there, never printed by the tests.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -24,15 +26,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 import httpx
 import pytest
 
+from gateway.simulate import SmppOperator, SmppScreen
 from tests.conftest import REPO, SERVICE_MISSING
+from tests.phone import Screen
+
+T = TypeVar("T")
 
 FAKESMSC = Path("/usr/lib/kannel/test/fakesmsc")
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -41,6 +48,8 @@ PASSWORD = "kannel-test-secret"
 SHORT_CODE = "36123"
 ADMIN_PASSWORD = "adm"
 GET_URL = "/webhooks/kannel/sms?from=%p&to=%P&text=%a&id=%I&coding=%c&charset=%C"
+USSD_GET_URL = ("/webhooks/kannel/ussd?from=%p&to=%P&text=%a&id=%I&meta=%D&smsc=%i"
+                "&coding=%c&charset=%C")
 INSTALL_HINT = "scripts/install-kannel installs Debian's kannel and kannel-extras"
 
 
@@ -218,8 +227,16 @@ class Kannel:
     """bearerbox + smsbox + one fakesmsc, configured for a gateway at ``gateway_url``."""
 
     def __init__(self, directory: Path, *, gateway_url: str, token: str | None = None,
-                 binaries: Binaries | None = None) -> None:
+                 binaries: Binaries | None = None, mo_recode: bool = True,
+                 ussd_port: int | None = None, ussd_url: str | None = None,
+                 ussd_session_tlv: bool = True) -> None:
         self.dir = directory
+        self.mo_recode = mo_recode
+        # The operator's USSD gateway (an SMPP server) Kannel binds to, and where its
+        # sms-service calls the gateway (a proxy in front of it, for some tests).
+        self.ussd_port = ussd_port
+        self.ussd_session_tlv = ussd_session_tlv
+        self.ussd_get_url = (ussd_url or gateway_url).rstrip("/") + USSD_GET_URL
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bin = binaries or require_kannel()
         self.admin_port, self.box_port, self.smsc_port, self.sendsms_port = (
@@ -227,6 +244,7 @@ class Kannel:
         self.get_url = gateway_url.rstrip("/") + GET_URL
         if token is not None:
             self.get_url += f"&token={quote(token, safe='')}"
+            self.ussd_get_url += f"&token={quote(token, safe='')}"
         self.config = self.dir / "kannel.conf"
         self.output = FakesmscOutput()
         self._last_output = 0.0
@@ -258,6 +276,8 @@ smsc = fake
 smsc-id = FAKE
 port = {self.smsc_port}
 connect-allow-ip = "127.0.0.1"
+# A USSD screen must never leave as an SMS (it would stay in the inbox).
+denied-smsc-id = ussd
 
 group = smsbox
 bearerbox-host = 127.0.0.1
@@ -267,7 +287,10 @@ sendsms-interface = 127.0.0.1
 log-file = "{d / 'smsbox.log'}"
 log-level = 1
 # A phone writing ɛ, ɔ or é sends UCS-2: have smsbox hand it to the get-url as UTF-8.
-mo-recode = true
+mo-recode = {"true" if self.mo_recode else "false"}
+# A get-url call whose answer was lost is made again once, with the same id.
+http-request-retry = 1
+http-queue-delay = 1
 
 group = sendsms-user
 username = {USERNAME}
@@ -277,6 +300,7 @@ user-allow-ip = "127.0.0.1"
 max-messages = 10
 concatenation = true
 
+{self.ussd_config()}
 group = sms-service
 keyword = default
 catch-all = yes
@@ -284,6 +308,50 @@ max-messages = 0
 get-url = "{self.get_url}"
 """)
 
+    def ussd_config(self) -> str:
+        """The README's USSD groups: the bind to the operator's USSD gateway, the two
+        smpp-tlv groups and the USSD sms-service (before the SMS one: Kannel takes the
+        first default service that accepts the message's SMSC)."""
+        if self.ussd_port is None:
+            return ""
+        session = "" if not self.ussd_session_tlv else """
+group = smpp-tlv
+name = its_session_info
+tag = 0x1383
+type = octetstring
+length = 2
+smsc-id = ussd
+"""
+        return f"""
+group = smsc
+smsc = smpp
+smsc-id = ussd
+host = 127.0.0.1
+port = {self.ussd_port}
+transceiver-mode = true
+smsc-username = dannaya
+smsc-password = operator
+system-type = USSD
+service-type = USSD
+# Only USSD screens go out here: Kannel's smsc-id routes nothing by itself.
+allowed-smsc-id = ussd
+reconnect-delay = 1
+
+group = smpp-tlv
+name = ussd_service_op
+tag = 0x0501
+type = integer
+length = 1
+smsc-id = ussd
+{session}
+group = sms-service
+keyword = default
+catch-all = true
+accepted-smsc = ussd
+omit-empty = true
+accept-x-kannel-headers = true
+get-url = "{self.ussd_get_url}"
+"""
     def _start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
         with (self.dir / f"{name}.out").open("ab") as out:
             process = subprocess.Popen(args, cwd=self.dir, stdout=out, stderr=subprocess.STDOUT)
@@ -312,10 +380,13 @@ get-url = "{self.get_url}"
                  "smsbox to connect to bearerbox")
         self._start_fakesmsc()
         wait_for(lambda: "online" in self._smsc_line(), 20, "fakesmsc to connect")
+        if self.ussd_port is not None:
+            wait_for(lambda: "online" in self._smsc_line("ussd["), 30,
+                     "Kannel to bind to the operator's USSD gateway")
 
-    def _smsc_line(self) -> str:
+    def _smsc_line(self, name: str = "FAKE") -> str:
         for line in self.status().splitlines():
-            if "FAKE" in line:
+            if name in line:
                 return line
         return ""
 
@@ -358,6 +429,10 @@ get-url = "{self.get_url}"
             line = f"{sender} {receiver} text {text}"
         self._fakesmsc.stdin.write(line.encode() + b"\n")
         self._fakesmsc.stdin.flush()
+
+    def box_pids(self) -> list[int]:
+        """bearerbox's and smsbox's process ids (fakesmsc not included)."""
+        return [p.pid for p in self._procs if p is not self._fakesmsc]
 
     def messages(self) -> list[Mt]:
         with self._lock:
@@ -431,3 +506,190 @@ def gateway_serving(port: int, env: dict[str, str], log: Path,
         yield process
     finally:
         _stop(process, timeout=30)
+
+
+# --- the operator's USSD gateway, on a loop of its own ----------------------------------
+
+
+class Operator:
+    """``gateway.simulate.SmppOperator`` (an SMPP 3.4 server, through ``smpp34``) on an
+    event loop in a thread of its own, for synchronous tests: Kannel's USSD bind connects
+    to it, phones' operations go out as ``deliver_sm`` and screens come back as
+    ``submit_sm``."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.smpp = SmppOperator("127.0.0.1", self.port)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.run(self.smpp.start())
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.run(self.smpp.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Operator]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def send(self, phone: str, op: int, text: str, *, session: bytes | None,
+             ucs2: bool = False) -> None:
+        self.run(self.smpp.send(phone, op, text, session=session, ucs2=ucs2))
+
+    def screen(self, phone: str, timeout: float = 20.0) -> SmppScreen | None:
+        return self.run(self.smpp.screen(phone, timeout), timeout + 5)
+
+
+@dataclass
+class SmppPhone:
+    """A phone on the operator's network: each input one operation of its USSD session
+    (``ussd_service_op`` 1 to dial, 18 to answer, 0x20 when it hangs up), each with
+    ``its_session_info``: the session number, then a sequence number that changes from
+    message to message. Screens are what Kannel sent back, checked: operation 2 (CON) or
+    17 (END), the session echoed byte for byte."""
+
+    operator: Operator
+    number: str
+    session: int | None = 0x0A  # None: this operator sends no session parameter
+    seq: int = 0
+    screens: list[SmppScreen] = field(default_factory=list)
+
+    def info(self) -> bytes | None:
+        if self.session is None:
+            return None
+        self.seq = (self.seq + 1) % 128
+        return bytes([self.session, self.seq << 1])
+
+    def operation(self, op: int, text: str, *, ucs2: bool = False,
+                  info: bytes | None = None, expect: bool = True) -> SmppScreen | None:
+        sent = info if info is not None else self.info()
+        self.operator.send(self.number, op, text, session=sent, ucs2=ucs2)
+        screen = self.operator.screen(self.number, 20.0 if expect else 2.0)
+        if screen is None:
+            assert not expect, f"no screen for {self.number[-3:]} within 20 s"
+            return None
+        assert screen.session == sent, (screen.session, sent)  # echoed byte for byte
+        assert screen.op in (2, 17), screen
+        assert screen.service_type == "USSD"
+        self.screens.append(screen)
+        return screen
+
+    def _shown(self, screen: SmppScreen | None) -> Screen:
+        assert screen is not None
+        return Screen("END" if screen.op == 17 else "CON", screen.text)
+
+    def dial(self, code: str = "*123#", session: int | None = None) -> Screen:
+        if session is not None:
+            self.session, self.seq = session, 0
+        return self._shown(self.operation(1, code))
+
+    def press(self, *keys: str, ucs2: bool = False) -> Screen:
+        screen = None
+        for key in keys:
+            screen = self.operation(18, key, ucs2=ucs2)
+        return self._shown(screen)
+
+    def abort(self, op: int = 0x20) -> None:
+        """The network ends the session: the gateway must send nothing back."""
+        assert self.operation(op, "", expect=False) is None
+
+
+# --- the gateway in this process, for Kannel to call ------------------------------------
+
+
+@contextlib.contextmanager
+def app_serving(app: Any, port: int) -> Iterator[str]:
+    """``app`` on uvicorn at 127.0.0.1:``port`` in a thread (as ``gateway serve`` runs
+    it: one worker, no access log); its base URL."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, access_log=False,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 30, "the gateway to start")
+        assert thread.is_alive(), "the gateway did not start"
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+class LosingProxy:
+    """A loopback HTTP proxy in front of the gateway that loses the answer to the calls
+    ``lose`` picks (it closes the connection once the gateway answered), as a network
+    between Kannel and the gateway may: smsbox then makes the same call again."""
+
+    def __init__(self, upstream_port: int, lose: Callable[[bytes], bool]) -> None:
+        self.port = free_port()
+        self.upstream_port = upstream_port
+        self.lose = lose
+        self.lost: list[bytes] = []
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._stopping = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.upstream_port)) as up:
+            reader, upstream = client.makefile("rb"), up.makefile("rb")
+            while True:
+                head = _read_head(reader)
+                if not head:
+                    return
+                up.sendall(head)  # the gateway's GET calls carry no body
+                answer = _read_head(upstream)
+                length = 0
+                for line in answer.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                answer += upstream.read(length)
+                if self.lose(head):
+                    self.lost.append(head)
+                    return  # the gateway did answer; Kannel never hears it
+                client.sendall(answer)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[LosingProxy]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stopping = True
+            self._server.close()
+            self._thread.join(timeout=5)
+
+
+def _read_head(stream: Any) -> bytes:
+    lines = []
+    while True:
+        line = stream.readline()
+        if not line:
+            return b""
+        lines.append(line)
+        if line in (b"\r\n", b"\n"):
+            return b"".join(lines)

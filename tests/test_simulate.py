@@ -139,7 +139,8 @@ def test_a_report_a_poll_and_a_hang_up(gateway: Gateway, tmp_path: Path) -> None
     assert run.stderr == ""
     assert "│ Merci, message recu.\n[END · 20/160 septets · GSM-7]\n" in out
     assert "│ I ni ce, jaabi sòròla.\n[END · 22/160 septets · GSM-7]\n" in out
-    assert "│ Langue / Kan:\n│ 1. Francais\n│ 2. Bamanankan\n[CON · " in out
+    assert "│ Langue / Kan / Demngal:\n│ 1. Francais\n│ 2. Bamanankan\n│ 3. Fulfulde\n[CON · " \
+        in out
     statuses = STATUS_LINE.findall(out)
     assert len(statuses) == 9 + 9 + 1  # every hop of the three dials shows its status
     assert all(int(length) <= 160 for _, length in statuses)
@@ -284,3 +285,81 @@ def test_a_gateway_too_slow_to_answer_fails_the_session(
 def test_a_ucs2_screen_is_counted_in_units_and_charged_double() -> None:
     assert simulate.status_line("CON", "Kɛnɛ", 160) == (
         "[CON · 4 UCS-2 units, counted 8/160 septets · UCS-2]")
+
+
+# --- --kannel: the operator's USSD gateway for a deployer's own Kannel ------------------
+
+KANNEL_STATUS = re.compile(
+    r"^\[(CON|END) · op (\d+) · session echoed · (\d+)/160 septets · GSM-7\]$", re.MULTILINE)
+# Dial 1: French, the poll (not at all x4), cercle "other". Dial 2: the main menu, hang up.
+KANNEL_RESIDENT = "1\n2\n1\n1\n1\n1\n7\ny\n"
+
+
+@pytest.mark.kannel
+@pytest.mark.slow
+def test_kannel_mode_walks_the_menus_through_a_real_kannel(tmp_path: Path) -> None:
+    from tests.kannel import Kannel, free_port, require_kannel, wait_for
+
+    binaries = require_kannel()
+    port = free_port()
+    env = gateway_env(tmp_path, None)
+    with running_gateway(tmp_path, None) as gateway, subprocess.Popen(
+            [sys.executable, "-m", "gateway", "simulate", "--kannel", "--smpp-port", str(port),
+             "--phone", PHONE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, encoding="utf-8", env=env,
+            cwd=tmp_path) as sim:
+        assert sim.stdout is not None and sim.stdin is not None
+        lines: queue.Queue[str] = queue.Queue()
+        out: list[str] = []
+        threading.Thread(target=_drain, args=(sim.stdout, lines, out), daemon=True).start()
+        wait_for(lambda: any("Waiting for Kannel" in line for line in out), 30,
+                 "the simulator to listen")
+        kannel = Kannel(tmp_path / "kannel", gateway_url=gateway.url, binaries=binaries,
+                        ussd_port=port)
+        with kannel.running():
+            sim.stdin.write(KANNEL_RESIDENT)
+            sim.stdin.close()
+            assert sim.wait(timeout=60) == 0, "".join(out)
+    text = "".join(out)
+    assert "smsc-id = ussd\n  host = 127.0.0.1\n  port = " + str(port) in text
+    assert "│ Langue / Kan / Demngal:\n│ 1. Francais\n" in text
+    statuses = KANNEL_STATUS.findall(text)
+    assert [(kind, op) for kind, op, _ in statuses] == \
+        [("CON", "2")] * 7 + [("END", "17"), ("CON", "2")]
+    assert "│ Merci, réponse recue.\n" in text
+    assert text.count("--- Success ---") == 1 and text.count("--- Incomplete ---") == 1
+    assert "warning" not in text
+    answers = rows(tmp_path / "gateway.db", "SELECT question, answer FROM poll_answer")
+    assert {(r["question"], r["answer"]) for r in answers} == {
+        ("army", "not_at_all"), ("gendarmerie", "not_at_all"), ("police", "not_at_all"),
+        ("national_guard", "not_at_all"), ("cercle", "other")}
+
+
+def test_kannel_mode_says_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = simulate_cli("--kannel", "--smpp-port", str(port), stdin="",
+                           env=gateway_env(tmp_path, None), cwd=tmp_path)
+    assert run.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("screen", "sent", "status", "problems"), [
+    (simulate.SmppScreen("Langue", 2, b"\x0a\x02", 0, "USSD"), b"\x0a\x02",
+     "[CON · op 2 · session echoed · 6/160 septets · GSM-7]", []),
+    (simulate.SmppScreen("Fin", 17, None, 8, "USSD"), None,
+     "[END · op 17 · no session · 3/160 septets · UCS-2]", []),
+    (simulate.SmppScreen("x", 3, b"\x0a\x04", 0, "USSD"), b"\x0a\x02",
+     "[??? · op 3 · no session · 1/160 septets · GSM-7]",
+     ["ussd_service_op is 3, neither 2 (waits) nor 17 (last screen)",
+      "its_session_info b'\\n\\x04' is not the b'\\n\\x02' sent"]),
+    (simulate.SmppScreen("y" * 161, 2, None, 0, "USSD"), None,
+     "[CON · op 2 · no session · 161/160 septets · GSM-7]",
+     ["screen over budget: 161 > 160 septets (GATEWAY_USSD_BUDGET)"]),
+])
+def test_each_screen_from_kannel_is_checked(screen: simulate.SmppScreen, sent: bytes | None,
+                                            status: str, problems: list[str]) -> None:
+    assert simulate.smpp_status(screen, sent, 160, wait_op=2, end_op=17) == (status, problems)

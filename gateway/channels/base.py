@@ -15,7 +15,15 @@ from typing import Protocol
 @dataclass(frozen=True)
 class UssdTurn:
     """One USSD hop. ``text`` is the provider's whole input history for AT-style
-    providers (``1*2*Awa``); the service derives the latest input from its own state."""
+    providers (``1*2*Awa``); the service derives the latest input from its own state.
+
+    A per-hop provider (Kannel over SMPP) sends one input per hop and keeps no session of
+    its own. Its turns carry ``hop_id``, the provider's id of this hop (a repeat of the
+    hop carries it again), and ``text`` is this hop's input alone. A session's first hop
+    names the session itself (``line_session_id``: its ``line`` and ``hop_id``); a later
+    hop leaves ``session_id`` empty, and the service takes the latest session of the
+    same phone on the same ``line`` (the operator's session reference, ``""`` when the
+    operator sends none)."""
 
     provider: str
     session_id: str
@@ -23,15 +31,33 @@ class UssdTurn:
     service_code: str
     network: str
     text: str
+    hop_id: str | None = None
+    line: str = ""
+
+    @property
+    def on_line(self) -> bool:
+        """A later hop of a per-hop provider: its session is found by its line."""
+        return self.hop_id is not None and not self.session_id
+
+
+def line_session_id(line: str, hop_id: str) -> str:
+    """The session id of a per-hop provider's session: its line, ``/``, the id of the hop
+    that began it (the store finds a line's sessions by the prefix)."""
+    return f"{line}/{hop_id}"
 
 
 @dataclass(frozen=True)
 class UssdEnded:
+    """The provider says a session ended. A per-hop provider names it by ``phone`` and
+    ``line`` instead of ``session_id`` (left empty)."""
+
     provider: str
     session_id: str
     status: str  # success | incomplete | failed | unknown
     hops: int | None
     duration_ms: int | None
+    phone: str = ""
+    line: str = ""
 
 
 @dataclass(frozen=True)

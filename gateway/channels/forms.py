@@ -6,7 +6,9 @@ line and answered nothing.
 Bodies are parsed here, not by python-multipart: a form is at most 16 KiB, decoded as
 UTF-8 (invalid bytes are replaced, never a 500), with a bounded number of fields.
 ``decode_form`` reads fields as urllib's ``parse_qsl`` does (a test holds it to that) at
-a fraction of its cost: most values need no unquoting.
+a fraction of its cost: most values need no unquoting. Kannel's fields are read as bytes
+instead (``read_raw_form``): its ``text`` is in the charset it names beside it, which may
+be UTF-16BE, and its adapter decodes it by that charset.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
@@ -37,6 +39,52 @@ async def read_form(request: Request, *, max_bytes: int, token: str | None,
     """The request's fields (query string, then a form body), after the size, time and
     token checks. Raises ``Refused`` with a 413, 408 or 403 response (or, for a client
     that hung up, a response nobody will read)."""
+    query, body = await _read(request, max_bytes=max_bytes, timeout=timeout)
+    pairs = decode_form(query.decode("latin-1"), max_fields=None)
+    if token is not None:
+        _check_token([(k, v.encode("utf-8", "replace")) for k, v in pairs if k == "token"],
+                     token)
+    fields: dict[str, str] = {}
+    for key, value in pairs:
+        if key != "token":
+            fields.setdefault(key, value)
+    if body:
+        text = body.decode("utf-8", errors="replace")
+        try:
+            pairs = decode_form(text)
+        except ValueError:
+            pairs = []
+        for key, value in pairs:
+            fields[key] = value.replace("\x00", "")
+    return fields
+
+
+async def read_raw_form(request: Request, *, max_bytes: int, token: str | None,
+                        timeout: float | None = None) -> dict[str, bytes]:
+    """``read_form`` with each value as the bytes that were sent, percent-escapes
+    decoded and nothing else: for a provider whose fields are not all UTF-8 (Kannel hands
+    a UCS-2 message over as raw UTF-16BE bytes, in the charset it names beside them)."""
+    query, body = await _read(request, max_bytes=max_bytes, timeout=timeout)
+    raw_pairs = decode_form_bytes(query, max_fields=None)
+    if token is not None:
+        _check_token(raw_pairs, token)
+    fields: dict[str, bytes] = {}
+    for key, value in raw_pairs:
+        if key != "token":
+            fields.setdefault(key, value)
+    if body:
+        try:
+            pairs = decode_form_bytes(body)
+        except ValueError:
+            pairs = []
+        for key, value in pairs:
+            fields[key] = value
+    return fields
+
+
+async def _read(request: Request, *, max_bytes: int,
+                timeout: float | None) -> tuple[bytes, bytes]:
+    """The raw query string and body, once their size and time are checked."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
         raise Refused(PlainTextResponse("Request body too large", status_code=413))
@@ -52,28 +100,19 @@ async def read_form(request: Request, *, max_bytes: int, token: str | None,
         except ClientDisconnect:
             log.info("%s: the client hung up before its body ended", request.url.path)
             raise Refused(PlainTextResponse("Client disconnected", status_code=400)) from None
-    query = decode_form(request.scope.get("query_string", b"").decode("latin-1"),
-                        max_fields=None)
-    if token is not None:
-        given = ""
-        for key, value in query:
-            if key == "token":
-                given = value  # the last one, as Starlette's query_params.get gives
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
-            raise Refused(PlainTextResponse("Forbidden", status_code=403))
-    fields: dict[str, str] = {}
-    for key, value in query:
-        if key != "token":
-            fields.setdefault(key, value)
-    if body:
-        text = body.decode("utf-8", errors="replace")
-        try:
-            pairs = decode_form(text)
-        except ValueError:
-            pairs = []
-        for key, value in pairs:
-            fields[key] = value.replace("\x00", "")
-    return fields
+    query: bytes = request.scope.get("query_string", b"")
+    return query, body
+
+
+def _check_token(pairs: list[tuple[str, bytes]], token: str) -> None:
+    """Refuse (403) unless the last ``token`` field, as Starlette's query_params.get
+    gives it, is ``token``."""
+    given = b""
+    for key, value in pairs:
+        if key == "token":
+            given = value
+    if not hmac.compare_digest(given, token.encode()):
+        raise Refused(PlainTextResponse("Forbidden", status_code=403))
 
 
 async def _body(request: Request, max_bytes: int) -> bytes:
@@ -109,3 +148,29 @@ def _unquote(text: str) -> str:
     if "%" in text:
         text = unquote(text, errors="replace")
     return text
+
+
+def decode_form_bytes(raw: bytes, *, max_fields: int | None = MAX_FIELDS,
+                      ) -> list[tuple[str, bytes]]:
+    """``decode_form`` with each value left as bytes (``+`` and percent-escapes
+    decoded, no charset applied); names are read as UTF-8."""
+    if not raw:
+        return []
+    parts = raw.split(b"&")
+    if max_fields is not None and len(parts) > max_fields:
+        raise ValueError("too many fields")
+    pairs = []
+    for part in parts:
+        if part:
+            name, _, value = part.partition(b"=")
+            pairs.append((_unquote_bytes(name).decode("utf-8", "replace"),
+                          _unquote_bytes(value)))
+    return pairs
+
+
+def _unquote_bytes(raw: bytes) -> bytes:
+    if b"+" in raw:
+        raw = raw.replace(b"+", b" ")
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    return raw

@@ -42,6 +42,7 @@ def ussd_service(settings: Settings, *, db: Database, keys: KeyRing,
                  content: Content) -> UssdService:
     """The USSD service over ``content`` with the deployment's rules and policy."""
     policy = UssdPolicy(default_region=settings.default_region,
-                        resume_minutes=settings.ussd_resume_minutes)
+                        resume_minutes=settings.ussd_resume_minutes,
+                        line_timeout_seconds=settings.kannel_ussd_timeout)
     return UssdService(db=db, keys=keys, engine=Engine(content, engine_rules(settings)),
                        policy=policy)

@@ -32,7 +32,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
@@ -64,6 +64,9 @@ RECENT_SECONDS = 600.0  # ... and for how long
 class UssdPolicy:
     default_region: str = "ML"
     resume_minutes: int = 5
+    # Per-hop providers: a session untouched this long was ended by the operator, and a
+    # later answer on its line is not for it.
+    line_timeout_seconds: int = 180
 
 
 class UssdService:
@@ -93,7 +96,7 @@ class UssdService:
         """The response body (``CON …`` or ``END …``) for one hop. Never raises, but
         ``DatabaseBusy`` when the context asked not to wait for SQLite's lock."""
         try:
-            pseudonym = self._pseudonym(turn)
+            pseudonym = self._pseudonym(turn.phone)
             if pseudonym is None:
                 return self._unreadable(turn)
             for attempt in range(1, HOP_ATTEMPTS + 1):
@@ -121,10 +124,12 @@ class UssdService:
         a remembered row that another replica (or an erasure) made stale is never saved
         over: the hop reads the session again. Never raises."""
         try:
-            pseudonym = self._pseudonym(turn)
+            pseudonym = self._pseudonym(turn.phone)
             if pseudonym is None:
                 return self._unreadable(turn)
-            key = (turn.provider, turn.session_id)
+            # A later hop of a per-hop provider is always read: another replica may have
+            # begun a newer session on its line.
+            key = None if turn.on_line else (turn.provider, turn.session_id)
             for attempt in range(1, HOP_ATTEMPTS + 1):
                 try:
                     body = await self._hop_batched(turn, pseudonym, key, batches,
@@ -132,24 +137,30 @@ class UssdService:
                     if body is not None:
                         return body
                 except Exception as exc:
-                    self.recent.forget(key)
+                    if key is not None:
+                        self.recent.forget(key)
                     if not self._try_again(exc, attempt):
                         raise
             return self._kept_changing(turn)
         except Exception as exc:
             return self._failed(turn, exc)
 
-    async def _hop_batched(self, turn: UssdTurn, pseudonym: str, key: tuple[str, str],
-                           batches: HopJobs, *, retry: bool) -> str | None:
-        row = self.recent.get(key)
+    async def _hop_batched(self, turn: UssdTurn, pseudonym: str,
+                           key: tuple[str, str] | None, batches: HopJobs, *,
+                           retry: bool) -> str | None:
+        row = self.recent.get(key) if key is not None else None
         if row is None:
             found = await batches.read_or_begin(self, turn=turn, pseudonym=pseudonym,
                                                 read=retry)
+            if found is None:
+                return self._lost(turn)
             if not isinstance(found, queries.SessionRow):  # a first hop, done in that job
                 body, row, effects = found
-                self.recent.put(key, row, keep=row.status == "active" and not effects)
+                if key is not None:
+                    self.recent.put(key, row, keep=row.status == "active" and not effects)
                 return body
             row = found
+        turn = self._bound(turn, row)
         plan = self._plan(turn, pseudonym, row)
         if isinstance(plan, str):
             return plan
@@ -158,6 +169,8 @@ class UssdService:
         saved = await batches.save(self, queries.SessionSave(plan.row, row.hops, plan.now),
                                    turn=turn, pseudonym=pseudonym,
                                    plan=plan if plan.result.effects else None)
+        if key is None:
+            return plan.body if saved else None
         if not saved:
             self.recent.forget(key)
             return None
@@ -173,17 +186,33 @@ class UssdService:
 
     def _read_or_begin(
         self, conn: Connection, *, turn: UssdTurn, pseudonym: str, read: bool,
-    ) -> queries.SessionRow | Begun:
-        """A job: the session's row, or, for a new session, its first hop done. Unless
+    ) -> queries.SessionRow | Begun | None:
+        """A job: the session's row, or, for a new session, its first hop done (None: a
+        later hop of a per-hop provider with no live session on its line). Unless
         ``read``, a dial (empty text: always a session's first hop, or a copy of it) skips
         the read; a copy then fails to create the session again, and its next attempt
         reads."""
-        if read or turn.text:
-            row = queries.get_session(queries.Driver(conn), provider=turn.provider,
-                                    session_id=turn.session_id)
-            if row is not None:
+        if read or turn.text or turn.on_line:
+            row = self._find(queries.Driver(conn), turn, pseudonym)
+            if row is not None or turn.on_line:
                 return row
         return self._first_hop(conn, turn, pseudonym)
+
+    def _find(self, db: queries.Driver, turn: UssdTurn,
+              pseudonym: str) -> queries.SessionRow | None:
+        """The hop's session: by the provider's session id, or for a later hop of a
+        per-hop provider, the phone's latest session on the line, unless the operator
+        has ended it by now."""
+        if not turn.on_line:
+            return queries.get_session(db, provider=turn.provider, session_id=turn.session_id)
+        since = self.clock() - timedelta(seconds=self.policy.line_timeout_seconds)
+        return queries.get_session_on_line(db, provider=turn.provider, pseudonym=pseudonym,
+                                           line=turn.line, since=since)
+
+    @staticmethod
+    def _bound(turn: UssdTurn, row: queries.SessionRow) -> UssdTurn:
+        """A per-hop provider's later hop, with the id of the session its line led to."""
+        return replace(turn, session_id=row.session_id) if turn.on_line else turn
 
     def _try_again(self, exc: Exception, attempt: int) -> bool:
         """Whether a hop that raised ``exc`` on this attempt is run again."""
@@ -209,6 +238,11 @@ class UssdService:
         log.warning("ussd: caller unreadable; session %s refused", turn.session_id)
         return self.apology()
 
+    def _lost(self, turn: UssdTurn) -> str:
+        log.warning("ussd: %s answer %s on no live session; apology", turn.provider,
+                    turn.hop_id)
+        return self.apology()
+
     def _kept_changing(self, turn: UssdTurn) -> str:
         log.warning("ussd: session %s kept changing under its hop; apology", turn.session_id)
         return self.apology()
@@ -222,15 +256,15 @@ class UssdService:
                       turn.session_id, frames(exc))
         return self.apology()
 
-    def _pseudonym(self, turn: UssdTurn) -> str | None:
-        """The pseudonym of the hop's phone number, or None when it is unreadable."""
-        digest = self.keys.mac("ussd-phone", turn.phone)
+    def _pseudonym(self, phone: str) -> str | None:
+        """The pseudonym of a hop's phone number (raw), or None when it is unreadable."""
+        digest = self.keys.mac("ussd-phone", phone)
         with self._pseudonyms_lock:
             known = self._pseudonyms.get(digest)
             if known is not None:
                 self._pseudonyms.move_to_end(digest)
                 return known
-        e164 = self._e164(turn)
+        e164 = normalise(phone, self.policy.default_region)
         if e164 is None:
             return None
         pseudonym = self.keys.pseudonym(e164)
@@ -245,10 +279,12 @@ class UssdService:
 
     def _hop(self, conn: Connection, turn: UssdTurn, pseudonym: str) -> str | None:
         """The hop's answer, or None when the session changed after it was read."""
-        db = queries.Driver(conn)
-        row = queries.get_session(db, provider=turn.provider, session_id=turn.session_id)
+        row = self._find(queries.Driver(conn), turn, pseudonym)
         if row is None:
+            if turn.on_line:
+                return self._lost(turn)
             return self._first_hop(conn, turn, pseudonym)[0]
+        turn = self._bound(turn, row)
         plan = self._plan(turn, pseudonym, row)
         if isinstance(plan, str):
             return plan
@@ -262,10 +298,16 @@ class UssdService:
             log.warning("ussd: session %s continued from another number; refused",
                         turn.session_id)
             return self.apology()
-        text_mac = self._text_mac(turn, turn.text)
+        text_mac = self._hop_mac(turn)
         if row.text_mac == text_mac:
             return row.response  # the same hop again: the same screen
-        latest = self._latest_input(turn, row)
+        if turn.hop_id is not None:  # a per-hop provider: the hop's own input
+            earlier = earlier_screen(row.history, text_mac)
+            if earlier is not None:
+                return earlier
+            latest: str | None = turn.text
+        else:
+            latest = self._latest_input(turn, row)
         if latest is None:
             earlier = earlier_screen(row.history, text_mac)
             if earlier is not None:
@@ -304,7 +346,7 @@ class UssdService:
         whether the dialogue asked for effects."""
         now = self.clock()
         db = queries.Driver(conn)
-        text_mac = self._text_mac(turn, turn.text)
+        text_mac = self._hop_mac(turn)
         look = turn.text == "" and self.policy.resume_minutes > 0
         language, old = queries.touch_contact_find_dropped(
             db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now,
@@ -397,6 +439,13 @@ class UssdService:
     def _text_mac(self, turn: UssdTurn, text: str) -> str:
         return self.keys.mac("ussd", turn.provider, turn.session_id, text)
 
+    def _hop_mac(self, turn: UssdTurn) -> str:
+        """What names a hop, so a repeat of it is known: the cumulative text, or a
+        per-hop provider's id of the hop."""
+        if turn.hop_id is None:
+            return self._text_mac(turn, turn.text)
+        return self.keys.mac("ussd-hop", turn.provider, turn.session_id, turn.hop_id)
+
     @staticmethod
     def _aad(turn: UssdTurn) -> str:
         return session_ref(turn.provider, turn.session_id)
@@ -404,9 +453,22 @@ class UssdService:
     # --- end-of-session notifications -------------------------------------------------
 
     def ended(self, event: UssdEnded) -> None:
+        """Note the end of a session. Its dialogue is left as it was: an unfinished one
+        is offered again to the same phone dialling within the resume window."""
         with self.db.transaction() as conn:
+            session_id = event.session_id
+            if not session_id:  # a per-hop provider names the phone and the line
+                pseudonym = self._pseudonym(event.phone)
+                # An end may come after the operator's timeout: it is still that end.
+                window = max(self.policy.line_timeout_seconds, self.policy.resume_minutes * 60)
+                row = None if pseudonym is None else queries.get_session_on_line(
+                    queries.Driver(conn), provider=event.provider, pseudonym=pseudonym,
+                    line=event.line, since=self.clock() - timedelta(seconds=window))
+                if row is None:
+                    return
+                session_id = row.session_id
             queries.record_ussd_event(
-                conn, provider=event.provider, session_id=event.session_id,
+                conn, provider=event.provider, session_id=session_id,
                 status=event.status, hops_count=event.hops, duration_ms=event.duration_ms,
                 now=self.clock(),
             )
@@ -420,7 +482,7 @@ class HopJobs(Protocol):
     this process) or ``gateway.dialogue.ussd_process.DbWorker`` (a process of its own)."""
 
     async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
-                            read: bool) -> queries.SessionRow | Begun: ...
+                            read: bool) -> queries.SessionRow | Begun | None: ...
 
     async def save(self, service: UssdService, save: queries.SessionSave, *, turn: UssdTurn,
                    pseudonym: str, plan: Save | None) -> bool: ...
@@ -434,8 +496,8 @@ class InThread:
         self.batches = batches
 
     async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
-                            read: bool) -> queries.SessionRow | Begun:
-        found: queries.SessionRow | Begun = await self.batches.run(functools.partial(
+                            read: bool) -> queries.SessionRow | Begun | None:
+        found: queries.SessionRow | Begun | None = await self.batches.run(functools.partial(
             service._read_or_begin, turn=turn, pseudonym=pseudonym, read=read))
         return found
 

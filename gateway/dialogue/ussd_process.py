@@ -71,8 +71,8 @@ class DbWorker:
         self.loop.add_reader(mine.fileno(), self._readable)
 
     async def read_or_begin(self, service: UssdService, *, turn: UssdTurn, pseudonym: str,
-                            read: bool) -> queries.SessionRow | Begun:
-        found: queries.SessionRow | Begun = await self._give(
+                            read: bool) -> queries.SessionRow | Begun | None:
+        found: queries.SessionRow | Begun | None = await self._give(
             ("read", {"turn": turn, "pseudonym": pseudonym, "read": read}))
         return found
 

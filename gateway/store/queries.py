@@ -134,11 +134,17 @@ class SessionRow(NamedTuple):
     response: str
     hops: int
     history: str
+    session_id: str = ""  # the provider's (never saved by a hop: it does not change)
 
 
 _GET_SESSION = (
     "SELECT id, pseudonym, state, status, text_len, text_mac, response, hops, history "
     "FROM ussd_session WHERE provider = ? AND session_id = ?"
+)
+_GET_SESSION_ON_LINE = (
+    "SELECT id, pseudonym, state, status, text_len, text_mac, response, hops, history, "
+    "session_id FROM ussd_session WHERE pseudonym = ? AND provider = ? "
+    "AND session_id LIKE ? AND updated_at >= ? ORDER BY id DESC LIMIT 1"
 )
 _FIND_RESUMABLE = (
     "SELECT id, provider, session_id, state FROM ussd_session "
@@ -203,6 +209,18 @@ class Resumable(NamedTuple):
 def get_session(db: Driver, *, provider: str, session_id: str) -> SessionRow | None:
     """A USSD session by the provider's id."""
     row = db.run(_GET_SESSION, (provider, session_id)).fetchone()
+    return SessionRow._make((*row, session_id)) if row is not None else None
+
+
+def get_session_on_line(db: Driver, *, provider: str, pseudonym: str, line: str,
+                        since: datetime) -> SessionRow | None:
+    """The latest session of ``pseudonym`` on ``line`` (a per-hop provider's session ids
+    begin with the line and ``/``: ``channels.base.line_session_id``), if it was touched
+    after ``since``. The pseudonym's index finds its few sessions."""
+    if not all(ch.isalnum() or ch in "-." for ch in line):
+        raise ValueError("a line is letters, digits, '-' and '.'")
+    row = db.run(_GET_SESSION_ON_LINE,
+                 (pseudonym, provider, f"{line}/%", db.when(since))).fetchone()
     return SessionRow(*row) if row is not None else None
 
 

@@ -24,6 +24,17 @@ GSM7_BASIC = frozenset(
 )
 # Reached through ESC: each costs two septets.
 GSM7_EXTENSION = frozenset("\f^{}\\[~]|€")
+# The same tables in order, for the septets themselves (an SMPP peer sends one septet per
+# octet, unpacked): the basic table with ESC at 0x1B, and each extension's code after ESC.
+_ESC = 0x1B
+_GSM7_TABLE = (
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_CODES = {ch: i for i, ch in enumerate(_GSM7_TABLE) if i != _ESC}
+_GSM7_EXTENSION_CODES = {"\f": 0x0A, "^": 0x14, "{": 0x28, "}": 0x29, "\\": 0x2F,
+                         "[": 0x3C, "~": 0x3D, "]": 0x3E, "|": 0x40, "€": 0x65}
+_GSM7_EXTENSION_CHARS = {code: ch for ch, code in _GSM7_EXTENSION_CODES.items()}
 
 Encoding = Literal["GSM-7", "UCS-2"]
 Language = str
@@ -52,6 +63,16 @@ _COMMON_MAP = {
 _BAMBARA_MAP = {
     "ɛ": "è", "Ɛ": "E", "ɔ": "ò", "Ɔ": "O", "ɲ": "ny", "Ɲ": "Ny", "ŋ": "ng", "Ŋ": "Ng",
 }
+# Fulfulde's letters in Mali's orthography (reference, "Fulfulde on the phone"): none is
+# GSM-7. The forms in use in Mali, Niger and Nigeria: ɓ→b, ɗ→d, ƴ→y, ŋ→ng, ɲ→ny, ʼ→'.
+# Which Maasina readers prefer (ɲ→ñ, as in Senegal, is GSM-7 too) is not verified: change
+# it here, with readers' tests.
+_FULFULDE_MAP = {
+    "ɓ": "b", "Ɓ": "B", "ɗ": "d", "Ɗ": "D", "ƴ": "y", "Ƴ": "Y", "ŋ": "ng", "Ŋ": "Ng",
+    "ɲ": "ny", "Ɲ": "Ny", "ʼ": "'",
+}
+# Each language's own letters, applied before the common table.
+_LANGUAGE_MAPS = {"bm": _BAMBARA_MAP, "ff": _FULFULDE_MAP}
 _TONE_MARKS = {"\u0300", "\u0301", "\u0302", "\u030c", "\u0304"}
 _NUMERO = re.compile(r"N°\s*")
 
@@ -63,8 +84,9 @@ def _translate(text: str, table: dict[str, str]) -> str:
 def transliterate(text: str, language: Language) -> str:
     """The GSM-safe form of ``text`` written in ``language``.
 
-    Bambara drops tone marks and writes ɛ ɔ ɲ ŋ as è ò ny ng; French drops the accents that
-    GSM-7 lacks; both replace typographic punctuation. Letters GSM-7 has are kept.
+    Bambara drops tone marks and writes ɛ ɔ ɲ ŋ as è ò ny ng; Fulfulde writes ɓ ɗ ƴ ŋ ɲ ʼ
+    as b d y ng ny '; French drops the accents that GSM-7 lacks; all replace typographic
+    punctuation. Letters GSM-7 has are kept.
     """
     text = unicodedata.normalize("NFC", text)
     if language == "bm":
@@ -73,7 +95,9 @@ def transliterate(text: str, language: Language) -> str:
         text = unicodedata.normalize(
             "NFC", "".join(ch for ch in decomposed if ch not in _TONE_MARKS)
         )
-        text = _translate(text, _BAMBARA_MAP)
+    table = _LANGUAGE_MAPS.get(language)
+    if table is not None:
+        text = _translate(text, table)
     text = _NUMERO.sub("No ", text)
     return _translate(text, _COMMON_MAP)
 
@@ -94,6 +118,37 @@ def non_gsm7_chars(text: str) -> list[str]:
 def septets(text: str) -> int:
     """GSM-7 length of ``text``: extension characters count two. Assumes ``is_gsm7``."""
     return sum(2 if ch in GSM7_EXTENSION else 1 for ch in text)
+
+
+def gsm7_encode(text: str) -> bytes:
+    """``text`` as unpacked GSM-7 septets, one per octet (an extension character is ESC
+    and its code); ``?`` for a character GSM-7 lacks."""
+    out = bytearray()
+    for ch in text:
+        code = _GSM7_CODES.get(ch)
+        if code is not None:
+            out.append(code)
+        elif ch in _GSM7_EXTENSION_CODES:
+            out += bytes([_ESC, _GSM7_EXTENSION_CODES[ch]])
+        else:
+            out.append(_GSM7_CODES["?"])
+    return bytes(out)
+
+
+def gsm7_decode(data: bytes) -> str:
+    """Unpacked GSM-7 septets, one per octet, as text (``gsm7_encode`` reversed)."""
+    out: list[str] = []
+    escaped = False
+    for octet in data:
+        code = octet & 0x7F
+        if escaped:
+            out.append(_GSM7_EXTENSION_CHARS.get(code, " "))
+            escaped = False
+        elif code == _ESC:
+            escaped = True
+        else:
+            out.append(_GSM7_TABLE[code])
+    return "".join(out)
 
 
 def ucs2_units(text: str) -> int:
@@ -159,7 +214,8 @@ def outbound(text: str, language: Language, *, transliterate_text: bool = True) 
 
 # --- inbound keyword folding ---------------------------------------------------------
 
-_FOLD_LETTERS = {"ɛ": "e", "ɔ": "o", "ɲ": "ny", "ñ": "ny", "ŋ": "ng", "œ": "oe", "æ": "ae"}
+_FOLD_LETTERS = {"ɛ": "e", "ɔ": "o", "ɲ": "ny", "ñ": "ny", "ŋ": "ng", "œ": "oe", "æ": "ae",
+                 "ɓ": "b", "ɗ": "d", "ƴ": "y"}
 # Spelling variants of reference §1.6, folded to one key. Longest first.
 _FOLD_CLUSTERS = (("tch", "c"), ("ty", "c"), ("dj", "j"), ("gn", "ny"), ("ou", "u"))
 _NON_WORD = re.compile(r"[^a-z0-9 ]+")
@@ -168,7 +224,8 @@ _SPACES = re.compile(r"\s+")
 
 def fold(text: str) -> str:
     """Fold text for keyword matching: case, accents, tone marks and the Bambara spelling
-    variants ɛ/è/e, ɔ/ò/o, ɲ/ny/gn/ñ, ŋ/ng, u/ou, j/dj, c/ty/tch all collapse to one form."""
+    variants ɛ/è/e, ɔ/ò/o, ɲ/ny/gn/ñ, ŋ/ng, u/ou, j/dj, c/ty/tch all collapse to one form,
+    and so do Fulfulde's ɓ/b, ɗ/d and ƴ/y."""
     text = unicodedata.normalize("NFC", text).casefold()
     text = _translate(text, _FOLD_LETTERS)
     decomposed = unicodedata.normalize("NFD", text)

@@ -26,10 +26,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from gateway.channels.base import OutboundSms, SendOutcome, SendResult
-from gateway.channels.kannel import KannelConfigError, KannelSender, parse_sms
+from gateway.channels.base import OutboundSms, SendOutcome, SendResult, UssdEnded, UssdTurn
+from gateway.channels.forms import decode_form_bytes
+from gateway.channels.kannel import (
+    KannelConfigError,
+    KannelSender,
+    UssdConfig,
+    UssdRequest,
+    operation,
+    parse_sms,
+    parse_ussd,
+    ussd_reply,
+)
 from gateway.channels.senders import make_sender
 from gateway.dialogue import sms
 from gateway.errors import StartupError
@@ -37,12 +48,15 @@ from gateway.logs import configure_logging
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.privacy import keys as keys_mod
+from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.store import queries
 from gateway.store.db import make_engine
 from gateway.store.models import utcnow
 from tests import capture
 from tests.capture import RawLog, serving
 from tests.conftest import REPO
+from tests.handset import Handset
 from tests.kannel import (
     SHORT_CODE,
     Binaries,
@@ -108,10 +122,11 @@ def binaries() -> Binaries:
 
 @contextmanager
 def stack(binaries: Binaries, settings: Settings, tmp_path: Path, *,
-          token: str | None = None, **env: str) -> Iterator[Stack]:
+          token: str | None = None, mo_recode: bool = True, **env: str) -> Iterator[Stack]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    kannel = Kannel(tmp_path / "kannel", gateway_url=base, token=token, binaries=binaries)
+    kannel = Kannel(tmp_path / "kannel", gateway_url=base, token=token, binaries=binaries,
+                    mo_recode=mo_recode)
     extra = {
         "GATEWAY_PROVIDER": "kannel",
         "GATEWAY_KANNEL_SENDSMS_URL": kannel.sendsms_url,
@@ -204,6 +219,23 @@ def test_bambara_text_goes_both_ways_as_ucs2_and_arrives_intact(
             Sms(PHONE2, short, ucs2=True, parts=1),
             Sms(PHONE2, long, ucs2=True, parts=rows[2].segments),
         ]
+
+
+@pytest.mark.kannel
+@pytest.mark.slow
+@SQLITE_ONLY
+def test_without_mo_recode_a_stop_word_typed_with_its_accent_still_stops(
+        binaries: Binaries, settings: Settings, tmp_path: Path) -> None:
+    # smsbox without mo-recode hands a UCS-2 message over as its raw UTF-16BE bytes.
+    with stack(binaries, settings, tmp_path, mo_recode=False) as s:
+        s.kannel.inject(PHONE, "ARRÊT", ucs2=True)
+        [answer] = s.kannel.wait_for_sms(1)
+        [row] = s.wait_delivered(1)
+        assert (row.kind, answer.text) == ("control", row.text)
+        assert answer.text.startswith("Vous ne recevrez plus")
+        s.kannel.inject(PHONE2, "ƝININKALI ", ucs2=True)  # the trailing space byte is lost
+        question = only(s.kannel.wait_for_sms(2), PHONE2)[0]
+        assert question.text.startswith("I da bè sòròdasiw (FAMa) la wa?")
 
 
 TOKEN = "s3cr+t/&=%x y"  # every character that needs escaping in a URL
@@ -438,13 +470,171 @@ def test_settings_that_work_build_the_sender(tmp_path: Path) -> None:
     asyncio.run(sender.close())
 
 
+# --- inbound text in the charset Kannel names ---------------------------------------
+
+# Raw get-url query strings as smsbox builds them (``text=%a``): a phone's UCS-2 message
+# without ``mo-recode`` is its UTF-16BE bytes, escaped, with a whitespace byte written as
+# ``+`` and one at either end dropped (Kannel's %a splits the text into words).
+TEXTS = {
+    "UTF-16BE": ("text=%00A%00R%00R%00%CA%00T&coding=2&charset=UTF-16BE", "ARRÊT"),
+    "UTF-16BE, its last space byte dropped by %a":
+        ("text=%00A%00R%00R%00%CA%00T%00&coding=2&charset=UTF-16BE", "ARRÊT "),
+    "UTF-16BE, Bambara": ("text=%01%9D%00i%00n%00i%00n%00k%00a%00l%00i&coding=2"
+                          "&charset=UTF-16BE", "Ɲininkali"),
+    "UTF-16BE, a space inside": ("text=%00S%00T%00O%00P%00+%02%5B&coding=2&charset=UTF-16BE",
+                                 "STOP ɛ"),
+    "UCS-2 named so": ("text=%00S%00T%00O%00P&coding=2&charset=UCS-2", "STOP"),
+    "UTF-16 with its byte-order mark": ("text=%FE%FF%00O%00K&coding=2&charset=UTF-16", "OK"),
+    "recoded to UTF-8 (mo-recode)": ("text=ARR%C3%8AT&coding=2&charset=UTF-8", "ARRÊT"),
+    "GSM text": ("text=STOP&coding=0&charset=UTF-8", "STOP"),
+    "words joined by +": ("text=Route+barr%C3%A9e&coding=0&charset=UTF-8", "Route barrée"),
+    "ISO-8859-1": ("text=ARR%CAT&coding=0&charset=ISO-8859-1", "ARRÊT"),
+    "windows-1252, lower case name": ("text=%80+ARR%CAT&coding=0&charset=windows-1252",
+                                      "€ ARRÊT"),
+    "no charset, UCS-2 coding": ("text=%00A%00R%00R%00%CA%00T&coding=2", "ARRÊT"),
+    "no charset, no coding": ("text=ARR%C3%8AT", "ARRÊT"),
+    "unknown charset, UCS-2 coding": ("text=%00O%00K&coding=2&charset=X-NEW", "OK"),
+    "broken UTF-8": ("text=ARR%C3&coding=0&charset=UTF-8", "ARR\ufffd"),
+    "a NUL in UTF-8": ("text=ST%00OP&coding=0&charset=UTF-8", "STOP"),
+}
+
+
 @pytest.mark.nodb
-def test_a_ucs2_message_kannel_did_not_recode_keeps_its_ascii_letters() -> None:
-    fields = {"from": PHONE, "to": SHORT_CODE, "id": "k-2", "coding": "2",
-              "charset": "UTF-16BE",
-              # "STOP ɛ" as UTF-16BE, after the web layer decoded it as UTF-8
-              "text": "STOP ɛ".encode("utf-16-be").decode("utf-8", "replace")}
-    message = parse_sms(fields)
-    assert message is not None and message.text == "STOP "
-    recoded = parse_sms({**fields, "coding": "0", "charset": "UTF-8", "text": "STOP ɛ"})
-    assert recoded is not None and recoded.text == "STOP ɛ"
+@pytest.mark.parametrize("case", list(TEXTS))
+def test_kannel_text_is_decoded_by_the_charset_kannel_names(case: str) -> None:
+    query, text = TEXTS[case]
+    raw = f"from=%2B22370000101&to=36123&id=k-1&{query}".encode()
+    message = parse_sms(dict(decode_form_bytes(raw)))
+    assert message is not None
+    assert (message.text, message.phone, message.external_id) == (text, PHONE, "k-1")
+
+
+STOPS = {
+    "UTF-16BE": "text=%00A%00R%00R%00%CA%00T&coding=2&charset=UTF-16BE",
+    "UTF-16BE, lower case, trailing space": "text=%00a%00r%00r%00%EA%00t%00&coding=2"
+                                            "&charset=UTF-16BE",
+    "UTF-8": "text=ARR%C3%8AT&coding=2&charset=UTF-8",
+    "ISO-8859-1": "text=Arr%EAt&coding=0&charset=ISO-8859-1",
+    "Bambara, UTF-16BE": "text=%00D%00A%00B%00I%00L%00A&coding=2&charset=UTF-16BE",
+}
+
+
+@pytest.mark.parametrize("case", list(STOPS))
+def test_a_stop_word_is_never_missed_for_its_encoding(case: str, client: TestClient,
+                                                      runtime: Runtime) -> None:
+    handset = Handset(client, runtime, PHONE)
+    response = client.get(f"/webhooks/kannel/sms?from=%2B22370000101&to=36123&id=k-{case}"
+                          f"&{STOPS[case]}")
+    assert (response.status_code, response.text) == (200, "accepted")
+    [answer] = handset.inbox()
+    assert answer == runtime.engine.say(
+        "bm" if "Bambara" in case else "fr", "sms-stopped")
+    with runtime.db.transaction() as conn:
+        contact = queries.get_contact(conn, pseudonym=runtime.keys.pseudonym(PHONE))
+    assert contact is not None and contact.stopped
+
+
+def test_a_ucs2_keyword_starts_its_flow(client: TestClient, runtime: Runtime) -> None:
+    handset = Handset(client, runtime, PHONE)
+    raw = "%01%9D%00I%00N%00I%00N%00K%00A%00L%00I"  # ƝININKALI, as the phone sent it
+    client.get(f"/webhooks/kannel/sms?from=%2B22370000101&to=36123&id=k-9&text={raw}"
+               "&coding=2&charset=UTF-16BE")
+    [question] = handset.inbox()
+    assert question.startswith(runtime.engine.say("bm", "poll-trust-army")), question
+
+
+# --- USSD: the get-url's operations, and the answers -----------------------------------
+
+USSD = UssdConfig()
+VENDOR = UssdConfig(smsc="", op_tlv="vendor_op", session_tlv="vendor_session",
+                    session_bytes=0, begin_ops=frozenset({0}), answer_ops=frozenset({1}),
+                    wait_op=3, end_op=4)
+HEAD = "from=%2B22370000101&to=36123&id=k-7&smsc=ussd&coding=0&charset=UTF-8"
+# %D after Kannel's own escaping, then the query's: ?smpp?ussd_service_op=%01&...
+BEGIN_META = "%3Fsmpp%3Fussd_service_op%3D%2501%26its_session_info%3D%250A%2501%26"
+ANSWER_META = "%3Fsmpp%3Fussd_service_op%3D%2512%26its_session_info%3D%250A%2503%26"
+ABORT_META = "%3Fsmpp%3Fussd_service_op%3D%2B%26its_session_info%3D%250C%2503%26"
+OPERATIONS: dict[str, tuple[UssdConfig, str, object]] = {
+    "begin": (USSD, f"{HEAD}&text=%2A123%23&meta={BEGIN_META}",
+              ("turn", "0a/k-7", "", "*123#", "0a", b"\x0a\x01")),
+    "begin with a longer code": (USSD, f"{HEAD}&text=%2A123%2A5%23&meta={BEGIN_META}",
+                                 ("turn", "0a/k-7", "", "*123*5#", "0a", b"\x0a\x01")),
+    "answer": (USSD, f"{HEAD}&text=2&meta={ANSWER_META}",
+               ("turn", "", "2", "", "0a", b"\x0a\x03")),
+    "answer typed in UCS-2": (USSD, f"{HEAD.replace('coding=0&charset=UTF-8', 'coding=2')}"
+                              f"&charset=UTF-16BE&text=%00B%02%5B%02%5B&meta={ANSWER_META}",
+                              ("turn", "", "Bɛɛ", "", "0a", b"\x0a\x03")),
+    "operation as decimal text": (USSD, f"{HEAD}&text=1&meta=%3Fsmpp%3Fussd_service_op%3D18"
+                                  "%26its_session_info%3D%2501%2500",
+                                  ("turn", "", "1", "", "01", b"\x01\x00")),
+    "abort (0x20, written +)": (USSD, f"{HEAD}&text=&meta={ABORT_META}", ("ended", "0c")),
+    "release (0x11)": (USSD, f"{HEAD}&meta=%3Fsmpp%3Fussd_service_op%3D%2511",
+                       ("ended", "")),
+    "no session parameter": (USSD, f"{HEAD}&text=3&meta=%3Fsmpp%3Fussd_service_op%3D%2512",
+                             ("turn", "", "3", "", "", None)),
+    "no meta-data at all": (USSD, f"{HEAD}&text=3", None),
+    "a bare ?smpp?": (USSD, f"{HEAD}&text=3&meta=%3Fsmpp%3F", None),
+    "from the SMS bind": (USSD, f"{HEAD.replace('smsc=ussd', 'smsc=FAKE')}&text=3"
+                          f"&meta={ANSWER_META}", None),
+    "no id": (USSD, f"{HEAD.replace('id=k-7', 'id=')}&meta={ANSWER_META}", None),
+    "a vendor's names and codes": (VENDOR, f"{HEAD.replace('smsc=ussd', 'smsc=OTHER')}"
+                                   "&text=%2A500%23&meta=%3Fsmpp%3Fvendor_op%3D%2500"
+                                   "%26vendor_session%3D%2501%2502%2503%2504",
+                                   ("turn", "01020304/k-7", "", "*500#", "01020304",
+                                    b"\x01\x02\x03\x04")),
+    "a vendor's answer code": (VENDOR, f"{HEAD}&text=4&meta=%3Fsmpp%3Fvendor_op%3D%2501"
+                               "%26vendor_session%3D%2501%2502%2503%2504",
+                               ("turn", "", "4", "", "01020304", b"\x01\x02\x03\x04")),
+}
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize("case", list(OPERATIONS))
+def test_each_ussd_operation_is_read(case: str) -> None:
+    config, query, expected = OPERATIONS[case]
+    request = parse_ussd(dict(decode_form_bytes(query.encode())), config)
+    event = request.event
+    if expected is None:
+        assert event is None
+    elif isinstance(event, UssdEnded):
+        assert ("ended", event.line) == expected
+        assert (event.phone, event.session_id, event.status) == (PHONE, "", "incomplete")
+    else:
+        assert isinstance(event, UssdTurn)
+        assert ("turn", event.session_id, event.text, event.service_code, event.line,
+                request.session_info) == expected
+        assert (event.phone, event.hop_id, event.provider) == (PHONE, "k-7", "kannel")
+
+
+REPLIES: dict[str, tuple[UssdConfig, str, bytes | None, dict[str, str]]] = {
+    "a screen that waits": (USSD, "CON Langue / Kan:\n1. Francais", b"\x0a\x01", {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2&its_session_info=%0A%01"}),
+    "the last screen": (USSD, "END Merci, message recu.", b"\x0a\x03", {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=17&its_session_info=%0A%03"}),
+    "every byte echoed": (USSD, "CON x", b" &=%+\xff", {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2&its_session_info=%20%26%3D%25%2B%FF"}),
+    "no session parameter to echo": (USSD, "CON x", None, {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2"}),
+    "a screen GSM-7 cannot carry": (USSD, "CON Ɓe ngal ɗemngal?", None, {
+        "x-kannel-meta-data": "?smpp?ussd_service_op=2", "x-kannel-coding": "2"}),
+    "a vendor's codes": (VENDOR, "END x", b"\x01\x02", {
+        "x-kannel-meta-data": "?smpp?vendor_op=4&vendor_session=%01%02"}),
+}
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize("case", list(REPLIES))
+def test_each_screen_goes_back_with_its_operation_and_session(case: str) -> None:
+    config, body, info, headers = REPLIES[case]
+    text, sent = ussd_reply(body, UssdRequest(None, info), config)
+    assert text == body[4:]
+    assert {k.lower(): v for k, v in sent.items()} == headers
+    assert ussd_reply("", UssdRequest(None, info), config) == ("", {})  # nothing to send
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"\x01", 1), (b"\x12", 18), (b" ", 32), (b"18", 18), (b"2", 2), (b"", None),
+    (b"\x00\x12", 18), (b"9999", None)])
+def test_an_operation_code_is_read_as_kannel_passes_it(raw: bytes, code: int | None) -> None:
+    assert operation(raw) == code

@@ -1,5 +1,6 @@
 """Form decoding: the gateway's own decoder reads fields exactly as urllib's parse_qsl
-(keep_blank_values=True) does, whatever the bytes."""
+(keep_blank_values=True) does, whatever the bytes; its bytes variant (Kannel's fields)
+keeps every byte that was sent."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.channels.forms import MAX_FIELDS, decode_form
+from gateway.channels.forms import MAX_FIELDS, decode_form, decode_form_bytes
 
 PIECES = st.sampled_from(["&", "=", "+", "%", "%2", "%20", "%2B", "%26", "%3D", "%C3%A9",
                           "%E2%82", "%ZZ", "a", "text", "1*2", "é", "\x00", " ", ";", "&&"])
@@ -37,3 +38,20 @@ def test_too_many_fields_are_refused() -> None:
     assert len(decode_form("a=1&" * (MAX_FIELDS - 1) + "a=1")) == MAX_FIELDS
     with pytest.raises(ValueError):
         decode_form("a=1&" * MAX_FIELDS + "a=1")
+
+
+@given(st.lists(PIECES | st.text(max_size=8), max_size=40).map("".join))
+def test_bytes_decoding_keeps_every_byte(text: str) -> None:
+    raw = text.encode("utf-8")
+    # latin-1 maps each byte to one character and back: parse_qsl then keeps the bytes
+    expected = [(name.encode("latin-1").decode("utf-8", "replace"), value.encode("latin-1"))
+                for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True,
+                                             encoding="latin-1")]
+    assert decode_form_bytes(raw, max_fields=None) == expected
+
+
+def test_raw_utf16_text_survives_bytes_decoding() -> None:
+    fields = dict(decode_form_bytes(b"text=%00A%00R%00R%00%CA%00T&charset=UTF-16BE"))
+    assert fields["text"].decode("utf-16-be") == "ARR\u00caT"
+    with pytest.raises(ValueError):
+        decode_form_bytes(b"a=1&" * MAX_FIELDS + b"a=1")

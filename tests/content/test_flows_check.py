@@ -87,6 +87,8 @@ BROKEN: dict[str, tuple[list[Edit], list[str]]] = {
         [("messages/fr/info.yml", "info-privacy: Confidentialité",
           "info-privacy: Confidentialité ({minutes} min)")],
         ["messages/bm/info.yml: key 'info-privacy': placeholders none in bm differ from "
+         "{minutes} in fr",
+         "messages/ff/info.yml: key 'info-privacy': placeholders none in ff differ from "
          "{minutes} in fr"],
     ),
     "a menu item too long for any page": (
@@ -99,7 +101,8 @@ BROKEN: dict[str, tuple[list[Edit], list[str]]] = {
     "an end screen too long with worst-case placeholders": (
         [("messages/fr/info.yml", "info-stop-text: >-\n",
           "info-stop-text: >-\n  Composez {ussd_code} ou {ussd_code} ou {ussd_code}.\n"),
-         ("messages/bm/info.yml", "info-stop-text: >-\n", "info-stop-text: >-\n  {ussd_code}\n")],
+         ("messages/bm/info.yml", "info-stop-text: >-\n", "info-stop-text: >-\n  {ussd_code}\n"),
+         ("messages/ff/info.yml", "info-stop-text: >-\n", "info-stop-text: >-\n  {ussd_code}\n")],
         ["flows/info.yml: step 'stop': key 'info-stop-text' in fr: end screen of 190 septets, "
          "budget 160"],
     ),
@@ -107,6 +110,25 @@ BROKEN: dict[str, tuple[list[Edit], list[str]]] = {
         [("messages/bm/info.yml", "info-privacy: Gundo", "info-privacy: Gundo ʃ")],
         ["messages/bm/info.yml: key 'info-privacy': 'ʃ' (U+0283) not GSM-7 after "
          "transliteration in bm"],
+    ),
+    "a Fulfulde key missing": (
+        [("messages/ff/poll.yml", "scale-lot: Sanne  # review: \"beaucoup\"\n", "")],
+        ["flows/poll.yml: step 'army': key 'scale-lot' missing in ff",
+         "flows/poll.yml: step 'gendarmerie': key 'scale-lot' missing in ff",
+         "flows/poll.yml: step 'guard': key 'scale-lot' missing in ff",
+         "flows/poll.yml: step 'police': key 'scale-lot' missing in ff"],
+    ),
+    "a Fulfulde letter its table lacks": (
+        [("messages/ff/info.yml", "info-privacy: Suturo", "info-privacy: Suturo ɠ")],
+        ["messages/ff/info.yml: key 'info-privacy': 'ɠ' (U+0260) not GSM-7 after "
+         "transliteration in ff"],
+    ),
+    "the language screen too long in one language": (
+        [("messages/ff/language.yml", "language-ff: Fulfulde",
+          "language-ff: " + "Fulfulde " * 16)],
+        ["flows/language.yml: step 'choose': key 'language-choose' in ff: cannot fit a "
+         "160-septet screen even alone on a page (155 septets where 138 fit: '1. "
+         + "Fulfulde " * 15 + "Fulfulde')"],
     ),
 }
 
@@ -126,6 +148,7 @@ def test_warnings_are_printed_but_do_not_fail(
         ("messages/fr/info.yml", "info-privacy: Confidentialité",
          "info-privacy: Confidentialité\ninfo-spare: rien"),
         ("messages/bm/info.yml", "info-privacy: Gundo", "info-privacy: Gundo\ninfo-spare: foyi"),
+        ("messages/ff/info.yml", "info-privacy: Suturo", "info-privacy: Suturo\ninfo-spare: alaa"),
     ])
     code, lines = flows_check(root, capsys)
     assert (code, lines) == (0, [

@@ -29,6 +29,9 @@ FORBIDDEN = {
     "abus", "violence", "arrestation", "detention", "racket", "extorsion", "torture",
     "disparu", "disparition", "menace", "insulte", "vol", "confiscation", "gosili",
     "mine", "minèni", "sonyali", "jiji", "neni", "toro", "barrage", "barazi",
+    # Fulfulde (folded: ɓ ɗ ƴ as b d y)
+    "sordaasiibe", "sordaasi", "sanndarmaaji", "poliis", "konu", "fedde",
+    "piyol", "torra", "nanngol", "huli", "kuddi", "wujjo", "yettugol", "majjudo",
 }
 
 
@@ -69,7 +72,8 @@ def report_labels(content: Content) -> set[str]:
         for option in step.options:
             for lang in content.languages:
                 text = fold(content.text(lang, option.label))
-                if text not in {"autre", "were", "ko were", "je ne sais pas", "n t a don"}:
+                if text not in {"autre", "were", "ko were", "je ne sais pas", "n t a don",
+                                "goddum", "goddo", "mi anndaa"}:
                     labels.add(text)
     return labels
 
@@ -79,7 +83,8 @@ def test_there_are_neutral_messages_to_check(content: Content) -> None:
     keys = {key for _, key, _ in messages}
     assert {"ack-received", "ack-answer", "sms-help", "sms-stopped", "sms-erased",
             "sms-report-warning"} <= keys
-    assert len(messages) >= 2 * 15
+    assert {lang for lang, _, _ in messages} == {"fr", "bm", "ff"}
+    assert len(messages) >= 3 * 15
 
 
 def test_no_neutral_message_names_a_force_a_category_or_an_abuse(content: Content) -> None:

@@ -135,6 +135,34 @@ def test_a_poll_by_sms_in_bambara_with_any_spelling_of_the_keyword(
     }
 
 
+def test_a_poll_by_sms_in_fulfulde(handset: Handset, runtime: Runtime) -> None:
+    first = lines("""
+        Ada hoolii sordaasiibe (FAMa)?
+        1. Hay sedda
+        2. Sedda tan
+        3. Feccere
+        4. Sanne
+        5. Mi anndaa
+        6. Mi yidaa jaabaade
+    """)
+    for spelling in ("NAAMNAL", "naamnal", "Naamnal "):
+        assert handset.send(spelling) == [first], spelling
+    assert handset.send("3")[0].startswith("Ada hoolii sanndarmaaji?\n")
+    handset.send("3")
+    handset.send("3")
+    assert handset.send("3")[0].startswith("Ko e serkil hondum hod-daa?\n")
+    assert handset.send("7") == ["A jaraama, jaabawol hebaama."]
+    assert poll_answers(runtime)["army"] == "somewhat"
+
+
+def test_the_fulfulde_keyword_for_information_messages(handset: Handset) -> None:
+    assert handset.send("Kabaaru") == [lines("""
+        Kabaruuji e SMS:
+        1. Hebude di
+        2. Tayude di
+    """)]
+
+
 def test_an_invalid_answer_repeats_the_question_with_the_error(handset: Handset) -> None:
     handset.send("SONDAGE")
     [again] = handset.send("12")

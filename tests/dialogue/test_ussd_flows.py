@@ -17,9 +17,10 @@ from gateway.store import queries
 from tests.phone import CON, END, Phone
 
 LANGUAGE = CON("""
-    Langue / Kan:
+    Langue / Kan / Demngal:
     1. Francais
     2. Bamanankan
+    3. Fulfulde
 """)
 MAIN_FR = dedent("""
     Dannaya, service anonyme
@@ -38,6 +39,15 @@ MAIN_BM = dedent("""
     4. Dannaya ko
     5. N ka kunnafoniw jòsi
     6. Kan / Langue
+""").strip()
+MAIN_FF = dedent("""
+    Dannaya, innde maa wiyetaake
+    1. Humpito huunde (FDS)
+    2. Naamnal: hoolaare
+    3. Kabaruuji SMS
+    4. Badte Dannaya
+    5. Momtu kabaruuji am
+    6. Demngal / Langue
 """).strip()
 CERCLES_FR = dedent("""
     1. Mopti
@@ -435,11 +445,95 @@ def test_the_language_can_be_changed_in_any_session(phone: Phone) -> None:
     assert phone.press("1").kind == "END"
     assert phone.dial() == CON(MAIN_BM)  # remembered
     assert phone.press("6") == CON("""
-        Langue / Kan:
+        Langue / Kan / Demngal:
         1. Francais
         2. Bamanankan
+        3. Fulfulde
         0. Segin
     """)
     assert phone.press("1") == CON(MAIN_FR + "\n0. Retour")
     assert phone.press("4", "1").kind == "END"
     assert phone.dial() == CON(MAIN_FR)
+
+
+# --- Fulfulde (every screen in its GSM-safe form: ɓ ɗ ƴ ŋ ɲ as b d y ng ny) --------------
+
+CERCLES_FF = CERCLES_BM.replace("Wèrè / n t'a dòn", "Goddum / mi anndaa").replace(
+    "0. Segin", "0. Rutto")
+
+
+def test_trust_poll_in_fulfulde(phone: Phone, runtime: Runtime) -> None:
+    phone.dial()
+    assert phone.press("3") == CON(MAIN_FF + "\n0. Rutto")
+    assert phone.press("2") == CON("""
+        Ada hoolii sordaasiibe (FAMa)?
+        1. Hay sedda
+        2. Sedda tan
+        3. Feccere
+        4. Sanne
+        5. Mi anndaa
+        6. Mi yidaa jaabaade
+        0. Rutto
+    """)
+    assert phone.press("4").text.startswith("Ada hoolii sanndarmaaji?\n")
+    assert phone.press("4").text.startswith("Ada hoolii poliis?\n")
+    assert phone.press("6").text.startswith("Ada hoolii garde nasiyonal?\n")
+    assert phone.press("1") == CON("Ko e serkil hondum hod-daa?\n" + CERCLES_FF)
+    assert phone.press("7") == END("A jaraama, jaabawol hebaama.")
+    assert poll_answers(runtime) == {
+        "army": "a_lot", "gendarmerie": "a_lot", "police": "refused",
+        "national_guard": "not_at_all", "cercle": "other",
+    }
+    assert contact(runtime, phone).language == "ff"
+
+
+def test_report_in_fulfulde_ends_with_a_neutral_acknowledgement(
+        phone: Phone, runtime: Runtime) -> None:
+    phone.dial()
+    phone.press("3")
+    assert phone.press("1") == CON("""
+        Ko hondum wadi hakkunde maa e FDS?
+        1. Ballal walla kisal
+        2. Teddungal
+        3. Kaalis dabbaama
+        4. Nanngol ngol fotaani
+        5. Piyol, torra
+        9. Yeeso
+        0. Rutto
+    """)
+    assert phone.press("9") == CON("""
+        1. Huli walla kuddi
+        2. Wujjo walla yettugol kuuje
+        3. Neddo majjudo
+        4. Goddum
+        0. Rutto
+    """)
+    assert phone.press("1").text.startswith("Fedde honde?\n1. Sordaasiibe (FAMa)\n")
+    assert phone.press("6").text.startswith("Ndey?\n1. Hannde\n")
+    phone.press("2", "7")  # this week, cercle: other
+    assert phone.press("2") == END("A jaraama, bataake hebaama.")
+    [report] = reports(runtime)
+    assert json.loads(str(report["answers"])) == {
+        "category": "threat", "force": "unknown", "when": "this_week", "cercle": "other"}
+
+
+def test_subscribe_and_erase_in_fulfulde(phone: Phone, runtime: Runtime) -> None:
+    phone.dial()
+    phone.press("3")
+    assert phone.press("3") == CON("""
+        Kabaruuji e SMS:
+        1. Hebude di
+        2. Tayude di
+        0. Rutto
+    """)
+    phone.press("1")
+    assert phone.press("7") == END("Dum winndaama. Ngam tayude, neldu STOP e SMS.")
+    assert phone.dial() == CON(MAIN_FF)  # the language is remembered
+    assert phone.press("5") == CON("""
+        Momtu kabaruuji maa fof (jaabawoli, bataakeeji, demngal)?
+        1. Eey, momtu
+        2. Alaa
+        0. Rutto
+    """)
+    assert phone.press("1") == END("Gasii, kabaruuji maa momtaama.")
+    assert contact(runtime, phone) is None

@@ -51,7 +51,8 @@ def test_a_session_goes_through_the_database_process(
         worker_client: tuple[TestClient, Runtime]) -> None:
     client, runtime = worker_client
     phone = Phone(client, "+22370000001")
-    assert phone.dial() == CON("Langue / Kan:\n1. Francais\n2. Bamanankan")
+    assert phone.dial() == CON("Langue / Kan / Demngal:\n1. Francais\n2. Bamanankan\n"
+                               "3. Fulfulde")
     assert phone.press("1").text.startswith("Dannaya")
     assert phone.press("2").text.startswith("Faites-vous confiance")
     for _ in range(4):

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.text.encoding import fold, sms_cost, transliterate
+from gateway.text.encoding import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
+    fold,
+    gsm7_decode,
+    gsm7_encode,
+    sms_cost,
+    transliterate,
+)
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.nodb
@@ -19,6 +27,9 @@ pytestmark = pytest.mark.nodb
     ("fr", "Arrêt ça «oui» N° 5 – où…", 'Arret ca "oui" No 5 - où...'),
     ("fr", "Œuvre À Ç l’été", "OEuvre A C l'été"),  # é è à ù are GSM-7: kept
     ("fr", "Données effacées", "Données effacées"),
+    ("ff", "Aɗa hoolii sordaasiiɓe? Ƴettugol, ŋ ɲ", "Ada hoolii sordaasiibe? Yettugol, ng ny"),
+    ("ff", "Ɓaawo, Ɗemngal, naʼi", "Baawo, Demngal, na'i"),  # capitals and the glottal stop
+    ("ff", "Mi anndaa", "Mi anndaa"),  # long vowels stay doubled
 ])
 def test_transliteration_gives_the_gsm_safe_form(
         language: str, written: str, over_the_air: str) -> None:
@@ -51,6 +62,7 @@ def test_encoding_length_and_segments(text: str, encoding: str, length: int,
     ("ɲininkali", "nyininkali"), ("gnininkali", "nyininkali"), ("Ñininkali", "nyininkali"),
     ("NYININKALI", "nyininkali"), ("Djè", "je"), ("jɛ", "je"), ("tchè", "ce"), ("tyɛ", "ce"),
     ("Soukou", "suku"), ("ŋoni", "ngoni"), ("  Stop! ", "stop"),
+    ("Kabaaru", "kabaaru"), ("ƊEMNGAL", "demngal"), ("ɓaawo", "baawo"), ("ƴettu", "yettu"),
 ])
 def test_keywords_fold_case_accents_and_spelling_variants(typed: str, folded: str) -> None:
     assert fold(typed) == folded
@@ -60,8 +72,26 @@ def test_transliteration_halves_the_segments_of_long_catalog_messages() -> None:
     from bench.text_cost import catalog_costs
 
     costs = catalog_costs(REPO)
-    assert len(costs) >= 8  # long messages in both languages were measured
+    assert {c.language for c in costs} == {"fr", "bm", "ff"}  # every language measured
+    assert len(costs) >= 12
     gsm7 = sum(c.gsm7_segments for c in costs)
     ucs2 = sum(c.ucs2_segments for c in costs)
     assert all(c.encoding == "GSM-7" for c in costs)
     assert gsm7 <= ucs2 / 2, f"{gsm7} segments transliterated against {ucs2} as UCS-2"
+
+
+@pytest.mark.parametrize(("text", "septets"), [
+    ("@£$", b"\x00\x01\x02"),
+    ("Nyògòn è", b"Ny\x08g\x08n \x04"),
+    ("5€ [x]", b"5\x1be \x1b<x\x1b>"),  # an extension character is ESC and its code
+    ("ɛ", b"?"),  # not GSM-7
+])
+def test_gsm7_septets_as_an_smpp_peer_sends_them(text: str, septets: bytes) -> None:
+    assert gsm7_encode(text) == septets
+    if "?" not in gsm7_decode(septets) or text == "?":
+        assert gsm7_decode(septets) == text
+
+
+def test_every_gsm7_character_goes_and_comes_back() -> None:
+    every = "".join(sorted(GSM7_BASIC | GSM7_EXTENSION))
+    assert gsm7_decode(gsm7_encode(every)) == every

@@ -281,8 +281,11 @@ def _readable(conn: Connection, ring: KeyRing, *, pseudonym: str,
 
 
 def _not_under(column: Column[Any], prefix: str, versions: Iterable[int]) -> ColumnElement[bool]:
-    """``column`` holds a ciphertext under none of ``versions``."""
-    return and_(column != "", not_(or_(*(column.like(f"{prefix}{v}.%") for v in versions))))
+    """``column`` holds a ``prefix`` ciphertext (a master key's: ``m``) under none of
+    ``versions``. Anything else in it (a number copied from the vault, sealed with a data
+    key) is left alone."""
+    return and_(column.like(f"{prefix}%"),
+                not_(or_(*(column.like(f"{prefix}{v}.%") for v in versions))))
 
 
 def _clear_data_key(conn: Connection, pseudonym: str) -> None:
@@ -431,7 +434,7 @@ def _reseal_brief(db: Database, ring: KeyRing, *, now: datetime) -> int:
             return True
         return work
 
-    done += _by_id(db, box, box.c.id, and_(box.c.status.in_(LIVE),
+    done += _by_id(db, box, box.c.id, and_(box.c.status.in_(LIVE), box.c.recipient.like("m%"),
                                            box.c.recipient.not_like(current)),
                    (box.c.dedupe_key, box.c.recipient),
                    reseal(box, box.c.recipient, lambda r: f"outbox:{r.dedupe_key}",

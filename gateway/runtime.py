@@ -20,8 +20,9 @@ from gateway.dialogue.sms import SmsPolicy, SmsService, words
 from gateway.dialogue.ussd import HopJobs, UssdService
 from gateway.dialogue.validate import check_content, errors
 from gateway.errors import StartupError
+from gateway.operators import broadcasts
 from gateway.outbox.outbox import OutboxPolicy
-from gateway.outbox.worker import Worker
+from gateway.outbox.worker import Progress, Worker
 from gateway.privacy import keys as keys_mod
 from gateway.settings import Settings, production_problems
 from gateway.store.batches import Batches
@@ -78,7 +79,8 @@ def build_runtime(settings: Settings) -> Runtime:
         raise StartupError(str(exc)) from None
     ussd = ussd_service(settings, db=db, keys=keyring, content=content)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
-                                 lease_seconds=settings.send_lease_seconds)
+                                 lease_seconds=settings.send_lease_seconds,
+                                 quiet=settings.quiet)
     sms_policy = SmsPolicy(
         default_region=settings.default_region, stop_words=words(settings.stop_words),
         start_words=words(settings.start_words), erase_words=words(settings.erase_words),
@@ -95,15 +97,22 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worker:
     """The outbox worker over the runtime's parts; it runs the retention purge (a job over
-    every layer, so scheduled from here) through its daily hook."""
+    every layer, so scheduled from here) through its daily hook, and the broadcasts'
+    expansion into outbox messages through its jobs hook."""
 
     def purge(now: datetime) -> str:
         done = retention.purge(rt.db, retention=retention.Retention.of(rt.settings), now=now,
                                key_file=rt.settings.key_file)
         return str(done)
 
+    rules = broadcasts.Rules.of(rt.settings, rt.engine.content)
+
+    def expand(now: datetime) -> Progress:
+        return broadcasts.run_due(rt.db, keys=rt.keys, policy=rt.outbox_policy, rules=rules,
+                                  now=now)
+
     return Worker(db=rt.db, keys=rt.keys, sender=rt.sender, policy=rt.outbox_policy,
-                  wake=lambda: rt.wake, daily=purge, clock=clock)
+                  wake=lambda: rt.wake, daily=purge, jobs=expand, clock=clock)
 
 
 async def run_worker(rt: Runtime, stop: asyncio.Event | None = None) -> None:

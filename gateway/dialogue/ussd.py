@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.channels.base import UssdEnded, UssdTurn
 from gateway.content.flowdef import Action
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
+from gateway.outbox import outbox
 from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.privacy.phone import normalise
 from gateway.store import queries
@@ -639,5 +640,7 @@ def apply_effects(
         elif effect.action is Action.unsubscribe:
             queries.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
             queries.delete_vault(conn, pseudonym=pseudonym)
+            # Broadcasts already queued for them go no further.
+            outbox.cancel_for(conn, pseudonym=pseudonym, now=now, kinds=("broadcast",))
         elif effect.action is Action.erase:
             queries.erase_contact(conn, pseudonym=pseudonym, now=now)

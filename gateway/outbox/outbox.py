@@ -18,9 +18,11 @@ that on PostgreSQL), the order of the ``ix_outbox_due`` index: a claim reads a b
 of index entries however long the queue. A claim never hands out a message past its
 validity or one for a stopped contact, so a worker may tidy the queue (``housekeeping``:
 mark those, recover dead leases) every few seconds rather than at every claim, which would
-scan every queued row. On PostgreSQL that plan needs the table's statistics to be current:
-a broadcast of many thousand rows makes them stale at once, so the worker refreshes them
-(``analyze_if_stale``) when autovacuum has not.
+scan every queued row. During quiet hours (``OutboxPolicy.quiet``) a claim takes only
+messages of a higher priority than broadcasts: the index range stops before them, and they
+wait in the queue until the quiet period ends. On PostgreSQL that plan needs the table's
+statistics to be current: a broadcast of many thousand rows makes them stale at once, so
+the worker refreshes them (``analyze_if_stale``) when autovacuum has not.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, text, update
 
 from gateway.channels.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
+from gateway.outbox.quiet import QuietHours
 from gateway.privacy.keys import KeyRing
 from gateway.store import queries
 from gateway.store.models import Outbox, PendingReport, RateBucket
@@ -45,6 +48,7 @@ buckets = queries._t(RateBucket)
 counters = queries.counters
 
 PRIORITY = {"control": 0, "ack": 1, "reply": 1, "help": 2, "broadcast": 5}
+ANY_PRIORITY = 1_000  # above every priority: nothing is held back
 RETRY_WHEN_AMBIGUOUS = frozenset({"broadcast"})
 RANK = {
     "queued": 0, "sending": 1, "sent": 2, "unknown": 2,
@@ -66,10 +70,18 @@ class OutboxPolicy:
         "reply": timedelta(hours=2), "help": timedelta(hours=2),
         "broadcast": timedelta(hours=24),
     })
+    quiet: QuietHours | None = None  # broadcasts wait while it holds
 
     @property
     def burst(self) -> float:
         return max(1.0, self.rate * 0.1)
+
+    def below(self, now: datetime) -> int:
+        """Claims take messages of a priority below this: during quiet hours, everything
+        but broadcasts."""
+        if self.quiet is not None and self.quiet.holds(now):
+            return PRIORITY["broadcast"]
+        return ANY_PRIORITY
 
 
 @dataclass(frozen=True)
@@ -110,12 +122,56 @@ def enqueue(
     return bool(result.rowcount)
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """One message for ``enqueue_sealed``: its recipient already sealed
+    (``seal_recipient``), so the sealing can happen outside the transaction."""
+
+    pseudonym: str
+    recipient: str  # sealed E.164
+    dedupe_key: str
+    text: str  # exactly as it goes over the air
+
+
+def seal_recipient(keys: KeyRing, *, e164: str, dedupe_key: str) -> str:
+    """The sealed recipient of the message queued under ``dedupe_key``."""
+    return keys.seal_text(e164, aad=f"outbox:{dedupe_key}")
+
+
+def enqueue_sealed(
+    conn: Connection, *, policy: OutboxPolicy, messages: Sequence[Sealed], kind: str,
+    now: datetime, valid_until: datetime, broadcast_id: int | None = None,
+) -> None:
+    """Queue many messages in one statement; those whose ``dedupe_key`` was already
+    queued are skipped (a repeated chunk of a broadcast queues nothing twice)."""
+    if not messages:
+        return
+    costs: dict[str, Any] = {}
+    rows = []
+    for m in messages:
+        cost = costs.get(m.text)
+        if cost is None:
+            cost = costs[m.text] = sms_cost(m.text)
+        rows.append({
+            "dedupe_key": m.dedupe_key, "kind": kind, "pseudonym": m.pseudonym,
+            "recipient": m.recipient, "text": m.text, "encoding": cost.encoding,
+            "segments": cost.segments, "provider": policy.provider,
+            "priority": PRIORITY.get(kind, 5), "status": "queued", "attempts": 0,
+            "next_attempt_at": now, "valid_until": valid_until, "broadcast_id": broadcast_id,
+            "created_at": now, "updated_at": now,
+        })
+    conn.execute(_ENQUEUE(conn), rows)
+
+
 def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
-               now: datetime) -> int:
-    """Cancel what is queued for a contact who stopped or erased their data."""
+               now: datetime, kinds: Sequence[str] | None = None) -> int:
+    """Cancel what is queued for a contact who stopped or erased their data (with
+    ``kinds``, only messages of those kinds: broadcasts, for one who unsubscribed)."""
     where = and_(outbox.c.pseudonym == pseudonym, outbox.c.status == "queued")
     if keep_control:
         where = and_(where, outbox.c.kind != "control")
+    if kinds is not None:
+        where = and_(where, outbox.c.kind.in_(list(kinds)))
     result = conn.execute(update(outbox).where(where).values(status="cancelled",
                                                                   updated_at=now))
     return int(result.rowcount)
@@ -182,6 +238,7 @@ _CLAIM_ORDER = (outbox.c.priority, outbox.c.next_attempt_at, outbox.c.id)
 _DUE = (
     select(outbox.c.id)
     .where(outbox.c.provider == bindparam("provider"), outbox.c.status == "queued",
+           outbox.c.priority < bindparam("below"),
            outbox.c.next_attempt_at <= bindparam("now"), outbox.c.valid_until >= bindparam("now"),
            or_(outbox.c.kind == "control", ~_STOPPED))
     # The index's own order: no sort, and no reading every message of a broadcast queued
@@ -207,12 +264,12 @@ def claim(
 
     With ``tidy`` (the default) the queue is tidied first (``housekeeping``); a worker that
     tidies on its own schedule passes False. Either way nothing expired, and nothing for a
-    stopped contact but a control message, is claimed.
+    stopped contact but a control message, is claimed; during quiet hours, no broadcast.
     """
     if tidy:
         housekeeping(conn, policy=policy, now=now)
     want = min(limit or policy.batch, policy.batch)
-    due = {"provider": policy.provider, "now": now}
+    due = {"provider": policy.provider, "now": now, "below": policy.below(now)}
     count = int(conn.execute(_DUE_COUNT, {**due, "n": want}).scalar_one())
     if count == 0:
         return []
@@ -417,7 +474,8 @@ def analyze_if_stale(conn: Connection) -> bool:
 
 def any_due(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> bool:
     """Whether a message ``claim`` would take is waiting (one index probe)."""
-    due = conn.execute(_DUE, {"provider": policy.provider, "now": now, "n": 1}).first()
+    due = conn.execute(_DUE, {"provider": policy.provider, "now": now, "n": 1,
+                              "below": policy.below(now)}).first()
     return due is not None
 
 

@@ -2,17 +2,24 @@
 ``gateway worker``. It claims due messages within the provider's rate, sends them, and
 records each outcome. On SIGTERM it stops claiming and finishes what it holds: it only
 ever holds messages it is sending.
+
+Beside the sending loop it runs the composition's background ``jobs`` (the broadcasts'
+expansion into outbox rows): one bounded step at a time, on a thread, paced so that a
+job never holds the database for long stretches, and waking the sending loop when it
+queued something.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from gateway.channels.base import OutboundSms, Sender, SendOutcome, SendResult
@@ -32,16 +39,34 @@ PENDING_REPORTS_KEPT = timedelta(hours=48)
 HOUSEKEEPING_EVERY = timedelta(minutes=10)
 PURGE_EVERY = timedelta(days=1)
 PURGE_COUNTER = "retention_last_run"  # seconds since the epoch
+JOBS_IDLE_SECONDS = 1.0  # how often the background jobs look for work when they had none
+# After a step that left more to do, the jobs wait this many times as long as the step
+# took (at least JOBS_PAUSE_SECONDS): the database, and the interpreter the USSD hops share,
+# are busy with a job at most a third of the time.
+JOBS_PAUSE_FACTOR = 2.0
+JOBS_PAUSE_SECONDS = 0.005
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one step of a background job did: messages it queued, and whether more work
+    is waiting now (the next step then follows after a short pause, not an idle wait)."""
+
+    queued: int = 0
+    more: bool = False
 
 
 class Worker:
     """Claims, sends and records outbox messages. ``wake`` gives the event set when a
     message is queued; ``daily`` is called about once a day from the housekeeping (the
-    composition hands it the retention purge)."""
+    composition hands it the retention purge); ``jobs`` is called over and over beside
+    the sending loop, on a thread, one bounded step each time (the composition hands it
+    the broadcasts' expansion)."""
 
     def __init__(self, *, db: Database, keys: KeyRing, sender: Sender, policy: OutboxPolicy,
                  wake: Callable[[], asyncio.Event],
                  daily: Callable[[datetime], str] | None = None,
+                 jobs: Callable[[datetime], Progress] | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.keys = keys
@@ -49,6 +74,7 @@ class Worker:
         self.policy = policy
         self.wake = wake
         self.daily = daily
+        self.jobs = jobs
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sent = 0
@@ -68,6 +94,19 @@ class Worker:
         log.info("worker %s started: provider %s, %.1f messages/s", self.owner,
                  self.policy.provider, self.policy.rate)
         wake = self.wake()
+        jobs = asyncio.create_task(self._run_jobs(stop, wake)) if self.jobs else None
+        try:
+            await self._send_loop(stop, wake)
+        finally:
+            if jobs is not None:
+                stop.set()
+                await jobs  # finishes the step it is in: a thread cannot be cancelled
+        if self._daily_task is not None and not self._daily_task.done():
+            log.info("worker: letting the retention purge finish its batch")
+            await asyncio.wait([self._daily_task])
+        log.info("worker %s stopped after %d messages", self.owner, self.sent)
+
+    async def _send_loop(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 handled, more = await self.step()
@@ -87,10 +126,30 @@ class Worker:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
-        if self._daily_task is not None and not self._daily_task.done():
-            log.info("worker: letting the retention purge finish its batch")
-            await asyncio.wait([self._daily_task])
-        log.info("worker %s stopped after %d messages", self.owner, self.sent)
+
+    async def _run_jobs(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        assert self.jobs is not None
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                progress = await self.run_jobs_once()
+            except Exception as exc:  # the database may be away: wait and try again
+                log.error("worker: background job: %s; retrying shortly",
+                          exc.__class__.__name__)
+                progress = Progress()
+            if progress.queued:
+                wake.set()
+            took = time.monotonic() - started
+            delay = (max(JOBS_PAUSE_SECONDS, took * JOBS_PAUSE_FACTOR) if progress.more
+                     else JOBS_IDLE_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def run_jobs_once(self) -> Progress:
+        """One step of the background jobs, on a thread (none: nothing done)."""
+        if self.jobs is None:
+            return Progress()
+        return await asyncio.to_thread(self.jobs, self.clock())
 
     async def step(self) -> tuple[int, bool]:
         """Claim a batch, send it, record the outcomes: (how many, whether more are due)."""

@@ -1,8 +1,12 @@
-"""broadcasts: the broadcast table; outbox rows indexed by broadcast and status
+"""broadcasts: the broadcast table; outbox rows indexed by broadcast and status, and by
+status and validity
 
 A broadcast's counts are a grouped count of its outbox rows by status, and the expansion
 job asks whether any of them is still queued: both read the new index on
-(broadcast_id, status), which replaces the one on broadcast_id alone.
+(broadcast_id, status), which replaces the one on broadcast_id alone. The worker marks
+queued messages past their validity every few seconds: with a broadcast's hundred thousand
+rows queued, that read every one of them (on SQLite, holding the write lock a USSD hop
+waits for); (status, valid_until) finds only those past it.
 
 Revision ID: b11b0a0c0002
 Revises: 8e4b1c7d2a90
@@ -50,10 +54,12 @@ def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_broadcast_id')
         batch_op.create_index('ix_outbox_broadcast', ['broadcast_id', 'status'], unique=False)
+        batch_op.create_index('ix_outbox_expiry', ['status', 'valid_until'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_expiry')
         batch_op.drop_index('ix_outbox_broadcast')
         batch_op.create_index('ix_outbox_broadcast_id', ['broadcast_id'], unique=False)
     with op.batch_alter_table('broadcast', schema=None) as batch_op:

@@ -52,6 +52,8 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
+    Select,
+    bindparam,
     exists,
     false,
     func,
@@ -73,13 +75,12 @@ from gateway.operators.access import (
     visible_areas,
 )
 from gateway.outbox import outbox
-from gateway.outbox.outbox import OutboxPolicy, Sealed
+from gateway.outbox.outbox import OutboxPolicy
 from gateway.outbox.quiet import QuietHours
 from gateway.outbox.worker import Progress
-from gateway.privacy.keys import KeyRing
 from gateway.settings import Settings
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, is_sqlite
 from gateway.store.models import Broadcast as BroadcastRow
 from gateway.text.encoding import outbound, sms_cost
 
@@ -94,7 +95,10 @@ MAX_SEGMENTS = 6
 MAX_CHARACTERS = 2_000  # far beyond 6 segments: refused before it is measured
 DEFAULT_VALID_FOR = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=1)  # a send_at this little in the past means "now"
-CHUNK = 1_000  # contacts queued per transaction
+CHUNK = 1_000  # contacts queued per transaction (PostgreSQL)
+# SQLite has one writer at a time: a USSD hop waits for a chunk's transaction, so chunks
+# are smaller there (about 5 ms of writing each on a small server).
+CHUNK_SQLITE = 200
 STATUSES = ("scheduled", "sending", "done", "cancelled")
 LIVE = ("scheduled", "sending")
 # Outbox statuses as a broadcast's counts show them: a message being handed over is
@@ -157,13 +161,14 @@ class Rules:
     chunk: int = CHUNK
 
     @classmethod
-    def of(cls, settings: Settings, content: Content, *, chunk: int = CHUNK) -> Rules:
+    def of(cls, settings: Settings, content: Content) -> Rules:
         languages = content.languages
         default = "fr" if "fr" in languages else languages[0]
+        sqlite = is_sqlite(settings.database_url)
         return cls(areas=Areas.of(content.communes), languages=languages,
                    default_language=default, transliterate=settings.transliterate,
                    price=settings.sms_price, currency=settings.currency,
-                   quiet=settings.quiet, chunk=chunk)
+                   quiet=settings.quiet, chunk=CHUNK_SQLITE if sqlite else CHUNK)
 
     def language_of(self, language: str | None) -> str:
         """The language a contact is written to in: its own, else the default."""
@@ -436,8 +441,10 @@ def recipients_by_language(conn: Connection, *, rules: Rules,
                            target: Target) -> dict[str, int]:
     """How many contacts a target reaches, by the language they are written to in: one
     grouped count, no rows loaded."""
-    stmt = (select(contacts.c.language, func.count()).select_from(_WITH_NUMBER)
-            .where(*_audience(target, rules)).group_by(contacts.c.language))
+    # Subscribed contacts hold a number in the vault (subscribing stores it; unsubscribing
+    # and the retention job clear both), so the count needs no join to it.
+    stmt = (select(contacts.c.language, func.count()).where(*_audience(target, rules))
+            .group_by(contacts.c.language))
     out: dict[str, int] = {}
     for language, count in conn.execute(stmt):
         effective = rules.language_of(language)
@@ -673,82 +680,96 @@ _WAITING = exists().where(messages_out.c.broadcast_id == broadcasts.c.id,
                           messages_out.c.status.in_(("queued", "sending")))
 
 
-def run_due(db: Database, *, keys: KeyRing, policy: OutboxPolicy, rules: Rules,
-            now: datetime) -> Progress:
-    """One step of the broadcasts' background work: start those due, finish those fully
-    sent, and queue one chunk of the oldest one sending. Short transactions only."""
-    with db.transaction() as conn:
-        b = broadcasts.c
-        conn.execute(update(broadcasts).where(b.status == "scheduled", b.send_at <= now)
-                     .values(status="sending", updated_at=now))
-        conn.execute(update(broadcasts).where(b.status == "sending", b.expanded_at.is_not(None),
-                                              ~_WAITING)
-                     .values(status="done", updated_at=now))
-        row = conn.execute(select(broadcasts).where(b.status == "sending",
-                                                    b.expanded_at.is_(None))
-                           .order_by(b.send_at, b.id).limit(1)).first()
-    if row is None:
-        return Progress()
-    return _queue_chunk(db, keys=keys, policy=policy, rules=rules, row=row, now=now)
-
-
-def _queue_chunk(db: Database, *, keys: KeyRing, policy: OutboxPolicy, rules: Rules,
-                 row: Row[Any], now: datetime) -> Progress:
-    broadcast_id, cursor = int(row.id), int(row.cursor)
+def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) -> Progress:
+    """One step of the broadcasts' background work, in one short transaction: queue the
+    next chunk of the oldest broadcast sending; when none is left to queue, start those
+    due and mark done those whose messages have all been handed over."""
     b = broadcasts.c
-    if now >= row.valid_until:  # too late for whoever is not queued yet
-        with db.transaction() as conn:
-            conn.execute(update(broadcasts).where(b.id == broadcast_id,
-                                                  b.expanded_at.is_(None))
+    with db.transaction() as conn:
+        # The oldest one sending; PostgreSQL: locked until this commits, so a cancel
+        # waits for this chunk, and another worker takes the next broadcast, if any.
+        row = conn.execute(_NEXT(conn)).first()
+        if row is None:
+            conn.execute(_FINISH, {"now_": now})
+            if not conn.execute(_START, {"now_": now}).rowcount:
+                return Progress()
+            row = conn.execute(_NEXT(conn)).first()
+            if row is None:
+                return Progress(more=True)
+        if now >= row.valid_until:  # too late for whoever is not queued yet
+            conn.execute(update(broadcasts).where(b.id == row.id)
                          .values(expanded_at=now, updated_at=now))
-        log.info("broadcast %d: past its validity before everyone was queued", broadcast_id)
-        return Progress(more=True)
-    target, texts = Target.loads(row.target), json.loads(row.texts)
-    c = contacts.c
-    with db.transaction() as conn:
-        chunk = conn.execute(
-            select(c.id, c.pseudonym, c.language, vault.c.number).select_from(_WITH_NUMBER)
-            .where(c.id > cursor, *_audience(target, rules))
-            .order_by(c.id).limit(rules.chunk)).all()
-    # Outside any transaction: open each number from the vault, seal it for the outbox.
-    sealed: list[tuple[int, Sealed]] = []
-    for contact in chunk:
-        text = texts.get(rules.language_of(contact.language)) \
-            or texts.get(rules.default_language)
-        if text is None:  # their language changed since, and there is no default text
-            continue
-        key = f"broadcast:{broadcast_id}:{contact.pseudonym}"
-        try:
-            e164 = keys.open_text(contact.number, aad=f"vault:{contact.pseudonym}")
-        except Exception as exc:  # a damaged vault row: that contact only
-            log.error("broadcast %d: contact %s: %s opening the number", broadcast_id,
-                      contact.pseudonym[:8], exc.__class__.__name__)
-            continue
-        sealed.append((int(contact.id), Sealed(
-            contact.pseudonym, outbox.seal_recipient(keys, e164=e164, dedupe_key=key),
-            key, text)))
-    finished = len(chunk) < rules.chunk
-    last = int(chunk[-1].id) if chunk else cursor
-    with db.transaction() as conn:
-        # Still sending, and still at the cursor this chunk was read from: a cancel, or
-        # another worker's step, moves it on (the row stays locked until commit).
-        current = conn.execute(select(b.status, b.cursor, b.expanded)
-                               .where(b.id == broadcast_id).with_for_update()).first()
-        if current is None or current.status != "sending" or int(current.cursor) != cursor:
+            log.info("broadcast %d: past its validity before everyone was queued", row.id)
             return Progress(more=True)
-        ids = [contact_id for contact_id, _ in sealed]
-        # Still subscribed and not stopped; locked (PostgreSQL) until this commits, so an
-        # erasure or a stop either comes first or finds these messages queued.
-        live = set(conn.execute(
-            select(c.id).where(c.id.in_(ids), c.subscribed.is_(True), c.stopped.is_(False))
-            .with_for_update(read=True)).scalars()) if ids else set()
-        messages = [m for contact_id, m in sealed if contact_id in live]
-        outbox.enqueue_sealed(conn, policy=policy, messages=messages, kind="broadcast",
-                              now=now, valid_until=row.valid_until, broadcast_id=broadcast_id)
-        conn.execute(update(broadcasts).where(b.id == broadcast_id).values(
-            cursor=last, expanded=int(current.expanded) + len(messages),
-            expanded_at=now if finished else None, updated_at=now))
+        chunk = _chunk_statements(conn, policy=policy, rules=rules, row=row)
+        # The next recipients by contact id. PostgreSQL: locked until this commits, so an
+        # erasure, a stop or an unsubscription comes first or finds their message queued.
+        ids = conn.execute(chunk.ids, {"cursor_": row.cursor, "n_": rules.chunk}).scalars().all()
+        last = int(ids[-1]) if ids else int(row.cursor)
+        queued = chunk.queue.run(conn, now=now, valid_until=row.valid_until,
+                                 cursor_=row.cursor, last_=last) if ids else 0
+        finished = len(ids) < rules.chunk
+        conn.execute(_MOVE_ON, {"id_": row.id, "cursor": last, "expanded": row.expanded + queued,
+                                "expanded_at": now if finished else None, "updated_at": now})
     if finished:
-        log.info("broadcast %d: every recipient queued", broadcast_id)
-    return Progress(queued=len(messages), more=True)
+        log.info("broadcast %d: every recipient queued", row.id)
+    if queued and not db.sqlite:
+        # PostgreSQL plans each claim from the outbox's statistics: refresh them as the
+        # queue grows by half (a plan made while it was small sorts the whole queue at every
+        # claim; the worker refreshes them at a tenth, every few seconds).
+        with db.transaction() as conn:
+            outbox.analyze_if_stale(conn, fraction=0.5)
+    return Progress(queued=queued, more=True)
 
+
+_START = update(broadcasts).where(
+    broadcasts.c.status == "scheduled", broadcasts.c.send_at <= bindparam("now_"),
+).values(status="sending", updated_at=bindparam("now_"))
+_FINISH = update(broadcasts).where(
+    broadcasts.c.status == "sending", broadcasts.c.expanded_at.is_not(None), ~_WAITING,
+).values(status="done", updated_at=bindparam("now_"))
+_MOVE_ON = update(broadcasts).where(broadcasts.c.id == bindparam("id_"))
+_NEXT_SQLITE = select(broadcasts).where(
+    broadcasts.c.status == "sending", broadcasts.c.expanded_at.is_(None),
+).order_by(broadcasts.c.send_at, broadcasts.c.id).limit(1)
+_NEXT_LOCKED = _NEXT_SQLITE.with_for_update(skip_locked=True)
+
+
+def _NEXT(conn: Connection) -> Select[Any]:  # noqa: N802 - a statement, like its neighbours
+    return _NEXT_LOCKED if conn.dialect.name == "postgresql" else _NEXT_SQLITE
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    ids: Select[Any]  # the next recipients' contact ids (params cursor_, n_)
+    queue: outbox.ToContacts  # their messages (params cursor_, last_)
+
+
+_CHUNKS: dict[tuple[Any, ...], _Chunk] = {}
+_CHUNKS_KEPT = 32
+
+
+def _chunk_statements(conn: Connection, *, policy: OutboxPolicy, rules: Rules,
+                      row: Row[Any]) -> _Chunk:
+    """A broadcast's chunk statements, built once (building them costs more than running
+    them on SQLite)."""
+    key = (int(row.id), row.target, row.texts, conn.dialect.name, policy.provider,
+           rules.default_language, rules.languages)
+    found = _CHUNKS.get(key)
+    if found is not None:
+        return found
+    c = contacts.c
+    audience = _audience(Target.loads(row.target), rules)
+    after = c.id > bindparam("cursor_", type_=c.id.type)
+    ids = (select(c.id).select_from(_WITH_NUMBER).where(after, *audience).order_by(c.id)
+           .limit(bindparam("n_", type_=c.id.type)).with_for_update(read=True, of=contacts))
+    # The same contacts again, as the range of ids they span (no list of a thousand ids).
+    queue = outbox.to_contacts(
+        conn, policy=policy, kind="broadcast",
+        where=[after, c.id <= bindparam("last_", type_=c.id.type), *audience],
+        texts=json.loads(row.texts), default_language=rules.default_language,
+        dedupe_prefix=f"broadcast:{int(row.id)}:", broadcast_id=int(row.id))
+    if len(_CHUNKS) >= _CHUNKS_KEPT:
+        _CHUNKS.clear()
+    found = _CHUNKS[key] = _Chunk(ids, queue)
+    return found

@@ -34,16 +34,16 @@ log = logging.getLogger("gateway.outbox.worker")
 
 IDLE_SECONDS = 0.5
 TICK_SECONDS = 0.02
-TIDY_SECONDS = 5.0  # outbox housekeeping (expiry, stopped contacts, dead leases), at most
+TIDY_SECONDS = 5.0  # outbox housekeeping (expiry, dead leases), at most
 PENDING_REPORTS_KEPT = timedelta(hours=48)
-HOUSEKEEPING_EVERY = timedelta(minutes=10)
+HOUSEKEEPING_EVERY = timedelta(minutes=10)  # and stopped contacts' queue, unmatched reports
 PURGE_EVERY = timedelta(days=1)
 PURGE_COUNTER = "retention_last_run"  # seconds since the epoch
 JOBS_IDLE_SECONDS = 1.0  # how often the background jobs look for work when they had none
 # After a step that left more to do, the jobs wait this many times as long as the step
 # took (at least JOBS_PAUSE_SECONDS): the database, and the interpreter the USSD hops share,
 # are busy with a job at most a third of the time.
-JOBS_PAUSE_FACTOR = 2.0
+JOBS_PAUSE_FACTOR = 1.0
 JOBS_PAUSE_SECONDS = 0.005
 
 
@@ -185,7 +185,7 @@ class Worker:
 
     def _tidy(self, now: datetime) -> None:
         with self.db.transaction() as conn:
-            outbox.housekeeping(conn, policy=self.policy, now=now)
+            outbox.housekeeping(conn, policy=self.policy, now=now, stopped=False)
         with self.db.transaction() as conn:
             if outbox.analyze_if_stale(conn):
                 log.info("worker: outbox statistics refreshed")
@@ -211,6 +211,8 @@ class Worker:
 
     def _housekeeping(self, now: datetime) -> bool:
         """Expire stale delivery reports; whether the daily job is due."""
+        with self.db.transaction() as conn:
+            outbox.cancel_stopped(conn, policy=self.policy, now=now)
         with self.db.transaction() as conn:
             expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
             last = queries.get_counter(conn, name=PURGE_COUNTER)

@@ -138,6 +138,9 @@ class Outbox(SQLModel, table=True):
         Index("ix_outbox_provider_id", "provider", "provider_message_id"),
         # A broadcast's counts (grouped by status) and whether any of it is still queued.
         Index("ix_outbox_broadcast", "broadcast_id", "status"),
+        # The messages past their validity, without reading every queued one (a broadcast
+        # queues a hundred thousand).
+        Index("ix_outbox_expiry", "status", "valid_until"),
         # Ids go into Kannel's dlr-url: never reuse one, even after rows are deleted.
         {"sqlite_autoincrement": True},
     )

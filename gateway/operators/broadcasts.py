@@ -509,8 +509,9 @@ class Broadcast:
         }
 
     def audit_details(self) -> dict[str, Any]:
-        """What the audit log keeps of it: ids and figures, no resident's data."""
-        return {"title": self.title, "audience": self.audience, "cercles": list(self.cercles),
+        """What the audit log keeps of it: ids, codes and figures (no text: the title and
+        the messages are the operator's prose)."""
+        return {"cercles": list(self.cercles), "communes": self.audience.get("communes", []),
                 "languages": sorted(self.texts), "send_at": self.send_at.isoformat(),
                 "valid_until": self.valid_until.isoformat(), "expected": self.expected,
                 "status": self.status}

@@ -9,8 +9,8 @@ rows queued, that read every one of them (on SQLite, holding the write lock a US
 waits for); (status, valid_until) finds only those past it.
 
 Revision ID: b11b0a0c0002
-Revises: 8e4b1c7d2a90
-Create Date: 2026-12-06 09:00:00
+Revises: b11a0c0c0001
+Create Date: 2026-12-06 21:00:00
 """
 
 from collections.abc import Sequence
@@ -21,7 +21,7 @@ from alembic import op
 
 
 revision: str = 'b11b0a0c0002'
-down_revision: str | None = '8e4b1c7d2a90'
+down_revision: str | None = 'b11a0c0c0001'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -109,12 +109,14 @@ def seed(url: str, work: Path, contacts: int, communes: Sequence[str]) -> float:
                 pseudonym = rt.keys.pseudonym(e164)
                 draw = rng.random()
                 language = "fr" if draw < 0.60 else "bm" if draw < 0.95 else None
+                wrapped = rt.keys.new_data_key(pseudonym=pseudonym)  # as subscribing does
                 people.append({"pseudonym": pseudonym, "pseudonym_version": 1,
                                "language": language, "subscribed": True,
                                "area": communes[n % len(communes)], "stopped": False,
-                               "created_at": now, "last_seen_at": now})
+                               "data_key": wrapped, "created_at": now, "last_seen_at": now})
                 numbers.append({"pseudonym": pseudonym, "updated_at": now,
-                                "number": rt.keys.seal_text(e164, aad=f"vault:{pseudonym}")})
+                                "number": rt.keys.seal_number(wrapped, e164,
+                                                              pseudonym=pseudonym)})
             with rt.db.transaction() as conn:
                 conn.execute(queries.contacts.insert(), people)
                 conn.execute(queries.vault.insert(), numbers)

@@ -108,7 +108,8 @@ def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worke
     rules = broadcasts.Rules.of(rt.settings, rt.engine.content)
 
     def expand(now: datetime) -> Progress:
-        return broadcasts.run_due(rt.db, policy=rt.outbox_policy, rules=rules, now=now)
+        return broadcasts.run_due(rt.db, keys=rt.keys, policy=rt.outbox_policy, rules=rules,
+                                  now=now)
 
     return Worker(db=rt.db, keys=rt.keys, sender=rt.sender, policy=rt.outbox_policy,
                   wake=lambda: rt.wake, daily=purge, jobs=expand, clock=clock)

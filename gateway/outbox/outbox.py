@@ -28,19 +28,16 @@ the worker refreshes them (``analyze_if_stale``) when autovacuum has not.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
-    Executable,
     Select,
     and_,
     bindparam,
-    case,
     func,
     literal,
     or_,
@@ -136,74 +133,52 @@ def enqueue(
     return bool(result.rowcount)
 
 
-# A recipient copied, still sealed, from the vault (``enqueue_to_contacts``): bound to the
-# contact's pseudonym rather than to the message, so queueing a broadcast opens no number.
-FROM_VAULT = "vault:"
-
-
 @dataclass(frozen=True)
-class ToContacts:
-    """An INSERT ... SELECT that queues a message to each contact a WHERE selects (see
-    ``to_contacts``): built once, run many times with the time and the WHERE's parameters."""
+class Sealed:
+    """One message for ``enqueue_many``, its recipient already sealed (``seal_recipient``)
+    so that the sealing happens outside the transaction."""
 
-    statement: Executable
-
-    def run(self, conn: Connection, *, now: datetime, valid_until: datetime,
-            **params: Any) -> int:
-        """Queue them; how many were queued (a contact already queued is skipped)."""
-        values = {"now_": now, "valid_until_": valid_until, **params}
-        return len(conn.execute(self.statement, values).all())
+    pseudonym: str
+    recipient: str  # sealed E.164
+    dedupe_key: str
+    text: str  # exactly as it goes over the air
 
 
-def to_contacts(
-    conn: Connection, *, policy: OutboxPolicy, kind: str, where: Sequence[ColumnElement[bool]],
-    texts: Mapping[str, str], default_language: str, dedupe_prefix: str,
-    broadcast_id: int | None = None,
-) -> ToContacts:
-    """Queue one message to each contact ``where`` selects (clauses on ``contact``) who has
-    a number in the vault and has not stopped: the text of the contact's language in
-    ``texts`` (exactly as it goes over the air), else that of ``default_language``; a
-    contact with neither is skipped. The number is copied from the vault still sealed, so
-    queueing opens none. Dedupe key: ``dedupe_prefix`` + pseudonym, so running it twice
+def seal_recipient(keys: KeyRing, *, e164: str, dedupe_key: str) -> str:
+    """The sealed recipient of the message queued under ``dedupe_key``."""
+    return keys.seal_text(e164, aad=f"outbox:{dedupe_key}")
+
+
+_ENQUEUE_MANY = (
+    "INSERT INTO outbox (dedupe_key, kind, pseudonym, recipient, text, encoding, segments, "
+    "provider, priority, status, attempts, next_attempt_at, valid_until, broadcast_id, "
+    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+def enqueue_many(
+    conn: Connection, *, policy: OutboxPolicy, kind: str, messages: Sequence[Sealed],
+    now: datetime, valid_until: datetime, broadcast_id: int | None = None,
+) -> None:
+    """Queue many messages in one executemany on the driver (SQLAlchemy's handling of a
+    thousand rows' parameters cost more than writing them); a message whose
+    ``dedupe_key`` was already queued is skipped, so a repeated chunk of a broadcast
     queues nothing twice."""
-    c, v = queries.contacts.c, queries.vault.c
-    languages = sorted(texts)
-    costs = {lang: sms_cost(texts[lang]) for lang in languages}
-    fallback = texts.get(default_language)
-
-    def by_language(values: Mapping[str, Any], otherwise: Any) -> Any:
-        return case(*((c.language == lang, literal(values[lang])) for lang in languages),
-                    else_=literal(otherwise))
-
-    text_of = by_language(texts, fallback)
-    chosen = default_language if fallback is not None else None
-    now = bindparam("now_", type_=outbox.c.created_at.type)
-    columns = {
-        "dedupe_key": literal(dedupe_prefix) + c.pseudonym,
-        "kind": literal(kind),
-        "pseudonym": c.pseudonym,
-        "recipient": literal(FROM_VAULT) + v.number,
-        "text": text_of,
-        "encoding": by_language({k: x.encoding for k, x in costs.items()},
-                                costs[chosen].encoding if chosen else None),
-        "segments": by_language({k: x.segments for k, x in costs.items()},
-                                costs[chosen].segments if chosen else None),
-        "provider": literal(policy.provider),
-        "priority": literal(PRIORITY.get(kind, 5)),
-        "status": literal("queued"),
-        "attempts": literal(0),
-        "next_attempt_at": now,
-        "valid_until": bindparam("valid_until_", type_=outbox.c.valid_until.type),
-        "broadcast_id": literal(broadcast_id, outbox.c.broadcast_id.type),
-        "created_at": now,
-        "updated_at": now,
-    }
-    rows = (select(*(expr.label(name) for name, expr in columns.items()))
-            .select_from(queries.contacts.join(queries.vault, v.pseudonym == c.pseudonym))
-            .where(*where, c.stopped.is_(False), text_of.is_not(None)))
-    stmt = queries._insert(conn, outbox).from_select(list(columns), rows) \
-        .on_conflict_do_nothing().returning(outbox.c.id)  # rowcount: -1 with psycopg here
-    return ToContacts(stmt)
+    if not messages:
+        return
+    db = queries.Driver(conn)
+    when, until = db.when(now), db.when(valid_until)
+    costs: dict[str, Any] = {}
+    rows = []
+    for m in messages:
+        cost = costs.get(m.text)
+        if cost is None:
+            cost = costs[m.text] = sms_cost(m.text)
+        rows.append((m.dedupe_key, kind, m.pseudonym, m.recipient, m.text, cost.encoding,
+                     cost.segments, policy.provider, PRIORITY.get(kind, 5), "queued", 0, when,
+                     until, broadcast_id, when, when))
+    db.run_many(_ENQUEUE_MANY, rows)
 
 
 def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
@@ -355,9 +330,6 @@ def claim(
 
 
 def open_recipient(keys: KeyRing, claimed: Claimed) -> str:
-    if claimed.recipient.startswith(FROM_VAULT):
-        return keys.open_text(claimed.recipient[len(FROM_VAULT):],
-                              aad=f"vault:{claimed.pseudonym}")
     return keys.open_text(claimed.recipient, aad=f"outbox:{claimed.dedupe_key}")
 
 

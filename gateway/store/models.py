@@ -149,8 +149,7 @@ class Outbox(SQLModel, table=True):
     dedupe_key: str = Field(max_length=200, unique=True)
     kind: str = Field(max_length=16)  # ack | reply | help | control | broadcast
     pseudonym: str = Field(max_length=64, index=True)
-    # Sealed E.164: its own, or the vault's copied as "vault:<sealed>" (outbox.FROM_VAULT).
-    recipient: str = Field(sa_column=Column(Text, nullable=False))
+    recipient: str = Field(sa_column=Column(Text, nullable=False))  # sealed E.164
     text: str = Field(sa_column=Column(Text, nullable=False))  # as sent over the air
     encoding: str = Field(max_length=8)
     segments: int

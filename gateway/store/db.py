@@ -16,7 +16,6 @@ probe) finds it writable again.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,47 +152,23 @@ class Database:
         self._kept: list[tuple[Connection, float]] = []
         self._kept_autocommit: list[tuple[Connection, float]] = []  # PostgreSQL USSD hops
         self.failed_at: float | None = None  # time.monotonic() of the last failure
-        # SQLite: this process's writers take turns here before BEGIN IMMEDIATE. Waiting
-        # for SQLite's own lock means its busy handler's sleeps (up to 100 ms each), so a
-        # USSD hop behind a background job's transaction could miss its turn several times
-        # over; a lock here hands over the moment the transaction ends. (Other processes
-        # still meet at SQLite's lock.)
-        self._writers = threading.RLock() if self.sqlite else None
-
-    @contextmanager
-    def _turn(self) -> Iterator[None]:
-        if self._writers is None:
-            yield
-            return
-        # After the wait this context allows, go on to SQLite's lock anyway: it answers
-        # as it did (busy, or DatabaseBusy without a wait).
-        wait = _WAIT.get()
-        timeout = BUSY_TIMEOUT_MS / 1000 if wait is None else max(0.0, wait)
-        mine = self._writers.acquire(timeout=timeout) if timeout > 0 else \
-            self._writers.acquire(blocking=False)
-        try:
-            yield
-        finally:
-            if mine:
-                self._writers.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""
-        with self._turn():
-            conn = self._take(self._kept) or self.engine.connect()
-            wait = self._set_wait(conn) if self.sqlite else None
-            try:
-                with conn.begin():
-                    yield conn
-            except BaseException as exc:
-                if wait == 0 and _busy(exc):
-                    conn.close()  # nothing wrong with the database: someone holds the lock
-                    raise DatabaseBusy() from None
-                self._drop(conn, exc)
-                raise
-            self._keep(conn, self._kept)
-            self.failed_at = None
+        conn = self._take(self._kept) or self.engine.connect()
+        wait = self._set_wait(conn) if self.sqlite else None
+        try:
+            with conn.begin():
+                yield conn
+        except BaseException as exc:
+            if wait == 0 and _busy(exc):
+                conn.close()  # nothing wrong with the database: someone holds the lock
+                raise DatabaseBusy() from None
+            self._drop(conn, exc)
+            raise
+        self._keep(conn, self._kept)
+        self.failed_at = None
 
     def _set_wait(self, conn: Connection) -> float | None:
         """Give an SQLite connection the busy timeout this context asks for."""

@@ -78,7 +78,8 @@ def build_runtime(settings: Settings) -> Runtime:
         raise StartupError(str(exc)) from None
     ussd = ussd_service(settings, db=db, keys=keyring, content=content)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
-                                 lease_seconds=settings.send_lease_seconds)
+                                 lease_seconds=settings.send_lease_seconds,
+                                 send_timeout=settings.send_timeout)
     sms_policy = SmsPolicy(
         default_region=settings.default_region, stop_words=words(settings.stop_words),
         start_words=words(settings.start_words), erase_words=words(settings.erase_words),

@@ -212,10 +212,15 @@ class Counter(SQLModel, table=True):
 
 class RateBucket(SQLModel, table=True):
     """A token bucket per provider, shared by every worker process: the send rate holds
-    however many workers run."""
+    however many workers run. When the provider throttles (HTTP 429), the route as a whole
+    pauses until ``paused_until`` (its ``Retry-After``), then refills at ``rate``, lowered at
+    ``throttled_at`` and climbing back to the configured rate."""
 
     __tablename__ = "rate_bucket"
 
     provider: str = Field(max_length=32, primary_key=True)
     tokens: float = 0.0
     updated_at: datetime = Field(default_factory=utcnow)
+    rate: float | None = None  # messages per second after the last 429; None: as configured
+    throttled_at: datetime | None = None
+    paused_until: datetime | None = None

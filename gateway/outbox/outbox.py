@@ -14,8 +14,8 @@ unknown (ambiguous, not resent).
 
 When the provider answers 429, the route slows down for every worker, not only the
 refused message (``throttle``): the shared bucket pauses until the provider's
-``Retry-After``, and its rate is halved, then climbs back to the configured rate by a
-twentieth of it every second (additive increase, multiplicative decrease: the rate settles
+``Retry-After``, its rate drops by 30 %, then climbs back towards the configured rate by a
+hundredth of it every second (additive increase, multiplicative decrease: the rate settles
 just under what the provider really takes, instead of sending half the requests into
 refusals). A 429 is not an attempt: the message goes back to the queue untouched.
 
@@ -66,9 +66,9 @@ RANK = {
 FINAL = frozenset({"delivered", "failed", "expired", "cancelled"})
 
 # The route's answer to a 429 (``throttle``).
-THROTTLE_DECREASE = 0.5  # the rate is multiplied by this ...
+THROTTLE_DECREASE = 0.7  # the rate is multiplied by this ...
 THROTTLE_FLOOR = 0.05  # ... down to this share of the configured rate at least
-THROTTLE_RECOVERY = 0.05  # then climbs by this share of the configured rate each second
+THROTTLE_RECOVERY = 0.01  # then climbs by this share of the configured rate each second
 THROTTLE_PAUSE = 1.0  # seconds the route waits after a 429 without Retry-After
 THROTTLE_MAX_PAUSE = 300.0  # the longest pause a Retry-After imposes on the whole route
 THROTTLED = "provider_throttled"  # counter: 429 answers

@@ -32,7 +32,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
@@ -41,7 +41,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.channels.base import UssdEnded, UssdTurn
 from gateway.content.flowdef import Action
+from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
+from gateway.dialogue.limits import Limits
 from gateway.privacy.keys import KeyRing
 from gateway.privacy.phone import normalise
 from gateway.store import queries
@@ -64,6 +66,7 @@ RECENT_SECONDS = 600.0  # ... and for how long
 class UssdPolicy:
     default_region: str = "ML"
     resume_minutes: int = 5
+    limits: Limits = field(default_factory=Limits)  # reports per contact
 
 
 class UssdService:
@@ -369,7 +372,7 @@ class UssdService:
 
         apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
                       language=result.state.lang, source=self._aad(turn), channel="ussd",
-                      now=now)
+                      now=now, limits=self.policy.limits)
 
     def _latest_input(self, turn: UssdTurn, row: queries.SessionRow) -> str | None:
         """The input this hop adds to the last one handled, or None if it adds none.
@@ -523,14 +526,20 @@ def earlier_screen(history: str, text_mac: str) -> str | None:
 def apply_effects(
     conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str,
     e164: str | Callable[[], str], language: str, source: str, channel: str, now: datetime,
+    limits: Limits | None = None,
 ) -> None:
     """Carry out what a dialogue asked for, in the caller's transaction. ``e164`` may be
-    given as a function, called only by an effect that needs the number."""
+    given as a function, called only by an effect that needs the number. With ``limits``,
+    a report past the contact's limit is not kept (the dialogue's acknowledgement is the
+    same), only counted."""
     for effect in effects:
         coded = {k: v for k, v in effect.results.items() if k not in effect.sensitive}
         if effect.action is Action.set_language:
             queries.update_contact(conn, pseudonym=pseudonym, language=language)
         elif effect.action is Action.save_report:
+            if limits is not None and not flood.fits(conn, limits=limits, pseudonym=pseudonym,
+                                                     what=flood.REPORT, now=now):
+                continue  # not kept for review: counted, and acknowledged all the same
             typed = {k: v for k, v in effect.results.items() if k in effect.sensitive}
             sealed = None
             if typed:
@@ -540,9 +549,12 @@ def apply_effects(
                     queries.update_contact(conn, pseudonym=pseudonym, data_key=wrapped)
                 sealed = keys.encrypt_for(wrapped, json.dumps(typed, ensure_ascii=False),
                                           pseudonym=pseudonym, aad=source)
-            queries.insert_report(conn, source=source, flow=effect.flow,
-                                flow_version=effect.version, channel=channel,
-                                pseudonym=pseudonym, answers=coded, text=sealed, now=now)
+            kept = queries.insert_report(conn, source=source, flow=effect.flow,
+                                         flow_version=effect.version, channel=channel,
+                                         pseudonym=pseudonym, answers=coded, text=sealed,
+                                         now=now)
+            if kept and limits is not None:
+                flood.spend(conn, pseudonym=pseudonym, what=flood.REPORT, now=now)
         elif effect.action is Action.save_poll:
             assert effect.poll is not None
             queries.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,

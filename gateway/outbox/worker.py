@@ -46,6 +46,7 @@ DEADLINE_GRACE = 2.0  # the worker's deadline on a send, past the sender's own t
 DB_RETRY_SECONDS = 1.0  # the database failed: wait this long before trying again
 FINAL_WRITE_ATTEMPTS = 5  # at shutdown, tries to write what was sent
 PENDING_REPORTS_KEPT = timedelta(hours=48)
+BUDGET_USE_KEPT = timedelta(days=1)
 HOUSEKEEPING_EVERY = timedelta(minutes=10)
 PURGE_EVERY = timedelta(days=1)
 PURGE_COUNTER = "retention_last_run"  # seconds since the epoch
@@ -330,6 +331,8 @@ class Worker:
     def _housekeeping(self, now: datetime) -> None:
         with self.db.transaction() as conn:
             expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
+            # What the flood limits (dialogue/limits.py) no longer count: a day old.
+            queries.forget_budget_use(conn, before=now - BUDGET_USE_KEPT)
             last = queries.get_counter(conn, name=PURGE_COUNTER)
         if expired:
             log.warning("worker: %d delivery report(s) never matched a message", expired)

@@ -7,9 +7,10 @@ rate x timeout, see ``send_slots``), each with its own deadline, and the worker 
 again whenever a slot is free and the shared bucket holds a token, so what leaves still
 follows the rate. A request that hangs until its timeout holds one slot while the others
 keep the route busy. Outcomes are written as sends finish, a few at a time (a group of
-RECORD_GROUP, or whatever waited RECORD_WAIT); a 429 is written at once, so every worker
-pauses and slows down together (``outbox.throttle``). A send still waiting for its answer
-when half its lease is gone has the lease renewed, so no other worker takes it for dead.
+RECORD_GROUP, or whatever waited RECORD_WAIT, or at once when nothing else is in flight);
+a 429 is written at once, so every worker pauses and slows down together
+(``outbox.throttle``). A send still waiting for its answer when half its lease is gone has
+the lease renewed, so no other worker takes it for dead.
 
 On SIGTERM it stops claiming, lets what is in flight finish (each send is bounded by its
 deadline), records it, and returns: it only ever holds messages it is sending.
@@ -160,10 +161,12 @@ class Worker:
 
     def _finished_due(self, mono: float) -> list[Finished]:
         """The finished sends to write now: a group's worth, an old enough one, a 429,
-        or everything when stopping."""
+        the last of those in flight (a quiet route writes each at once), or everything
+        when stopping."""
         if not self._finished:
             return []
-        if self._urgent or self._stopping or len(self._finished) >= RECORD_GROUP \
+        if self._urgent or self._stopping or not self._in_flight \
+                or len(self._finished) >= RECORD_GROUP \
                 or mono - self._finished_since >= RECORD_WAIT:
             return list(self._finished)
         return []
@@ -186,7 +189,8 @@ class Worker:
         if len(self._in_flight) < self.slots:
             due.append(self._claim_at)
         if self._finished:
-            due.append(mono if self._urgent else self._finished_since + RECORD_WAIT)
+            due.append(mono if self._urgent or not self._in_flight
+                       else self._finished_since + RECORD_WAIT)
         if self._in_flight:
             due.append(min(f.renew_at for f in self._in_flight.values()))
         timeout = max(min(due), self._db_retry_at) - mono
@@ -269,7 +273,8 @@ class Worker:
         if result.throttled:
             self._urgent = True
             self._claim_at = math.inf  # until the pause is written and read back
-        if full or self._urgent or len(self._finished) >= RECORD_GROUP:
+        if full or self._urgent or not self._in_flight \
+                or len(self._finished) >= RECORD_GROUP:
             self._progress.set()
 
     async def _send(self, claimed: outbox.Claimed) -> SendResult:

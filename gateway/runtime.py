@@ -8,14 +8,14 @@ import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway import retention
 from gateway.channels.base import Sender
 from gateway.channels.senders import make_sender
 from gateway.content import catalogs
 from gateway.dialogue.engine import Engine
-from gateway.dialogue.services import engine_rules, sms_rules, ussd_service
+from gateway.dialogue.services import engine_rules, limits, sms_rules, ussd_service
 from gateway.dialogue.sms import SmsPolicy, SmsService, words
 from gateway.dialogue.ussd import HopJobs, UssdService
 from gateway.dialogue.validate import check_content, errors
@@ -78,11 +78,13 @@ def build_runtime(settings: Settings) -> Runtime:
         raise StartupError(str(exc)) from None
     ussd = ussd_service(settings, db=db, keys=keyring, content=content)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
-                                 lease_seconds=settings.send_lease_seconds)
+                                 lease_seconds=settings.send_lease_seconds,
+                                 send_timeout=settings.send_timeout)
     sms_policy = SmsPolicy(
         default_region=settings.default_region, stop_words=words(settings.stop_words),
         start_words=words(settings.start_words), erase_words=words(settings.erase_words),
-        yes_words=words(settings.yes_words),
+        yes_words=words(settings.yes_words), limits=limits(settings),
+        help_interval=timedelta(minutes=settings.help_interval_minutes),
     )
     wake = asyncio.Event()
     sms = SmsService(db=db, keys=keyring, engine=Engine(content, sms_rules(settings)),

@@ -27,7 +27,10 @@ class FakeSmsc:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if not raw or len(raw) < length:
+                    return  # the sender died before the body was out: nothing was sent
+                body = json.loads(raw)
                 with smsc.lock:  # taken on arrival: the answer may then be lost
                     smsc.received.append(body)
                 if smsc.delay:

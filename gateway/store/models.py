@@ -28,7 +28,7 @@ class Contact(SQLModel, table=True):
     subscribed: bool = False
     area: str | None = Field(default=None, max_length=64)  # commune or cercle id
     stopped: bool = False  # STOP by SMS: sent nothing but direct answers
-    help_sent_at: datetime | None = None  # the keyword help goes out at most once a day
+    help_sent_at: datetime | None = None  # the keyword help: at most once an hour
     data_key: str | None = Field(default=None, sa_column=Column(Text))  # wrapped
     created_at: datetime = Field(default_factory=utcnow)
     last_seen_at: datetime = Field(default_factory=utcnow, index=True)
@@ -215,7 +215,9 @@ class Counter(SQLModel, table=True):
 
 class RateBucket(SQLModel, table=True):
     """A token bucket per provider, shared by every worker process: the send rate holds
-    however many workers run."""
+    however many workers run. When the provider throttles (HTTP 429), the route as a whole
+    pauses until ``paused_until`` (its ``Retry-After``), then refills at ``rate``, lowered at
+    ``throttled_at`` and climbing back to the configured rate."""
 
     __tablename__ = "rate_bucket"
 
@@ -315,3 +317,20 @@ class AuditHead(SQLModel, table=True):
     last_id: int = 0
     hash: str = Field(max_length=64)
     updated_at: datetime = Field(default_factory=utcnow)
+    rate: float | None = None  # messages per second after the last 429; None: as configured
+    throttled_at: datetime | None = None
+    paused_until: datetime | None = None
+
+
+class BudgetUse(SQLModel, table=True):
+    """What a contact used of its flood limits: one row per reply sent (``reply``) or
+    report kept (``report``), for a day. The limits count these rows, so erasing one's
+    data does not reset them; pseudonym and time only, deleted after a day."""
+
+    __tablename__ = "budget_use"
+    __table_args__ = (Index("ix_budget_use_pseudonym", "pseudonym", "what", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pseudonym: str = Field(max_length=64)
+    what: str = Field(max_length=8)  # reply | report
+    at: datetime = Field(index=True)

@@ -19,10 +19,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Executable, Row, Table, delete, select, update
+from sqlalchemy import Connection, Executable, Row, Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.store.models import (
+    BudgetUse,
     Contact,
     Counter,
     InboundMessage,
@@ -53,6 +54,7 @@ counters = _t(Counter)
 _outbox = _t(Outbox)
 _conversations = _t(SmsConversation)
 _inbound = _t(InboundMessage)
+budget_use = _t(BudgetUse)
 
 
 def _insert(conn: Connection, table: Table) -> Any:
@@ -528,7 +530,35 @@ def set_counter(conn: Connection, *, name: str, value: int, now: datetime) -> No
                                             set_={"value": value, "updated_at": now}))
 
 
+def all_counters(conn: Connection) -> dict[str, int]:
+    return {str(name): int(value) for name, value in
+            conn.execute(select(counters.c.name, counters.c.value).order_by(counters.c.name))}
+
+
 def get_counter(conn: Connection, *, name: str) -> int | None:
     value = conn.execute(select(counters.c.value).where(counters.c.name == name))
     found = value.scalar_one_or_none()
     return int(found) if found is not None else None
+
+
+# --- flood limits --------------------------------------------------------------------
+
+
+def budget_used(conn: Connection, *, pseudonym: str, what: str, hour: datetime,
+                day: datetime) -> tuple[int, int]:
+    """How many ``what`` (``reply``, ``report``) the contact used since ``hour`` and since
+    ``day``."""
+    recent = func.coalesce(func.sum(case((budget_use.c.at >= hour, 1), else_=0)), 0)
+    row = conn.execute(select(recent, func.count()).where(
+        budget_use.c.pseudonym == pseudonym, budget_use.c.what == what,
+        budget_use.c.at >= day)).one()
+    return int(row[0]), int(row[1])
+
+
+def use_budget(conn: Connection, *, pseudonym: str, what: str, now: datetime) -> None:
+    conn.execute(budget_use.insert().values(pseudonym=pseudonym, what=what, at=now))
+
+
+def forget_budget_use(conn: Connection, *, before: datetime) -> int:
+    """Delete what no limit counts any more (older than a day)."""
+    return int(conn.execute(delete(budget_use).where(budget_use.c.at < before)).rowcount)

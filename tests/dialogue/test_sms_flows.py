@@ -181,10 +181,12 @@ def test_a_keyword_interrupts_a_question_but_not_typed_text(handset: Handset,
     assert report["text"] is not None
 
 
-def test_unknown_text_gets_the_help_once_a_day(handset: Handset, clock: Clock) -> None:
+def test_unknown_text_gets_the_help_once_an_hour(handset: Handset, clock: Clock) -> None:
     assert handset.send("bonjour") == [HELP_FR]
     assert handset.send("allo?") == []
-    clock.now += timedelta(hours=25)
+    clock.now += timedelta(minutes=59)
+    assert handset.send("allo?") == []
+    clock.now += timedelta(minutes=2)
     assert handset.send("allo?") == [HELP_FR]
 
 

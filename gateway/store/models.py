@@ -224,6 +224,9 @@ class RateBucket(SQLModel, table=True):
     provider: str = Field(max_length=32, primary_key=True)
     tokens: float = 0.0
     updated_at: datetime = Field(default_factory=utcnow)
+    rate: float | None = None  # messages per second after the last 429; None: as configured
+    throttled_at: datetime | None = None
+    paused_until: datetime | None = None
 
 
 # Operators: accounts, their credentials, and the audit trail (gateway/operators/).
@@ -317,9 +320,6 @@ class AuditHead(SQLModel, table=True):
     last_id: int = 0
     hash: str = Field(max_length=64)
     updated_at: datetime = Field(default_factory=utcnow)
-    rate: float | None = None  # messages per second after the last 429; None: as configured
-    throttled_at: datetime | None = None
-    paused_until: datetime | None = None
 
 
 class BudgetUse(SQLModel, table=True):

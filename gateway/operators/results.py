@@ -193,7 +193,7 @@ def _columns_of(dims: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(_COLUMN[d] for d in dims))
 
 
-def _count_tally(conn: Connection, who: Principal, areas: Areas, poll: str, question: str,
+def _count_tally(who: Principal, areas: Areas, poll: str, question: str,
                  columns: Sequence[str]) -> Select[Any]:
     def part(table: Table) -> Select[Any]:
         return (select(*(table.c[c] for c in columns), table.c.answer, table.c.n)
@@ -270,21 +270,31 @@ def complementary(cells: Mapping[Group, int], dims: int, k: int) -> set[Group]:
 
     In every line (the groups sharing a row or a column value; with one dimension, all
     groups) that hides anything, at least two groups are hidden and together they hold at
-    least ``k`` respondents, else the next smallest group of that line is hidden too, until
-    nothing changes. Groups with nobody are not rows at all, so they never count as
-    hidden: a reader knows they are zero.
+    least ``k`` respondents; otherwise the line's smallest other group is hidden too
+    (preferring, with two dimensions, one whose other line already hides something, so
+    one complement serves both), until nothing changes. Groups with nobody are not rows
+    at all, so they never count as hidden: a reader knows they are zero.
     """
     hidden = {g for g, n in cells.items() if n < k}
     if not hidden:
         return hidden
-    if dims <= 1:
-        lines: list[list[Group]] = [list(cells)]
-    else:
-        by_line: dict[tuple[int, Any], list[Group]] = defaultdict(list)
-        for group in cells:
-            by_line[(0, group[0])].append(group)
-            by_line[(1, group[1])].append(group)
-        lines = list(by_line.values())
+    ordered = sorted(cells, key=_sortable)
+    axes = (0, 1) if dims > 1 else ()
+    by_line: dict[tuple[int, Any], list[Group]] = defaultdict(list)
+    for axis in axes:
+        for group in ordered:
+            by_line[(axis, group[axis])].append(group)
+    lines = list(by_line.values()) if axes else [ordered]
+
+    def crossing_hides_nothing(group: Group, line: list[Group]) -> bool:
+        """With two dimensions: whether the other line through ``group`` hides nothing
+        yet (hiding ``group`` would then need one more complement there)."""
+        for axis in axes:
+            other = by_line[(axis, group[axis])]
+            if other is not line:
+                return not any(g in hidden for g in other)
+        return False
+
     changed = True
     while changed:
         changed = False
@@ -296,7 +306,8 @@ def complementary(cells: Mapping[Group, int], dims: int, k: int) -> set[Group]:
                 rest = [g for g in line if g not in hidden]
                 if not rest:
                     break
-                hidden.add(min(rest, key=lambda g: (cells[g], _sortable(g))))
+                hidden.add(min(rest, key=lambda g, line=line: (  # type: ignore[misc]
+                    crossing_hides_nothing(g, line), cells[g], _sortable(g))))
                 changed = True
     return hidden
 
@@ -350,7 +361,7 @@ def results(
         stmt = _count_answers(conn, who, areas, poll, question, columns, since, until)
     else:
         fold(conn)
-        stmt = _count_tally(conn, who, areas, poll, question, columns)
+        stmt = _count_tally(who, areas, poll, question, columns)
 
     groups: dict[Group, Counter[str]] = defaultdict(Counter)
     for record in conn.execute(stmt):
@@ -368,7 +379,7 @@ def results(
     orders = [_order(d, areas) for d in dims]
 
     rows = []
-    for group in sorted(groups, key=lambda g: _group_key(dims, orders, g)):
+    for group in sorted(groups, key=lambda g: _group_key(dims, orders, g)) if dims else ():
         n = sizes[group]
         row: dict[str, Any] = {"group": dict(zip(dims, group, strict=True))}
         if group in hidden:

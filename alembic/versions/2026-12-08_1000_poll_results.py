@@ -10,7 +10,8 @@ counts per poll question, answer and group, and triggers on ``poll_answer`` (ins
 update, delete: a vote, a new vote, an erasure) append each change to
 ``poll_tally_change``. The triggers only ever insert there (never update a shared counter
 row), so concurrent votes never wait for each other or deadlock; reading results folds the
-changes into the tally. Results over a period read ``poll_answer`` through a new index.
+changes into the tally. Results over a period read ``poll_answer`` through a new index
+(by commune or cercle, from the index alone).
 
 Revision ID: c12a0b0c0004
 Revises: 8e4b1c7d2a90
@@ -103,7 +104,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('displaced', sqlmodel.sql.sqltypes.AutoString(length=16),
                                       nullable=True))
         batch_op.add_column(sa.Column('campaign', sa.Integer(), nullable=True))
-        batch_op.create_index('ix_poll_answer_time', ['poll', 'question', 'updated_at'],
+        batch_op.create_index('ix_poll_answer_time',
+                              ['poll', 'question', 'updated_at', 'area', 'answer'],
                               unique=False)
     op.create_table('poll_tally',
     sa.Column('poll', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),

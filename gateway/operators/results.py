@@ -8,7 +8,8 @@ band, displacement; campaign), and every breakdown is one grouped query:
 - without a period, on ``poll_tally`` plus the changes the triggers appended since the last
   fold (``fold``): a few thousand rows per question however many answered;
 - with ``since``/``until`` or by ``week``, on ``poll_answer`` itself, through its index on
-  (poll, question, updated_at).
+  (poll, question, updated_at, area, answer): by place from the index alone, but still a
+  read of every answer in the period (seconds for a million on SQLite; see the README).
 
 Scope: an answer belongs to its own area (the place given with it), seen through
 ``access.area_filter``; an answer with no place is seen by admins only. Small groups (fewer

@@ -121,8 +121,9 @@ class PollAnswer(SQLModel, table=True):
     __tablename__ = "poll_answer"
     __table_args__ = (
         UniqueConstraint("poll", "pseudonym", "question"),
-        # Results over a period (since/until, by week); the rest read poll_tally.
-        Index("ix_poll_answer_time", "poll", "question", "updated_at"),
+        # Results over a period (since/until, by week; the rest read poll_tally): by
+        # commune or cercle, from the index alone.
+        Index("ix_poll_answer_time", "poll", "question", "updated_at", "area", "answer"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -30,8 +30,10 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Date,
     Select,
     Table,
+    cast,
     func,
     select,
     text,
@@ -182,11 +184,12 @@ def fold(conn: Connection) -> None:
     conn.execute(_changes.delete().where(_changes.c.id <= top))
 
 
-def _day(conn: Connection) -> ColumnElement[str]:
-    """The UTC day of an answer's time as YYYY-MM-DD (Mali keeps UTC all year)."""
+def _day(conn: Connection) -> ColumnElement[Any]:
+    """The UTC day of an answer's time (Mali keeps UTC all year): a date on PostgreSQL,
+    YYYY-MM-DD text on SQLite, which stores times as UTC text."""
     column = _answers.c.updated_at
     if conn.dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+        return cast(func.timezone("UTC", column), Date)
     return func.substr(column, 1, 10)
 
 
@@ -232,7 +235,8 @@ def _group_value(dim: str, raw: Any, areas: Areas) -> str | int | None:
     if dim == "commune":  # a cercle id: the commune answered was "other / don't know"
         return OTHER if raw in areas.communes_of else str(raw)
     if dim == "week":
-        year, week, _ = date.fromisoformat(raw).isocalendar()
+        day = raw if isinstance(raw, date) else date.fromisoformat(raw)
+        year, week, _ = day.isocalendar()
         return f"{year}-W{week:02d}"
     if dim == "campaign":
         return int(raw)

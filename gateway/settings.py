@@ -196,6 +196,14 @@ class Settings(BaseSettings):
         description="How long a dashboard sign-in lasts, in hours.",
     )
 
+    # Poll results.
+    min_cell: int = Field(
+        5, ge=1,
+        description="Poll results: a group with fewer respondents is suppressed wherever "
+        "figures are shared (radio, on-air pages, exports), with whatever groups would let "
+        "it be worked out; operators see it marked `small`.",
+    )
+
     # Africa's Talking.
     at_username: str = Field("sandbox", description="Africa's Talking application username.")
     at_api_key: SecretStr | None = Field(None, description="Africa's Talking API key.")

@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
@@ -606,6 +606,13 @@ def data_key(conn: Connection, keys: KeyRing, *, pseudonym: str) -> str:
         queries.replace_data_key(conn, pseudonym=pseudonym, wrapped=fresh)
     return fresh
 
+def area_of(coded: Mapping[str, str]) -> str | None:
+    """The place a dialogue's answers give: the commune, else the cercle (the commune was
+    "other / don't know"), else None."""
+    commune, cercle = coded.get("commune"), coded.get("cercle")
+    if commune not in (None, OTHER):
+        return commune
+    return cercle if cercle != OTHER else None
 
 def apply_effects(
     conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str,
@@ -638,12 +645,15 @@ def apply_effects(
                 flood.spend(conn, pseudonym=pseudonym, what=flood.REPORT, now=now)
         elif effect.action is Action.save_poll:
             assert effect.poll is not None
+            respondent = queries.Respondent(
+                area=area_of(coded), gender=coded.get("gender"),
+                age_band=coded.get("age_band"), displaced=coded.get("displaced"))
             queries.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,
-                                      answers=coded, flow_version=effect.version, now=now)
+                                      answers=coded, flow_version=effect.version, now=now,
+                                      respondent=respondent)
         elif effect.action is Action.subscribe:
-            area = coded.get("commune") if coded.get("commune") not in (None, OTHER) else None
-            area = area or (coded.get("cercle") if coded.get("cercle") != OTHER else None)
-            queries.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
+            queries.update_contact(conn, pseudonym=pseudonym, subscribed=True,
+                                 area=area_of(coded))
             number = e164() if callable(e164) else e164
             wrapped = data_key(conn, keys, pseudonym=pseudonym)
             queries.upsert_vault(conn, pseudonym=pseudonym, now=now,

@@ -110,10 +110,21 @@ class Report(SQLModel, table=True):
 
 
 class PollAnswer(SQLModel, table=True):
-    """One counted answer per person per poll question; a new answer replaces the old."""
+    """One counted answer per person per poll question; a new answer replaces the old.
+
+    Each row also carries who answered and where, as given in the same submission (the
+    latest): results group on these columns without a join. ``area`` is the commune
+    answered, else the cercle (commune "other"), else None (cercle "other" or not asked);
+    the demographic columns are None where the question was not asked.
+    """
 
     __tablename__ = "poll_answer"
-    __table_args__ = (UniqueConstraint("poll", "pseudonym", "question"),)
+    __table_args__ = (
+        UniqueConstraint("poll", "pseudonym", "question"),
+        # Results over a period (since/until, by week; the rest read poll_tally): by
+        # commune or cercle, from the index alone.
+        Index("ix_poll_answer_time", "poll", "question", "updated_at", "area", "answer"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     poll: str = Field(max_length=64)
@@ -122,6 +133,50 @@ class PollAnswer(SQLModel, table=True):
     answer: str = Field(max_length=64)
     flow_version: int
     updated_at: datetime = Field(default_factory=utcnow)
+    area: str | None = Field(default=None, max_length=64)
+    gender: str | None = Field(default=None, max_length=16)
+    age_band: str | None = Field(default=None, max_length=16)
+    displaced: str | None = Field(default=None, max_length=16)
+    campaign: int | None = None  # the radio campaign the answer came through
+
+
+class PollTally(SQLModel, table=True):
+    """Respondents per poll question, answer and group: ``poll_answer`` counted ahead.
+
+    Database triggers on ``poll_answer`` write every change (+1, -1) to
+    ``poll_tally_change``; reading results folds those into this table now and then
+    (``gateway.operators.results``), so tally plus changes always equal a count of
+    ``poll_answer``. An absent group value is '' (campaign 0), so it can be part of the key.
+    """
+
+    __tablename__ = "poll_tally"
+
+    poll: str = Field(max_length=64, primary_key=True)
+    question: str = Field(max_length=64, primary_key=True)
+    area: str = Field(max_length=64, primary_key=True)
+    gender: str = Field(max_length=16, primary_key=True)
+    age_band: str = Field(max_length=16, primary_key=True)
+    displaced: str = Field(max_length=16, primary_key=True)
+    campaign: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    answer: str = Field(max_length=64, primary_key=True)
+    n: int = 0
+
+
+class PollTallyChange(SQLModel, table=True):
+    """A change to ``poll_tally`` not yet folded in, written by triggers only."""
+
+    __tablename__ = "poll_tally_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    poll: str = Field(max_length=64)
+    question: str = Field(max_length=64)
+    area: str = Field(max_length=64)
+    gender: str = Field(max_length=16)
+    age_band: str = Field(max_length=16)
+    displaced: str = Field(max_length=16)
+    campaign: int
+    answer: str = Field(max_length=64)
+    n: int  # +1 or -1 (several netted on PostgreSQL)
 
 
 class Outbox(SQLModel, table=True):

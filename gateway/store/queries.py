@@ -183,12 +183,15 @@ def _upsert_poll_answers(count: int) -> str:
     """The upsert of ``count`` poll answers, one statement for them all."""
     sql = _UPSERT_POLL_ANSWERS.get(count)
     if sql is None:
-        rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
         sql = _UPSERT_POLL_ANSWERS[count] = (
             "INSERT INTO poll_answer (poll, pseudonym, question, answer, flow_version, "  # noqa: S608 - only placeholders go in
-            f"updated_at) VALUES {rows} ON CONFLICT (poll, pseudonym, question) DO UPDATE "
+            "updated_at, area, gender, age_band, displaced, campaign) "
+            f"VALUES {rows} ON CONFLICT (poll, pseudonym, question) DO UPDATE "
             "SET answer = excluded.answer, flow_version = excluded.flow_version, "
-            "updated_at = excluded.updated_at")
+            "updated_at = excluded.updated_at, area = excluded.area, "
+            "gender = excluded.gender, age_band = excluded.age_band, "
+            "displaced = excluded.displaced, campaign = excluded.campaign")
     return sql
 
 
@@ -469,16 +472,31 @@ def insert_report(
     return bool(cursor.rowcount)
 
 
+class Respondent(NamedTuple):
+    """Who answered and where, as one submission gave it (None: not asked or not given):
+    saved with each of its answers, so results group without a join."""
+
+    area: str | None = None  # the commune, else the cercle
+    gender: str | None = None
+    age_band: str | None = None
+    displaced: str | None = None
+    campaign: int | None = None
+
+
+NOBODY_KNOWN = Respondent()
+
+
 def upsert_poll_answers(
     conn: Connection, *, poll: str, pseudonym: str, answers: Mapping[str, str],
-    flow_version: int, now: datetime,
+    flow_version: int, now: datetime, respondent: Respondent = NOBODY_KNOWN,
 ) -> None:
-    """One answer per person per question; a new answer replaces the old one."""
+    """One answer per person per question; a new answer replaces the old one, and the
+    respondent's groups with it. (Triggers keep ``poll_tally`` in step.)"""
     db = Driver(conn)
     when = db.when(now)
     params: list[Any] = []
     for question, answer in answers.items():
-        params += (poll, pseudonym, question, answer, flow_version, when)
+        params += (poll, pseudonym, question, answer, flow_version, when, *respondent)
     if params:
         db.run(_upsert_poll_answers(len(answers)), tuple(params))
 

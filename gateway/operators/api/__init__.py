@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from gateway.operators.api import audit, auth
+from gateway.operators.api import audit, auth, polls
 from gateway.operators.api.deps import install_error_handlers
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -28,4 +28,5 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     install_error_handlers(api)
     api.include_router(auth.router)
     api.include_router(audit.router)
+    api.include_router(polls.router)
     return api

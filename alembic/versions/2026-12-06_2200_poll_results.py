@@ -14,7 +14,7 @@ changes into the tally. Results over a period read ``poll_answer`` through a new
 (by commune or cercle, from the index alone).
 
 Revision ID: c12a0b0c0004
-Revises: b11a0c0c0001
+Revises: c17b0d9e0002
 Create Date: 2026-12-08 10:00:00
 """
 
@@ -26,7 +26,7 @@ from alembic import op
 
 
 revision: str = 'c12a0b0c0004'
-down_revision: str | None = 'b11a0c0c0001'
+down_revision: str | None = 'c17b0d9e0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -294,7 +294,7 @@ def test_a_ucs2_screen_is_counted_in_units_and_charged_double() -> None:
 KANNEL_STATUS = re.compile(
     r"^\[(CON|END) · op (\d+) · session echoed · (\d+)/160 septets · GSM-7\]$", re.MULTILINE)
 # Dial 1: French, the poll (not at all x4), cercle "other". Dial 2: the main menu, hang up.
-KANNEL_RESIDENT = "1\n2\n1\n1\n1\n1\n7\ny\n"
+KANNEL_RESIDENT = "1\n2\n1\n1\n1\n1\n3\n5\n3\n7\ny\n"
 
 
 @pytest.mark.kannel
@@ -327,14 +327,15 @@ def test_kannel_mode_walks_the_menus_through_a_real_kannel(tmp_path: Path) -> No
     assert "│ Langue / Kan / Demngal:\n│ 1. Francais\n" in text
     statuses = KANNEL_STATUS.findall(text)
     assert [(kind, op) for kind, op, _ in statuses] == \
-        [("CON", "2")] * 7 + [("END", "17"), ("CON", "2")]
+        [("CON", "2")] * 10 + [("END", "17"), ("CON", "2")]
     assert "│ Merci, réponse recue.\n" in text
     assert text.count("--- Success ---") == 1 and text.count("--- Incomplete ---") == 1
     assert "warning" not in text
     answers = rows(tmp_path / "gateway.db", "SELECT question, answer FROM poll_answer")
     assert {(r["question"], r["answer"]) for r in answers} == {
         ("army", "not_at_all"), ("gendarmerie", "not_at_all"), ("police", "not_at_all"),
-        ("national_guard", "not_at_all"), ("cercle", "other")}
+        ("national_guard", "not_at_all"), ("gender", "refused"), ("age_band", "refused"),
+        ("displaced", "refused"), ("cercle", "other")}
 
 
 def test_kannel_mode_says_when_its_port_is_taken(tmp_path: Path) -> None:

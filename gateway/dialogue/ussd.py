@@ -31,7 +31,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
@@ -593,6 +593,15 @@ def earlier_screen(history: str, text_mac: str) -> str | None:
     return None
 
 
+def area_of(coded: Mapping[str, str]) -> str | None:
+    """The place a dialogue's answers give: the commune, else the cercle (the commune was
+    "other / don't know"), else None."""
+    commune, cercle = coded.get("commune"), coded.get("cercle")
+    if commune not in (None, OTHER):
+        return commune
+    return cercle if cercle != OTHER else None
+
+
 def data_key(conn: Connection, keys: KeyRing, *, pseudonym: str) -> str:
     """The contact's wrapped data key, made now if they have none (or only one that a
     shred left unreadable: it came back from an older dump)."""
@@ -633,7 +642,7 @@ def apply_effects(
             kept = queries.insert_report(conn, source=source, flow=effect.flow,
                                          flow_version=effect.version, channel=channel,
                                          pseudonym=pseudonym, answers=coded, text=sealed,
-                                         now=now)
+                                         now=now, area=area_of(coded))
             if kept and limits is not None:
                 flood.spend(conn, pseudonym=pseudonym, what=flood.REPORT, now=now)
         elif effect.action is Action.save_poll:
@@ -641,9 +650,8 @@ def apply_effects(
             queries.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,
                                       answers=coded, flow_version=effect.version, now=now)
         elif effect.action is Action.subscribe:
-            area = coded.get("commune") if coded.get("commune") not in (None, OTHER) else None
-            area = area or (coded.get("cercle") if coded.get("cercle") != OTHER else None)
-            queries.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
+            queries.update_contact(conn, pseudonym=pseudonym, subscribed=True,
+                                 area=area_of(coded))
             number = e164() if callable(e164) else e164
             wrapped = data_key(conn, keys, pseudonym=pseudonym)
             queries.upsert_vault(conn, pseudonym=pseudonym, now=now,

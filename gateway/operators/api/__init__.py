@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from gateway.operators.api import audit, auth
+from gateway.operators.api import audit, auth, exports, partners, reports
 from gateway.operators.api.deps import install_error_handlers
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -28,4 +28,7 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     install_error_handlers(api)
     api.include_router(auth.router)
     api.include_router(audit.router)
+    api.include_router(reports.router)
+    api.include_router(partners.router)
+    api.include_router(exports.router)
     return api

@@ -212,11 +212,15 @@ def _instant(name: str, value: str, *, end: bool) -> datetime:
             at = datetime.combine(day, time(0), tzinfo=UTC)
             return at + timedelta(days=1) if end else at
         parsed = datetime.fromisoformat(value)
+        if parsed.utcoffset() is None:
+            raise Invalid(f"{name}: give the time with its offset (e.g. 2026-12-01T08:00:00Z)")
+        return parsed.astimezone(UTC)
+    except Invalid:
+        raise
     except ValueError:
         raise Invalid(f"{name}: {value!r} is not an ISO 8601 date or time") from None
-    if parsed.utcoffset() is None:
-        raise Invalid(f"{name}: give the time with its offset (e.g. 2026-12-01T08:00:00Z)")
-    return parsed.astimezone(UTC)
+    except OverflowError:
+        raise Invalid(f"{name}: {value!r} is out of range") from None
 
 
 def filters(vocab: Vocabulary, *, status: str | None = None, cercle: str | None = None,

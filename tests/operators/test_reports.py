@@ -312,6 +312,23 @@ def test_transitions(client: TestClient, runtime: Runtime, people: dict[str, Per
             assert len(page["history"]) == len(PATH_TO[start])
 
 
+@pytest.mark.parametrize(("method", "suffix", "body"), [
+    ("POST", "/notes", {"text": "a\x00b"}),
+    ("PUT", "/redaction", {"text": "a\x00b"}),
+    ("PUT", "/assignee", {"assignee": "mariam\x00"}),
+    ("POST", "/referrals", {"partner": "AMDH\x00"}),
+    ("POST", "/transitions", {"to": "reviewed", "note": "\x00"}),
+])
+def test_a_nul_character_is_a_422_not_a_database_error(
+        client: TestClient, runtime: Runtime, people: dict[str, Person], method: str,
+        suffix: str, body: dict[str, Any]) -> None:
+    filed = file_report(client, runtime)
+    response = client.request(method, f"{API}/reports/{filed.id}{suffix}",
+                              headers=people["mopti"].auth, json=body)
+    assert response.status_code == 422, response.text
+    assert "a NUL character is not text" in response.text
+
+
 def test_a_move_to_no_state_is_a_422(client: TestClient, runtime: Runtime,
                                      people: dict[str, Person]) -> None:
     filed = file_report(client, runtime)
@@ -458,6 +475,8 @@ def test_filters_and_pages(client: TestClient, runtime: Runtime,
                            ("commune=mopti", "commune: 'mopti' is not a commune id"),
                            ("since=yesterday", "since: 'yesterday' is not an ISO 8601"),
                            ("until=2026-12-01T10:00:00", "until: give the time with its offset"),
+                           ("until=9999-12-31", "until: '9999-12-31' is out of range"),
+                           ("since=0001-01-01T00:00:00%2B05:00", "is out of range"),
                            ("limit=0", "limit")]:
         refused = client.get(f"{API}/reports?{query}", headers=admin.auth)
         assert refused.status_code == 422, query

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.operators import referrals, reports
 from gateway.operators.access import require
@@ -35,7 +35,17 @@ def refusals() -> Iterator[None]:
 
 
 class Body(BaseModel):
+    """A request body: unknown fields refused; no NUL character (PostgreSQL text cannot
+    hold one: a 422 here, not a 500 there)."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("a NUL character is not text")
+        return value
 
 
 class Answer(BaseModel):

@@ -13,10 +13,9 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 
 from gateway.operators.access import Principal
-from gateway.operators.reports import Filters, Vocabulary, rows_for_export
+from gateway.operators.reports import Filters, Vocabulary, day_of, rows_for_export
 from gateway.store.db import Database
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -63,16 +62,13 @@ def chunked(lines: Iterator[str], size: int = 64 * 1024) -> Iterator[bytes]:
 
 
 def report_header(vocab: Vocabulary) -> list[str]:
-    """id, created_at, channel, flow, status, then each coded question and its label,
+    """id, date (the UTC day, not the time), channel, flow, status, then each coded
+    question and its label,
     then the redacted text and any answer no current flow names."""
-    columns = ["id", "created_at", "channel", "flow", "status"]
+    columns = ["id", "date", "channel", "flow", "status"]
     for question in vocab.all_questions():
         columns += [question, f"{question}_label"]
     return [*columns, "redacted_text", "other_answers"]
-
-
-def _utc(at: datetime) -> str:
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
 def report_records(db: Database, *, who: Principal, vocab: Vocabulary, chosen: Filters,
@@ -87,7 +83,7 @@ def report_records(db: Database, *, who: Principal, vocab: Vocabulary, chosen: F
                                    limit=batch)
         for row in rows:
             answers = vocab.answers(row.flow, json.loads(row.answers))
-            record: list[Cell] = [row.id, _utc(row.created_at), row.channel, row.flow,
+            record: list[Cell] = [row.id, day_of(row.created_at), row.channel, row.flow,
                                   row.status]
             for question in questions:
                 answer = answers.pop(question, None)

@@ -116,7 +116,7 @@ class PartnerInfo:
         """As the API shows it: never the secret."""
         return {"id": self.id, "name": self.name, "kind": self.kind, "email": self.email,
                 "webhook_url": self.webhook_url, "disabled": self.disabled,
-                "created_at": reports_mod._iso(self.created_at)}
+                "created_at": reports_mod.iso_time(self.created_at)}
 
 
 def _info(row: Row[Any]) -> PartnerInfo:
@@ -199,8 +199,8 @@ def list_partners(conn: Connection) -> list[PartnerInfo]:
 
 def _referral_dict(row: Row[Any], partner: str) -> dict[str, Any]:
     return {"id": row.id, "report": row.report_id, "partner": partner, "status": row.status,
-            "attempts": row.attempts, "created_at": reports_mod._iso(row.created_at),
-            "created_by": row.created_by, "delivered_at": reports_mod._iso(row.delivered_at),
+            "attempts": row.attempts, "created_at": reports_mod.iso_time(row.created_at),
+            "created_by": row.created_by, "delivered_at": reports_mod.iso_time(row.delivered_at),
             "last_error": row.last_error}
 
 
@@ -248,14 +248,15 @@ def refer(conn: Connection, *, who: Principal, areas: Areas, report_id: int, par
 def payload(report: Row[Any], *, vocab: Vocabulary, referral_id: int,
             now: datetime) -> dict[str, Any]:
     """The referral as the partner receives it: coded answers and the redacted text,
-    nothing else of the report (no original text, no pseudonym, no notes)."""
+    nothing else of the report (no original text, no pseudonym, no notes; its day, not its
+    time)."""
     cercle, commune = vocab.place(report.area)
     return {
         "referral": referral_id, "report": report.id,
-        "created_at": reports_mod._iso(report.created_at), "channel": report.channel,
+        "date": reports_mod.day_of(report.created_at), "channel": report.channel,
         "flow": report.flow, "cercle": cercle, "commune": commune,
         "answers": vocab.answers(report.flow, json.loads(report.answers)),
-        "redacted_text": report.redacted_text, "sent_at": reports_mod._iso(now),
+        "redacted_text": report.redacted_text, "sent_at": reports_mod.iso_time(now),
     }
 
 
@@ -273,7 +274,7 @@ def _mail_text(data: dict[str, Any], vocab: Vocabulary) -> str:
     place = ", ".join(vocab.place_names.get(p, p) for p in (data["cercle"], data["commune"])
                       if p) or "non précisé"
     lines = [
-        f"Signalement n° {data['report']}, reçu le {data['created_at']} "
+        f"Signalement n° {data['report']}, reçu le {data['date']} "
         f"(canal {data['channel']}).",
         f"Lieu : {place}.", "", "Réponses :",
     ]

@@ -266,7 +266,8 @@ class Page:
     next: int | None  # pass as ``cursor`` for the next (older) page
 
 
-def _iso(at: datetime | None) -> str | None:
+def iso_time(at: datetime | None) -> str | None:
+    """An aware or naive-UTC time (SQLite gives naive ones) as ISO 8601 in UTC."""
     if at is None:
         return None
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
@@ -283,7 +284,7 @@ _LISTED = select(
 def _item(row: Row[Any], vocab: Vocabulary) -> dict[str, Any]:
     has_text = bool(row.has_text)
     return {
-        "id": row.id, "created_at": _iso(row.created_at), "channel": row.channel,
+        "id": row.id, "created_at": iso_time(row.created_at), "channel": row.channel,
         "flow": row.flow, "answers": vocab.answers(row.flow, json.loads(row.answers)),
         "status": row.status, "assignee": row.assignee, "has_text": has_text,
         "text_erased": bool(row.had_text) and not has_text, "redacted": bool(row.redacted),
@@ -353,8 +354,8 @@ def _referrals(conn: Connection, report_id: int) -> list[dict[str, Any]]:
         .where(referral.c.report_id == report_id).order_by(referral.c.id)).all()
     return [{"id": r.id, "report": r.report_id, "partner": r.partner, "status": r.status,
              "attempts": r.attempts,
-             "created_at": _iso(r.created_at), "created_by": r.created_by,
-             "delivered_at": _iso(r.delivered_at), "last_error": r.last_error} for r in rows]
+             "created_at": iso_time(r.created_at), "created_by": r.created_by,
+             "delivered_at": iso_time(r.delivered_at), "last_error": r.last_error} for r in rows]
 
 
 def open_report(conn: Connection, *, who: Principal, vocab: Vocabulary, keys: KeyRing,
@@ -378,9 +379,9 @@ def open_report(conn: Connection, *, who: Principal, vocab: Vocabulary, keys: Ke
         "redacted_text": row.redacted_text,
         "cercle": cercle, "commune": commune,
         "moves": list(MOVES.get(row.status, ())),
-        "notes": [{"id": e.id, "at": _iso(e.at), "author": e.actor, "text": e.note}
+        "notes": [{"id": e.id, "at": iso_time(e.at), "author": e.actor, "text": e.note}
                   for e in history if e.action == "note"],
-        "history": [{"at": _iso(e.at), "actor": e.actor, "action": e.action,
+        "history": [{"at": iso_time(e.at), "actor": e.actor, "action": e.action,
                      "from": e.from_status, "to": e.to_status, "ref": e.ref, "note": e.note}
                     for e in history],
         "referrals": _referrals(conn, report_id),
@@ -451,7 +452,7 @@ def add_note(conn: Connection, *, who: Principal, areas: Areas, report_id: int, 
                      now=now)
     audit.record(conn, actor=who.name, action="report.note", object_type="report",
                  object_id=report_id, details={"note": note_id}, now=now)
-    return {"id": note_id, "at": _iso(now), "author": who.name, "text": checked}
+    return {"id": note_id, "at": iso_time(now), "author": who.name, "text": checked}
 
 
 def redact(conn: Connection, *, who: Principal, areas: Areas, report_id: int, text: str,
@@ -522,3 +523,9 @@ def rows_for_export(conn: Connection, *, who: Principal, vocab: Vocabulary, chos
     if after is not None:
         query = query.where(reports.c.id > after)
     return conn.execute(query).all()
+
+
+def day_of(at: datetime) -> str:
+    """The UTC day of a time: what leaves the gateway of a report's time (a referral, an
+    export). The exact time could be matched against an operator's call records."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).date().isoformat()

@@ -20,7 +20,7 @@ from tests.operators.reporters import file_report
 
 API = "/api/v1"
 URL = f"{API}/exports/reports.csv"
-HEADER = ["id", "created_at", "channel", "flow", "status", "category", "category_label",
+HEADER = ["id", "date", "channel", "flow", "status", "category", "category_label",
           "force", "force_label", "when", "when_label", "cercle", "cercle_label", "commune",
           "commune_label", "redacted_text", "other_answers"]
 
@@ -69,6 +69,8 @@ def test_the_export_holds_the_coded_answers_and_the_redacted_text_only(
     header, *rows = parse(response.content)
     assert header == HEADER
     assert [int(r[0]) for r in rows] == [f.id for f in filed]  # oldest first, Mopti only
+    first = client.get(f"{API}/reports/{filed[0].id}", headers=mariam.auth).json()
+    assert rows[0][1] == first["created_at"][:10]  # the day, never the time
     assert rows[0][2:] == [
         "ussd", "report", "new", "extortion", "Argent exigé", "gendarmerie", "Gendarmerie",
         "this_week", "Cette semaine", "mopti", "Mopti", "mopti-konna", "Konna",

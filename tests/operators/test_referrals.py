@@ -26,6 +26,7 @@ from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from gateway import retention
 from gateway.operators import audit, referrals
 from gateway.operators.access import Role
 from gateway.operators.reports import Invalid, vocabulary
@@ -34,7 +35,7 @@ from gateway.settings import Settings
 from gateway.store.models import utcnow
 from tests.conftest import REPO
 from tests.operators.people import Person, cast, make
-from tests.operators.reporters import file_report
+from tests.operators.reporters import Filed, erase, file_report
 
 API = "/api/v1"
 SECRET = "une-phrase-secrète-partagée"
@@ -162,14 +163,20 @@ def add_partners(client: TestClient, admin: Person, hook: Hook) -> None:
 
 def reviewed_report(client: TestClient, runtime: Runtime, reviewer: Person, *,
                     redacted: str | None = REDACTED) -> int:
-    report_id = file_report(client, runtime, text=ORIGINAL).id
-    url = f"{API}/reports/{report_id}"
+    return reviewed(client, runtime, reviewer, redacted=redacted).id
+
+
+def reviewed(client: TestClient, runtime: Runtime, reviewer: Person, *,
+             redacted: str | None = REDACTED) -> Filed:
+    """A report filed with ORIGINAL as its text, reviewed, and redacted to ``redacted``."""
+    filed = file_report(client, runtime, text=ORIGINAL)
+    url = f"{API}/reports/{filed.id}"
     assert client.post(f"{url}/transitions", headers=reviewer.auth,
                        json={"to": "reviewed"}).status_code == 200
     if redacted is not None:
         assert client.put(f"{url}/redaction", headers=reviewer.auth,
                           json={"text": redacted}).status_code == 200
-    return report_id
+    return filed
 
 
 def refer(client: TestClient, reviewer: Person, report_id: int, partner: str) -> Any:
@@ -478,3 +485,30 @@ def test_who_can_be_referred_where(client: TestClient, runtime: Runtime,
                 json={"to": "closed"})
     closed = refer(client, people["admin"], report_id, "Clinique juridique")
     assert closed.status_code == 409
+
+
+# -- erasure and shredding ---------------------------------------------------------------------
+
+
+def test_a_shred_after_an_erasure_leaves_partner_secrets_and_other_reporters_text(
+        client: TestClient, runtime: Runtime, people: dict[str, Person], hook: Hook) -> None:
+    """Partner secrets are sealed under a key derived from the pseudonym key, which a
+    shred keeps (it destroys master and data-wrapping keys): referrals still go out."""
+    add_partners(client, people["admin"], hook)
+    mariam = people["mopti"]
+    gone_filed, kept_filed = reviewed(client, runtime, mariam), reviewed(client, runtime, mariam)
+    erased, kept = gone_filed.id, kept_filed.id
+    erase(client, gone_filed.number)  # SUPPRIMER, by USSD
+    done = retention.purge(runtime.db, retention=retention.Retention.of(runtime.settings),
+                           now=utcnow(), key_file=runtime.settings.key_file)
+    assert done.shredded
+    retention.shred(runtime.db, key_file=runtime.settings.key_file, now=utcnow(), force=True)
+
+    gone = client.get(f"{API}/reports/{erased}", headers=mariam.auth).json()
+    assert (gone["text"], gone["text_erased"], gone["redacted_text"]) == (None, True, REDACTED)
+    still = client.get(f"{API}/reports/{kept}", headers=mariam.auth).json()
+    assert (still["text"], still["text_erased"]) == (ORIGINAL, False)
+    assert refer(client, mariam, erased, "Clinique juridique").status_code == 201
+    work(runtime)
+    [body] = hook.verified()
+    assert (body["report"], body["redacted_text"]) == (erased, REDACTED)

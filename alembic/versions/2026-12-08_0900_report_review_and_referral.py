@@ -7,7 +7,7 @@ erased), the redacted text, an assignee and ``updated_at``. New tables: ``report
 (the durable queue of referrals).
 
 Revision ID: c13a0b0c0005
-Revises: b11a0c0c0001
+Revises: c17b0d9e0002
 Create Date: 2026-12-08 09:00:00
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 
 
 revision: str = 'c13a0b0c0005'
-down_revision: str | None = 'b11a0c0c0001'
+down_revision: str | None = 'c17b0d9e0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

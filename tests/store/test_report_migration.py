@@ -11,7 +11,7 @@ from sqlalchemy import text
 from gateway.store import migrate
 from gateway.store.db import make_engine
 
-BEFORE = "b11a0c0c0001"
+BEFORE = "c17b0d9e0002"  # the migration before this one
 REVISION = "c13a0b0c0005"
 
 

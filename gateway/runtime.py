@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,8 +23,10 @@ from gateway.dialogue.sms import SmsPolicy, SmsService, words
 from gateway.dialogue.ussd import HopJobs, UssdService
 from gateway.dialogue.validate import check_content, errors
 from gateway.errors import StartupError
+from gateway.operators import referrals
+from gateway.operators.reports import vocabulary
 from gateway.outbox.outbox import OutboxPolicy
-from gateway.outbox.worker import Worker
+from gateway.outbox.worker import Progress, Worker
 from gateway.privacy import keys as keys_mod
 from gateway.settings import Settings, production_problems
 from gateway.store.batches import Batches
@@ -97,15 +102,25 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worker:
     """The outbox worker over the runtime's parts; it runs the retention purge (a job over
-    every layer, so scheduled from here) through its daily hook."""
+    every layer, so scheduled from here) through its daily hook, and the referrals'
+    delivery to partners (operators) through its jobs hook."""
 
     def purge(now: datetime) -> str:
         done = retention.purge(rt.db, retention=retention.Retention.of(rt.settings), now=now,
                                key_file=rt.settings.key_file)
         return str(done)
 
+    mail = referrals.Mail.of(rt.settings)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def deliver(now: datetime) -> Progress:
+        _, more = referrals.deliver_due(rt.db, keys=rt.keys,
+                                        vocab=vocabulary(rt.engine.content), mail=mail,
+                                        owner=owner, now=now)
+        return Progress(more=more)
+
     return Worker(db=rt.db, keys=rt.keys, sender=rt.sender, policy=rt.outbox_policy,
-                  wake=lambda: rt.wake, daily=purge, clock=clock)
+                  wake=lambda: rt.wake, daily=purge, jobs=deliver, clock=clock)
 
 
 async def run_worker(rt: Runtime, stop: asyncio.Event | None = None) -> None:

@@ -204,6 +204,23 @@ class Settings(BaseSettings):
         "it be worked out; operators see it marked `small`.",
     )
 
+    # Referrals of reports to partners by e-mail (gateway/operators/referrals.py).
+    smtp_host: str | None = Field(
+        None, description="SMTP server that sends referral e-mails; unset, e-mail partners "
+        "cannot be added and nothing is sent by e-mail.",
+    )
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    smtp_user: str | None = Field(None, description="SMTP user name; unset, no login.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_from: str | None = Field(
+        None, description="The From address of referral e-mails (required with "
+        "`GATEWAY_SMTP_HOST`).",
+    )
+    smtp_starttls: bool = Field(
+        True, description="Upgrade the SMTP connection with STARTTLS before logging in and "
+        "sending; `false` only for a relay on the same host.",
+    )
+
     # Africa's Talking.
     at_username: str = Field("sandbox", description="Africa's Talking application username.")
     at_api_key: SecretStr | None = Field(None, description="Africa's Talking API key.")

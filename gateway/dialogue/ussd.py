@@ -593,6 +593,15 @@ def earlier_screen(history: str, text_mac: str) -> str | None:
     return None
 
 
+def area_of(coded: Mapping[str, str]) -> str | None:
+    """The place a dialogue's answers give: the commune, else the cercle (the commune was
+    "other / don't know"), else None."""
+    commune, cercle = coded.get("commune"), coded.get("cercle")
+    if commune not in (None, OTHER):
+        return commune
+    return cercle if cercle != OTHER else None
+
+
 def data_key(conn: Connection, keys: KeyRing, *, pseudonym: str) -> str:
     """The contact's wrapped data key, made now if they have none (or only one that a
     shred left unreadable: it came back from an older dump)."""
@@ -606,13 +615,6 @@ def data_key(conn: Connection, keys: KeyRing, *, pseudonym: str) -> str:
         queries.replace_data_key(conn, pseudonym=pseudonym, wrapped=fresh)
     return fresh
 
-def area_of(coded: Mapping[str, str]) -> str | None:
-    """The place a dialogue's answers give: the commune, else the cercle (the commune was
-    "other / don't know"), else None."""
-    commune, cercle = coded.get("commune"), coded.get("cercle")
-    if commune not in (None, OTHER):
-        return commune
-    return cercle if cercle != OTHER else None
 
 def apply_effects(
     conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str,
@@ -640,7 +642,7 @@ def apply_effects(
             kept = queries.insert_report(conn, source=source, flow=effect.flow,
                                          flow_version=effect.version, channel=channel,
                                          pseudonym=pseudonym, answers=coded, text=sealed,
-                                         now=now)
+                                         now=now, area=area_of(coded))
             if kept and limits is not None:
                 flood.spend(conn, pseudonym=pseudonym, what=flood.REPORT, now=now)
         elif effect.action is Action.save_poll:

@@ -14,11 +14,16 @@ the lease renewed, so no other worker takes it for dead.
 
 On SIGTERM it stops claiming, lets what is in flight finish (each send is bounded by its
 deadline), records it, and returns: it only ever holds messages it is sending.
+
+Beside the sending it runs the composition's background ``jobs`` (the referrals' delivery
+to partners): one bounded step at a time, on a thread, paced so that a job never holds
+the database for long stretches, and waking the sending loop when it queued something.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -51,6 +56,21 @@ BUDGET_USE_KEPT = timedelta(days=1)
 HOUSEKEEPING_EVERY = timedelta(minutes=10)
 PURGE_EVERY = timedelta(days=1)
 PURGE_COUNTER = "retention_last_run"  # seconds since the epoch
+JOBS_IDLE_SECONDS = 1.0  # how often the background jobs look for work when they had none
+# After a step that left more to do, the jobs wait this many times as long as the step
+# took (at least JOBS_PAUSE_SECONDS): the database, and the interpreter the USSD hops share,
+# are busy with a job at most a third of the time.
+JOBS_PAUSE_FACTOR = 2.0
+JOBS_PAUSE_SECONDS = 0.005
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one step of a background job did: messages it queued, and whether more work
+    is waiting now (the next step then follows after a short pause, not an idle wait)."""
+
+    queued: int = 0
+    more: bool = False
 
 Finished = tuple[outbox.Claimed, SendResult, datetime]  # the message, its outcome, sent at
 
@@ -65,11 +85,14 @@ class _InFlight:
 class Worker:
     """Claims, sends and records outbox messages. ``wake`` gives the event set when a
     message is queued; ``daily`` is called about once a day from the housekeeping (the
-    composition hands it the retention purge)."""
+    composition hands it the retention purge); ``jobs`` is called over and over beside
+    the sending loop, on a thread, one bounded step each time (the composition hands it
+    the referrals' delivery)."""
 
     def __init__(self, *, db: Database, keys: KeyRing, sender: Sender, policy: OutboxPolicy,
                  wake: Callable[[], asyncio.Event],
                  daily: Callable[[datetime], str] | None = None,
+                 jobs: Callable[[datetime], Progress] | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.keys = keys
@@ -77,6 +100,7 @@ class Worker:
         self.policy = policy
         self.wake = wake
         self.daily = daily
+        self.jobs = jobs
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sent = 0  # sends recorded
@@ -109,16 +133,45 @@ class Worker:
                  "%.0f s a send", self.owner, self.policy.provider, self.policy.rate,
                  self.slots, self.policy.send_timeout)
         wake = self.wake()
+        jobs = asyncio.create_task(self._run_jobs(stop, wake)) if self.jobs else None
         try:
             while not stop.is_set():
                 await self._turn_safely()
                 await self._sleep(stop, wake)
         finally:
+            if jobs is not None:
+                stop.set()  # the jobs end after the step they are in...
             await self._finish()
+            if jobs is not None:
+                await jobs  # ... which a thread cannot cut short
         if self._daily_task is not None and not self._daily_task.done():
             log.info("worker: letting the retention purge finish its batch")
             await asyncio.wait([self._daily_task])
         log.info("worker %s stopped after %d messages", self.owner, self.sent)
+
+    async def _run_jobs(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        assert self.jobs is not None
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                progress = await self.run_jobs_once()
+            except Exception as exc:  # the database may be away: wait and try again
+                log.error("worker: background job: %s; retrying shortly",
+                          exc.__class__.__name__)
+                progress = Progress()
+            if progress.queued:
+                wake.set()
+            took = time.monotonic() - started
+            delay = (max(JOBS_PAUSE_SECONDS, took * JOBS_PAUSE_FACTOR) if progress.more
+                     else JOBS_IDLE_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+    async def run_jobs_once(self) -> Progress:
+        """One step of the background jobs, on a thread (none: nothing done)."""
+        if self.jobs is None:
+            return Progress()
+        return await asyncio.to_thread(self.jobs, self.clock())
 
     async def _turn_safely(self) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -95,7 +95,15 @@ class UssdEvent(SQLModel, table=True):
 
 
 class Report(SQLModel, table=True):
-    """A report. Coded answers in clear; typed text sealed with the contact's data key."""
+    """A report. Coded answers in clear; typed text sealed with the contact's data key.
+
+    Its review (gateway/operators/reports.py): ``status`` new -> reviewed -> referred ->
+    closed (or reviewed -> closed), an assignee, and the redacted text a reviewer writes
+    beside the original, the only text that ever leaves (referrals, exports). Erasing the
+    reporter (SUPPRIMER) or the retention job clears ``text``; ``had_text`` stays, so the
+    report says its text was erased."""
+
+    __table_args__ = (Index("ix_report_area_id", "area", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(max_length=200, unique=True)  # e.g. ussd:<provider>:<session>
@@ -107,6 +115,67 @@ class Report(SQLModel, table=True):
     text: str | None = Field(default=None, sa_column=Column(Text))  # sealed
     status: str = Field(default="new", max_length=16)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+    # Where, from the coded answers: the commune, else the cercle (None: not given).
+    area: str | None = Field(default=None, max_length=64)
+    had_text: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    redacted_text: str | None = Field(default=None, sa_column=Column(Text))
+    assignee_id: int | None = Field(default=None, foreign_key="account.id")
+    updated_at: datetime | None = None
+
+
+class ReportEvent(SQLModel, table=True):
+    """A report's history, as its reviewers see it: state changes, notes, assignment,
+    redaction, referrals. ``note`` is a reviewer's own words (never the report's text)."""
+
+    __tablename__ = "report_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=64)  # an account name, or "worker" for deliveries
+    action: str = Field(max_length=32)  # transition | note | assign | redact | refer | ...
+    from_status: str | None = Field(default=None, max_length=16)
+    to_status: str | None = Field(default=None, max_length=16)
+    ref: str | None = Field(default=None, max_length=64)  # a partner or an account name
+    note: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Partner(SQLModel, table=True):
+    """Who reports are referred to, set by an admin: an e-mail address or a webhook (its
+    secret sealed, gateway/operators/referrals.py)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    kind: str = Field(max_length=16)  # email | webhook
+    email: str | None = Field(default=None, max_length=254)
+    webhook_url: str | None = Field(default=None, sa_column=Column(Text))
+    secret: str | None = Field(default=None, sa_column=Column(Text))  # sealed
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Referral(SQLModel, table=True):
+    """A report sent to a partner, through a durable queue like the outbox: claimed under
+    a lease, retried with backoff, never sent again once the partner accepted it."""
+
+    __table_args__ = (
+        UniqueConstraint("report_id", "partner_id"),
+        Index("ix_referral_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id")
+    partner_id: int = Field(foreign_key="partner.id")
+    status: str = Field(default="queued", max_length=16)  # queued|sending|delivered|failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = None
+    last_error: str | None = Field(default=None, max_length=64)  # a code, never text
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class PollAnswer(SQLModel, table=True):

@@ -174,7 +174,8 @@ _TOUCH_CONTACT_LANGUAGE = (
 
 _INSERT_REPORT = (
     "INSERT INTO report (source, flow, flow_version, channel, pseudonym, answers, text, "
-    "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "status, created_at, area, had_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
 )
 _UPSERT_POLL_ANSWERS: dict[int, str] = {}
 
@@ -462,12 +463,15 @@ def erase_restored(conn: Connection, *, pseudonym: str, erased_at: datetime) -> 
 def insert_report(
     conn: Connection, *, source: str, flow: str, flow_version: int, channel: str,
     pseudonym: str, answers: Mapping[str, str], text: str | None, now: datetime,
+    area: str | None = None,
 ) -> bool:
-    """Save a report once per source; False when that source was already saved."""
+    """Save a report once per source; False when that source was already saved. ``area``:
+    the commune, else the cercle, its answers give (the reviewers' scope)."""
     db = Driver(conn)
     cursor = db.run(_INSERT_REPORT, (
         source, flow, flow_version, channel, pseudonym,
-        json.dumps(dict(answers), sort_keys=True), text, "new", db.when(now),
+        json.dumps(dict(answers), sort_keys=True), text, "new", db.when(now), area,
+        text is not None,
     ))
     return bool(cursor.rowcount)
 

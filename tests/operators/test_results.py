@@ -335,4 +335,4 @@ def test_polls_list_their_questions_and_answer_values() -> None:
     shown = poll.as_json()
     assert shown["questions"][0]["prompt"]["fr"] == "Faites-vous confiance à l'armée (FAMa)?"
     assert shown["questions"][0]["values"][3] == {
-        "value": "a_lot", "label": {"fr": "Beaucoup", "bm": "Kosɛbɛ"}}
+        "value": "a_lot", "label": {"fr": "Beaucoup", "bm": "Kosɛbɛ", "ff": "Sanne"}}

@@ -174,6 +174,9 @@ def test_a_poll_by_sms_in_fulfulde(handset: Handset, runtime: Runtime) -> None:
     assert handset.send("3")[0].startswith("Ada hoolii sanndarmaaji?\n")
     handset.send("3")
     handset.send("3")
+    assert handset.send("3")[0].startswith("Naamnal ngal wadaa doole. Ada debbo walla gorko?\n")
+    handset.send("3")  # who answered: prefer not to say, three times
+    handset.send("5")
     assert handset.send("3")[0].startswith("Ko e serkil hondum hod-daa?\n")
     assert handset.send("7") == ["A jaraama, jaabawol hebaama."]
     assert poll_answers(runtime)["army"] == "somewhat"

@@ -565,11 +565,15 @@ def test_trust_poll_in_fulfulde(phone: Phone, runtime: Runtime) -> None:
     assert phone.press("4").text.startswith("Ada hoolii sanndarmaaji?\n")
     assert phone.press("4").text.startswith("Ada hoolii poliis?\n")
     assert phone.press("6").text.startswith("Ada hoolii garde nasiyonal?\n")
-    assert phone.press("1") == CON("Ko e serkil hondum hod-daa?\n" + CERCLES_FF)
+    assert phone.press("1").text.startswith("Naamnal ngal wadaa doole. Ada debbo walla gorko?\n")
+    assert phone.press("1").text.startswith("Duubi noy njogidaa?\n")
+    assert phone.press("2").text.startswith("Ada ummii galle maa sabu hulbii?\n")
+    assert phone.press("2") == CON("Ko e serkil hondum hod-daa?\n" + CERCLES_FF)
     assert phone.press("7") == END("A jaraama, jaabawol hebaama.")
     assert poll_answers(runtime) == {
         "army": "a_lot", "gendarmerie": "a_lot", "police": "refused",
-        "national_guard": "not_at_all", "cercle": "other",
+        "national_guard": "not_at_all", "gender": "woman", "age_band": "25-34",
+        "displaced": "no", "cercle": "other",
     }
     assert contact(runtime, phone).language == "ff"
 

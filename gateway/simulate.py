@@ -212,7 +212,8 @@ def run(*, base: str, phone: str, service_code: str, token: str | None,
     budget = Settings().ussd_budget
     if isinstance(sys.stdout, io.TextIOWrapper):  # a terminal without ò still works
         sys.stdout.reconfigure(errors="replace")
-    print(f"Dannaya phone {phone} dialling {service_code} at {base}"
+    # The phone's number stays off the screen (a terminal's output may be kept in a log).
+    print(f"Dannaya phone dialling {service_code} at {base}"
           f"{' (with the webhook token)' if token else ''}; screen budget {budget} septets.")
     print("Type a reply and press Enter; Ctrl-D or Ctrl-C hangs up.")
     with httpx.Client(base_url=base, timeout=TIMEOUT, transport=transport) as client:
@@ -450,7 +451,7 @@ async def run_kannel_async(*, port: int, phone: str, service_code: str, settings
     operator = SmppOperator("127.0.0.1", port, op_tag=op_tag, session_tag=session_tag)
     await operator.start()
     try:
-        print(f"Dannaya phone {phone} behind an operator's USSD gateway: SMPP on "
+        print("Dannaya phone behind an operator's USSD gateway: SMPP on "
               f"127.0.0.1:{port}. In kannel.conf, point the USSD bind at it:\n"
               f"  group = smsc\n  smsc = smpp\n  smsc-id = {settings.kannel_ussd_smsc}\n"
               f"  host = 127.0.0.1\n  port = {port}\n  transceiver-mode = true\n"

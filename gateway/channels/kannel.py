@@ -171,7 +171,7 @@ def parse_ussd(fields: Mapping[str, bytes], config: UssdConfig) -> UssdRequest:
     hop_id = field(fields, "id").strip()
     phone = field(fields, "from")
     if not hop_id or len(hop_id) > MAX_ID or not phone.strip():
-        log.warning("ussd: Kannel call without id or sender ignored")
+        log.warning("ussd: Kannel call missing its id or its from field; ignored")
         return UssdRequest(None)
     smsc = field(fields, "smsc").strip()
     if config.smsc and smsc and smsc != config.smsc:

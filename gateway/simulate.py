@@ -212,8 +212,7 @@ def run(*, base: str, phone: str, service_code: str, token: str | None,
     budget = Settings().ussd_budget
     if isinstance(sys.stdout, io.TextIOWrapper):  # a terminal without ò still works
         sys.stdout.reconfigure(errors="replace")
-    # The phone's number stays off the screen (a terminal's output may be kept in a log).
-    print(f"Dannaya phone dialling {service_code} at {base}"
+    print(f"Dannaya phone {phone} dialling {service_code} at {base}"
           f"{' (with the webhook token)' if token else ''}; screen budget {budget} septets.")
     print("Type a reply and press Enter; Ctrl-D or Ctrl-C hangs up.")
     with httpx.Client(base_url=base, timeout=TIMEOUT, transport=transport) as client:

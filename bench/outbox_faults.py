@@ -40,7 +40,6 @@ import asyncio
 import json
 import logging
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from bench.common import (
     free_port,
     gateway,
     load_average,
+    serve_until_signal,
     start,
     stop,
 )
@@ -142,13 +142,7 @@ class Provider:
             writer.close()
 
     async def serve(self, port: int) -> None:
-        server = await asyncio.start_server(self.handle, "127.0.0.1", port, backlog=1024)
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        async with server:
-            await stopping.wait()
+        await serve_until_signal(self.handle, port)
 
 
 # --- one scenario --------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from tests.capture import serving
 
@@ -79,7 +79,7 @@ class FlakySmsc:
                 return None
 
         class Server(ThreadingHTTPServer):
-            request_queue_size = 128
+            request_queue_size = 512  # a batch of sends arrives at once
             daemon_threads = True
 
         self.server = Server(("127.0.0.1", 0), Handler)
@@ -95,6 +95,6 @@ class FlakySmsc:
             return list(self.arrivals)
 
     @contextmanager
-    def running(self) -> Iterator[FlakySmsc]:
+    def running(self) -> Iterator[Self]:
         with serving(self.server):
             yield self

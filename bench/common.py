@@ -6,14 +6,16 @@ exactly as an operator would.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -144,3 +146,16 @@ class Postgres:
 
     def drop(self) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+async def serve_until_signal(
+        handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        port: int) -> None:
+    """A stand-in provider's TCP server on 127.0.0.1:``port`` until SIGTERM or SIGINT."""
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    async with server:
+        await stopping.wait()

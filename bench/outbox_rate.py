@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from bench.common import (
     gateway,
     load_average,
     run_gateway,
+    serve_until_signal,
     start,
     stop,
 )
@@ -110,13 +110,7 @@ class Receiver:
             writer.close()
 
     async def serve(self, port: int) -> None:
-        server = await asyncio.start_server(self.handle, "127.0.0.1", port, backlog=1024)
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
-        async with server:
-            await stopping.wait()
+        await serve_until_signal(self.handle, port)
 
 
 # --- one run -------------------------------------------------------------------------

@@ -69,10 +69,10 @@ TARGET_P99 = 2.0
 # Real flows, walked to their END from a first dial (the language question comes first:
 # every number is new). Digits from flows/*.yml and tests/dialogue/test_ussd_flows.py.
 SCRIPTS: dict[str, tuple[str, ...]] = {
-    # French; poll: 4 actors, cercle Mopti, its first commune.
-    "poll-fr": ("1", "2", "3", "3", "3", "3", "1", "1"),
-    # Bambara; poll: 4 actors, cercle "other" (no commune).
-    "poll-bm": ("2", "2", "4", "4", "4", "4", "7"),
+    # French; poll: 4 actors, woman, 25-34, not displaced, cercle Mopti, its first commune.
+    "poll-fr": ("1", "2", "3", "3", "3", "3", "1", "2", "2", "1", "1"),
+    # Bambara; poll: 4 actors, who answered left unsaid, cercle "other" (no commune).
+    "poll-bm": ("2", "2", "4", "4", "4", "4", "3", "5", "3", "7"),
     # French; report: help, army, today, cercle "other", no message.
     "report-skip": ("1", "1", "1", "1", "1", "7", "2"),
     # French; report on page 2 of the categories, Koro, page 2 of its communes, with a

@@ -34,6 +34,7 @@ from gateway.operators.api import build_api
 from gateway.outbox import outbox
 from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
+from gateway.store import queries
 from gateway.store.batches import Batches
 from gateway.store.db import DatabaseBusy, DatabaseUnavailable, waiting
 from gateway.store.models import utcnow
@@ -103,6 +104,16 @@ def driver_operational_errors() -> list[type[Exception]]:
     import psycopg
 
     return [sqlite3.OperationalError, psycopg.OperationalError]
+
+
+def counters(rt: Runtime) -> dict[str, int]:
+    """The named counters a deployer reads (floods refused, 429s, unmatched delivery
+    reports...); empty when the database does not answer."""
+    try:
+        with rt.db.transaction() as conn:
+            return queries.all_counters(conn)
+    except Exception:
+        return {}
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None,
@@ -392,7 +403,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
             "queue": depth is not None and depth <= settings.max_queue,
         }
         ready = all(checks.values())
-        return JSONResponse({"ready": ready, "checks": checks, "queued": depth},
-                            status_code=200 if ready else 503)
+        counted = await run_in_threadpool(counters, rt) if depth is not None else {}
+        return JSONResponse({"ready": ready, "checks": checks, "queued": depth,
+                             "counters": counted}, status_code=200 if ready else 503)
 
     return app

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway import retention
 from gateway.channels.base import Sender
 from gateway.channels.senders import make_sender
 from gateway.content import catalogs
 from gateway.dialogue.engine import Engine
-from gateway.dialogue.services import engine_rules, sms_rules, ussd_service
+from gateway.dialogue.services import engine_rules, limits, sms_rules, ussd_service
 from gateway.dialogue.sms import SmsPolicy, SmsService, words
 from gateway.dialogue.ussd import HopJobs, UssdService
 from gateway.dialogue.validate import check_content, errors
 from gateway.errors import StartupError
-from gateway.operators import broadcasts
+from gateway.operators import broadcasts, referrals
+from gateway.operators.reports import vocabulary
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.outbox.worker import Progress, Worker
 from gateway.privacy import keys as keys_mod
@@ -80,11 +84,12 @@ def build_runtime(settings: Settings) -> Runtime:
     ussd = ussd_service(settings, db=db, keys=keyring, content=content)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
                                  lease_seconds=settings.send_lease_seconds,
-                                 quiet=settings.quiet)
+                                 send_timeout=settings.send_timeout, quiet=settings.quiet)
     sms_policy = SmsPolicy(
         default_region=settings.default_region, stop_words=words(settings.stop_words),
         start_words=words(settings.start_words), erase_words=words(settings.erase_words),
-        yes_words=words(settings.yes_words),
+        yes_words=words(settings.yes_words), limits=limits(settings),
+        help_interval=timedelta(minutes=settings.help_interval_minutes),
     )
     wake = asyncio.Event()
     sms = SmsService(db=db, keys=keyring, engine=Engine(content, sms_rules(settings)),
@@ -97,8 +102,9 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worker:
     """The outbox worker over the runtime's parts; it runs the retention purge (a job over
-    every layer, so scheduled from here) through its daily hook, and the broadcasts'
-    expansion into outbox messages through its jobs hook."""
+    every layer, so scheduled from here) through its daily hook, and through its jobs hook
+    the broadcasts' expansion into outbox messages and the referrals' delivery to partners
+    (operators), one step of each per call."""
 
     def purge(now: datetime) -> str:
         done = retention.purge(rt.db, retention=retention.Retention.of(rt.settings), now=now,
@@ -106,13 +112,19 @@ def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worke
         return str(done)
 
     rules = broadcasts.Rules.of(rt.settings, rt.engine.content)
+    mail = referrals.Mail.of(rt.settings)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-    def expand(now: datetime) -> Progress:
-        return broadcasts.run_due(rt.db, keys=rt.keys, policy=rt.outbox_policy, rules=rules,
-                                  now=now)
+    def jobs(now: datetime) -> Progress:
+        expanded = broadcasts.run_due(rt.db, keys=rt.keys, policy=rt.outbox_policy,
+                                      rules=rules, now=now)
+        _, more = referrals.deliver_due(rt.db, keys=rt.keys,
+                                        vocab=vocabulary(rt.engine.content), mail=mail,
+                                        owner=owner, now=now)
+        return Progress(queued=expanded.queued, more=expanded.more or more)
 
     return Worker(db=rt.db, keys=rt.keys, sender=rt.sender, policy=rt.outbox_policy,
-                  wake=lambda: rt.wake, daily=purge, jobs=expand, clock=clock)
+                  wake=lambda: rt.wake, daily=purge, jobs=jobs, clock=clock)
 
 
 async def run_worker(rt: Runtime, stop: asyncio.Event | None = None) -> None:

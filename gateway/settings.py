@@ -133,7 +133,38 @@ class Settings(BaseSettings):
         60, ge=5,
         description="How long a worker holds a message it is sending. A message whose "
         "worker died is looked at again after this (a broadcast may go out once more; an "
-        "acknowledgement is marked unknown, never resent).",
+        "acknowledgement is marked unknown, never resent). A live worker renews the lease of "
+        "a send still waiting for its answer.",
+    )
+    send_timeout: float = Field(
+        10.0, gt=0, le=120,
+        description="Seconds one send waits for the provider's answer; without one by then "
+        "it is ambiguous. A worker keeps up to rate x timeout sends in flight (at least 4, "
+        "at most 256), so a hung request costs one of them, not the route.",
+    )
+
+    # Floods (per contact, by pseudonym).
+    reply_budget_hour: int = Field(
+        20, ge=1,
+        description="Most SMS replies (answers, acknowledgements, help, and the answers to "
+        "STOP, START and SUPPRIMER) one contact is sent in any hour. Beyond it their messages "
+        "are still handled and stored, nothing is sent, and the excess is counted.",
+    )
+    reply_budget_day: int = Field(
+        60, ge=1, description="Most SMS replies one contact is sent in any 24 hours.",
+    )
+    help_interval_minutes: int = Field(
+        60, ge=1,
+        description="The keyword help goes to one contact at most once in this many minutes.",
+    )
+    report_limit_hour: int = Field(
+        5, ge=1,
+        description="Most reports one contact files in any hour (USSD and SMS together). "
+        "Beyond it a report gets the same acknowledgement, is not kept for review, and is "
+        "counted.",
+    )
+    report_limit_day: int = Field(
+        20, ge=1, description="Most reports one contact files in any 24 hours.",
     )
     retention_number_days: int = Field(
         180, ge=1,
@@ -182,6 +213,31 @@ class Settings(BaseSettings):
     )
     timezone: str = Field(
         "Africa/Bamako", description="IANA time zone of `GATEWAY_QUIET_HOURS`."
+    )
+
+    # Poll results.
+    min_cell: int = Field(
+        5, ge=1,
+        description="Poll results: a group with fewer respondents is suppressed wherever "
+        "figures are shared (radio, on-air pages, exports), with whatever groups would let "
+        "it be worked out; operators see it marked `small`.",
+    )
+
+    # Referrals of reports to partners by e-mail (gateway/operators/referrals.py).
+    smtp_host: str | None = Field(
+        None, description="SMTP server that sends referral e-mails; unset, e-mail partners "
+        "cannot be added and nothing is sent by e-mail.",
+    )
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    smtp_user: str | None = Field(None, description="SMTP user name; unset, no login.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_from: str | None = Field(
+        None, description="The From address of referral e-mails (required with "
+        "`GATEWAY_SMTP_HOST`).",
+    )
+    smtp_starttls: bool = Field(
+        True, description="Upgrade the SMTP connection with STARTTLS before logging in and "
+        "sending; `false` only for a relay on the same host.",
     )
 
     # Africa's Talking.

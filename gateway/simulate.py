@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from gateway.channels.kannel import UssdConfig
 from gateway.settings import Settings
 from gateway.text.encoding import (
     encoding_of,
@@ -50,6 +51,18 @@ HOP_METADATA = "at-ussd-hop-metadata"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # AT waits about 10 s for an application
 EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+
+
+def read_line(ask: Callable[[str], str], prompt: str) -> str | None:
+    """A line from the resident (None at end of input); piped input is echoed."""
+    try:
+        line = ask(prompt)
+    except EOFError:
+        print()
+        return None
+    if not sys.stdin.isatty():
+        print(line)
+    return line.strip()
 
 class Unreachable(Exception):
     """The gateway cannot be reached at all."""
@@ -101,15 +114,7 @@ class Simulator:
         self.ask = ask
 
     def read(self, prompt: str) -> str | None:
-        """A line from the resident (None at end of input); piped input is echoed."""
-        try:
-            line = self.ask(prompt)
-        except EOFError:
-            print()
-            return None
-        if not sys.stdin.isatty():
-            print(line)
-        return line.strip()
+        return read_line(self.ask, prompt)
 
     def post(self, path: str, data: dict[str, str],
              headers: dict[str, str] | None = None) -> httpx.Response:
@@ -384,23 +389,15 @@ class KannelSimulator:
         self.phone = phone
         self.service_code = service_code
         self.budget = settings.ussd_budget
-        begin = sorted(int(c) for c in settings.kannel_ussd_begin_ops.split(",") if c.strip())
-        answer = sorted(int(c) for c in settings.kannel_ussd_answer_ops.split(",") if c.strip())
-        self.begin_op, self.answer_op = begin[0], answer[0]
-        self.wait_op, self.end_op = settings.kannel_ussd_wait_op, settings.kannel_ussd_end_op
-        self.with_session = bool(settings.kannel_ussd_session_tlv.strip())
+        config = UssdConfig.from_settings(settings)
+        self.begin_op, self.answer_op = min(config.begin_ops), min(config.answer_ops)
+        self.wait_op, self.end_op = config.wait_op, config.end_op
+        self.with_session = bool(config.session_tlv)
         self.ask = ask
         self.session = 0
 
     async def read(self, prompt: str) -> str | None:
-        try:
-            line = await asyncio.to_thread(self.ask, prompt)
-        except EOFError:
-            print()
-            return None
-        if not sys.stdin.isatty():
-            print(line)
-        return line.strip()
+        return await asyncio.to_thread(read_line, self.ask, prompt)
 
     async def dial(self) -> str:
         """One session from dial to hang-up: ``Success``, ``Incomplete`` or ``Failed``."""
@@ -450,7 +447,7 @@ async def run_kannel_async(*, port: int, phone: str, service_code: str, settings
     operator = SmppOperator("127.0.0.1", port, op_tag=op_tag, session_tag=session_tag)
     await operator.start()
     try:
-        print(f"Dannaya phone {phone} behind an operator's USSD gateway: SMPP on "
+        print("Dannaya phone behind an operator's USSD gateway: SMPP on "
               f"127.0.0.1:{port}. In kannel.conf, point the USSD bind at it:\n"
               f"  group = smsc\n  smsc = smpp\n  smsc-id = {settings.kannel_ussd_smsc}\n"
               f"  host = 127.0.0.1\n  port = {port}\n  transceiver-mode = true\n"

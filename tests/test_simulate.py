@@ -38,7 +38,7 @@ STATUS_LINE = re.compile(r"^\[(CON|END) · (\d+)/160 septets · GSM-7\]$", re.MU
 # Dial 1, French: language, report, help, "don't know" which force, today, Mopti, Konna,
 # send without a message. Dial 2: the language menu, Bambara, then the trust poll
 # (not at all, don't know, a little, somewhat) and "other" cercle. Dial 3: hang up.
-RESIDENT = "1\n1\n1\n6\n1\n1\n5\n2\ny\n6\n2\n2\n1\n5\n2\n3\n7\ny\n"
+RESIDENT = "1\n1\n1\n6\n1\n1\n5\n2\ny\n6\n2\n2\n1\n5\n2\n3\n3\n5\n3\n7\ny\n"
 
 
 @dataclass
@@ -142,11 +142,12 @@ def test_a_report_a_poll_and_a_hang_up(gateway: Gateway, tmp_path: Path) -> None
     assert "│ Langue / Kan / Demngal:\n│ 1. Francais\n│ 2. Bamanankan\n│ 3. Fulfulde\n[CON · " \
         in out
     statuses = STATUS_LINE.findall(out)
-    assert len(statuses) == 9 + 9 + 1  # every hop of the three dials shows its status
+    assert len(statuses) == 9 + 12 + 1  # every hop of the three dials shows its status
     assert all(int(length) <= 160 for _, length in statuses)
     assert [kind for kind, _ in statuses].count("END") == 2
     assert "warning" not in out
-    assert out.count("--- Success: 9 hops") == 2 and out.count("--- Incomplete: 1 hop,") == 1
+    assert out.count("--- Success: 9 hops") == out.count("--- Success: 12 hops") == 1
+    assert out.count("--- Incomplete: 1 hop,") == 1
     assert out.count("notification sent") == 3
     assert out.count(PHONE) == 1  # the banner, and nowhere else
 
@@ -160,12 +161,13 @@ def test_a_report_a_poll_and_a_hang_up(gateway: Gateway, tmp_path: Path) -> None
     answers = rows(gateway.database, "SELECT question, answer FROM poll_answer")
     assert {row["question"]: row["answer"] for row in answers} == {
         "army": "not_at_all", "gendarmerie": "dont_know", "police": "just_a_little",
-        "national_guard": "somewhat", "cercle": "other",
+        "national_guard": "somewhat", "gender": "refused", "age_band": "refused",
+        "displaced": "refused", "cercle": "other",
     }
     events = rows(gateway.database,
                   "SELECT session_id, status, hops, duration_ms FROM ussd_event ORDER BY id")
     assert [(e["status"], e["hops"]) for e in events] == [
-        ("success", 9), ("success", 9), ("incomplete", 1)]
+        ("success", 9), ("success", 12), ("incomplete", 1)]
     assert all(isinstance(e["duration_ms"], int) for e in events)
     assert all(re.fullmatch(r"ATUid_[0-9a-f]{32}", str(e["session_id"])) for e in events)
     assert len({e["session_id"] for e in events}) == 3  # a fresh session per dial
@@ -292,7 +294,7 @@ def test_a_ucs2_screen_is_counted_in_units_and_charged_double() -> None:
 KANNEL_STATUS = re.compile(
     r"^\[(CON|END) · op (\d+) · session echoed · (\d+)/160 septets · GSM-7\]$", re.MULTILINE)
 # Dial 1: French, the poll (not at all x4), cercle "other". Dial 2: the main menu, hang up.
-KANNEL_RESIDENT = "1\n2\n1\n1\n1\n1\n7\ny\n"
+KANNEL_RESIDENT = "1\n2\n1\n1\n1\n1\n3\n5\n3\n7\ny\n"
 
 
 @pytest.mark.kannel
@@ -325,14 +327,15 @@ def test_kannel_mode_walks_the_menus_through_a_real_kannel(tmp_path: Path) -> No
     assert "│ Langue / Kan / Demngal:\n│ 1. Francais\n" in text
     statuses = KANNEL_STATUS.findall(text)
     assert [(kind, op) for kind, op, _ in statuses] == \
-        [("CON", "2")] * 7 + [("END", "17"), ("CON", "2")]
+        [("CON", "2")] * 10 + [("END", "17"), ("CON", "2")]
     assert "│ Merci, réponse recue.\n" in text
     assert text.count("--- Success ---") == 1 and text.count("--- Incomplete ---") == 1
     assert "warning" not in text
     answers = rows(tmp_path / "gateway.db", "SELECT question, answer FROM poll_answer")
     assert {(r["question"], r["answer"]) for r in answers} == {
         ("army", "not_at_all"), ("gendarmerie", "not_at_all"), ("police", "not_at_all"),
-        ("national_guard", "not_at_all"), ("cercle", "other")}
+        ("national_guard", "not_at_all"), ("gender", "refused"), ("age_band", "refused"),
+        ("displaced", "refused"), ("cercle", "other")}
 
 
 def test_kannel_mode_says_when_its_port_is_taken(tmp_path: Path) -> None:

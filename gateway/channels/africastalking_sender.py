@@ -47,7 +47,7 @@ from africastalking.Service import DEFAULT_TIMEOUT_S, AfricasTalkingException, S
 from africastalking.SMS import SMSService
 from urllib3.exceptions import NewConnectionError
 
-from gateway.channels.base import OutboundSms, SendOutcome, SendResult
+from gateway.channels.base import OutboundSms, SendOutcome, SendResult, send_slots
 from gateway.settings import Settings
 from gateway.store.models import utcnow
 
@@ -153,11 +153,15 @@ class AfricasTalkingSender:
         username = settings.at_username.strip()
         if not username:
             raise ValueError("GATEWAY_PROVIDER=africastalking needs GATEWAY_AT_USERNAME")
-        # About one call a second per thread: enough threads to keep up with the rate.
-        threads = min(32, max(4, math.ceil(settings.send_rate)))
+        # One thread per send the worker keeps in flight (``send_slots``): a request hanging
+        # until its timeout holds its own thread, and no other send queues behind it.
+        # Threads start only when needed, so a fast provider uses few of them.
+        threads = send_slots(settings.send_rate, settings.send_timeout)
+        timeout = settings.send_timeout
         return cls(username=username, api_key=key,
                    sender_id=(settings.at_from or "").strip() or None,
-                   sms_url=(settings.at_sms_url or "").strip() or None, max_threads=threads)
+                   sms_url=(settings.at_sms_url or "").strip() or None, max_threads=threads,
+                   timeout=(min(DEFAULT_TIMEOUT_S[0], timeout), timeout))
 
     @property
     def endpoint(self) -> str:
@@ -256,7 +260,8 @@ def classify_http(status: int, retry_after: str | None = None) -> SendResult:
     """A non-2xx answer: nothing was accepted."""
     code = f"http-{status}"
     if status in (408, 429) or status >= 500:
-        return SendResult(SendOutcome.retry, code=code, retry_after=_retry_after(retry_after))
+        return SendResult(SendOutcome.retry, code=code, retry_after=_retry_after(retry_after),
+                          throttled=status == 429)
     return SendResult(SendOutcome.failed, code=code)  # 401 bad key, 400 bad request...
 
 

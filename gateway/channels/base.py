@@ -6,6 +6,7 @@ payload cannot be read (a clear, logged refusal, never an exception to the web l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -109,6 +110,21 @@ class SendResult:
     provider_message_id: str | None = None
     code: str | None = None  # the provider's status code, kept as last_error
     retry_after: float | None = None  # seconds, when the provider says
+    # The provider refused it for the route's rate (HTTP 429): not sent, and the whole
+    # route slows down, not only this message.
+    throttled: bool = False
+
+
+MIN_SLOTS = 4
+MAX_SLOTS = 256
+
+
+def send_slots(rate: float, timeout: float) -> int:
+    """How many sends a worker keeps in flight: enough that requests hanging until their
+    timeout each hold one slot while the rest still leave at ``rate`` (rate x timeout),
+    within [MIN_SLOTS, MAX_SLOTS]. A sender needs as many connections (or threads), or a
+    send would wait inside it for one."""
+    return max(MIN_SLOTS, min(MAX_SLOTS, math.ceil(rate * timeout)))
 
 
 class Sender(Protocol):

@@ -18,25 +18,28 @@ from gateway.channels.base import OutboundSms, SendOutcome, SendResult
 log = logging.getLogger("gateway.channels.fake")
 NAME = "fake"
 KEEP = 10_000  # messages kept in memory for inspection
-# Connections to the stand-in SMSC. A worker hands over a whole claimed batch at once (up
-# to 50); the extra requests wait for a connection instead of opening one each: httpcore
-# checks every pooled connection on every request, so 50 connections cost about twice the
-# CPU per message of 8, and a loopback SMSC answers fast enough for 8 to keep up.
+# Connections to the stand-in SMSC: as many as the worker keeps sends in flight
+# (``send_slots``), so that a request hanging until its timeout holds its own connection and
+# no other send waits behind it. The worker paces what it hands over, so only about
+# rate x answer time of them are open at once (httpcore checks every pooled connection on
+# every request: a few dozen idle ones cost CPU); KEEPALIVE bounds those kept idle.
 CONNECTIONS = 8
+KEEPALIVE = 16
 
 
 class FakeSender:
     name = NAME
 
-    def __init__(self, *, url: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, *, url: str | None = None, timeout: float = 10.0,
+                 connections: int = CONNECTIONS) -> None:
         # The last messages only (numbers in clear, in memory): enough for tests and a
         # developer's look, never a growing record.
         self.sent: deque[OutboundSms] = deque(maxlen=KEEP)
         self.url = url
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, pool=None),  # waiting for a connection is not an error
-            limits=httpx.Limits(max_connections=CONNECTIONS,
-                                max_keepalive_connections=CONNECTIONS),
+            limits=httpx.Limits(max_connections=connections,
+                                max_keepalive_connections=min(connections, KEEPALIVE)),
         ) if url else None
 
     async def send(self, message: OutboundSms) -> SendResult:
@@ -64,7 +67,8 @@ class FakeSender:
         if response.status_code == 429 or response.status_code >= 500:
             after = response.headers.get("retry-after")
             return SendResult(SendOutcome.retry, code=code,
-                              retry_after=float(after) if after and after.isdigit() else None)
+                              retry_after=float(after) if after and after.isdigit() else None,
+                              throttled=response.status_code == 429)
         return SendResult(SendOutcome.failed, code=code)
 
     async def close(self) -> None:

@@ -34,6 +34,7 @@ from gateway.channels.base import (
     UssdEnded,
     UssdTurn,
     line_session_id,
+    send_slots,
 )
 from gateway.channels.forms import decode_form_bytes
 from gateway.logs import redact
@@ -170,7 +171,7 @@ def parse_ussd(fields: Mapping[str, bytes], config: UssdConfig) -> UssdRequest:
     hop_id = field(fields, "id").strip()
     phone = field(fields, "from")
     if not hop_id or len(hop_id) > MAX_ID or not phone.strip():
-        log.warning("ussd: Kannel call without id or sender ignored")
+        log.warning("ussd: Kannel call missing its id or its from field; ignored")
         return UssdRequest(None)
     smsc = field(fields, "smsc").strip()
     if config.smsc and smsc and smsc != config.smsc:
@@ -284,7 +285,7 @@ class KannelSender:
     name = NAME
 
     def __init__(self, *, sendsms_url: str, sender: str | None, public_url: str,
-                 token: str | None = None, timeout: float = 10.0,
+                 token: str | None = None, timeout: float = 10.0, connections: int = 100,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.url = httpx.URL(sendsms_url)
         self.sender = sender
@@ -295,6 +296,10 @@ class KannelSender:
         self.token_query = f"&token={quote(token, safe='')}" if token else ""
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            # One connection per send the worker keeps in flight (``send_slots``): a hung
+            # request holds its own, no other send waits behind it.
+            limits=httpx.Limits(max_connections=connections,
+                                max_keepalive_connections=min(connections, 20)),
             follow_redirects=False, transport=transport)
 
     @classmethod
@@ -321,7 +326,8 @@ class KannelSender:
                 "GATEWAY_WEBHOOK_TOKEN must be printable ASCII with Kannel: its dlr-url "
                 "would mangle the encoded form of other characters")
         return cls(sendsms_url=url.strip(), sender=settings.kannel_from or None,
-                   public_url=public, token=token)
+                   public_url=public, token=token, timeout=settings.send_timeout,
+                   connections=send_slots(settings.send_rate, settings.send_timeout))
 
     def dlr_url(self, outbox_id: int) -> str:
         """Where Kannel reports on this message; Kannel fills in ``%d``, the status."""
@@ -370,7 +376,8 @@ class KannelSender:
             log.warning("kannel: outbox #%d not taken (%d: %r); will retry", outbox_id,
                         status, answer)
             return SendResult(SendOutcome.retry, code=code,
-                              retry_after=float(after) if after.isdigit() else None)
+                              retry_after=float(after) if after.isdigit() else None,
+                              throttled=status == 429)
         log.error("kannel: outbox #%d refused (%d: %r)", outbox_id, status, answer)
         return SendResult(SendOutcome.failed, code=code)
 

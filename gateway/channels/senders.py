@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.channels.base import Sender
+from gateway.channels.base import Sender, send_slots
 from gateway.channels.fake import FakeSender
 from gateway.errors import StartupError
 from gateway.settings import ProviderName, Settings
@@ -22,4 +22,5 @@ def make_sender(settings: Settings) -> Sender:
             return KannelSender.from_settings(settings)
     except ValueError as exc:  # KannelConfigError included
         raise StartupError(str(exc)) from None
-    return FakeSender(url=settings.fake_smsc_url)
+    return FakeSender(url=settings.fake_smsc_url, timeout=settings.send_timeout,
+                      connections=send_slots(settings.send_rate, settings.send_timeout))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from gateway.content.catalogs import Content
 from gateway.dialogue.engine import Engine, Rules
+from gateway.dialogue.limits import Limits
 from gateway.dialogue.ussd import UssdPolicy, UssdService
 from gateway.privacy.keys import KeyRing
 from gateway.settings import Settings
@@ -38,11 +39,20 @@ def sms_rules(settings: Settings) -> Rules:
     )
 
 
+def limits(settings: Settings) -> Limits:
+    """Each contact's flood limits: replies sent by SMS, reports kept."""
+    return Limits(replies_hour=settings.reply_budget_hour,
+                  replies_day=settings.reply_budget_day,
+                  reports_hour=settings.report_limit_hour,
+                  reports_day=settings.report_limit_day)
+
+
 def ussd_service(settings: Settings, *, db: Database, keys: KeyRing,
                  content: Content) -> UssdService:
     """The USSD service over ``content`` with the deployment's rules and policy."""
     policy = UssdPolicy(default_region=settings.default_region,
                         resume_minutes=settings.ussd_resume_minutes,
-                        line_timeout_seconds=settings.kannel_ussd_timeout)
+                        line_timeout_seconds=settings.kannel_ussd_timeout,
+                        limits=limits(settings))
     return UssdService(db=db, keys=keys, engine=Engine(content, engine_rules(settings)),
                        policy=policy)

@@ -7,9 +7,14 @@ Per inbound message, in one transaction with its deduplication row:
    waits for typed text); an expired conversation is dropped silently;
 3. a keyword starts its flow; a flow with ``sms_confirm`` (reports) first warns that SMS
    stay in the inbox while USSD leaves no trace, and waits for a yes;
-4. anything else gets one neutral help message, at most once a day.
+4. anything else gets one neutral help message, at most once an hour
+   (``GATEWAY_HELP_INTERVAL_MINUTES``).
 
-Every reply is an outbox row written in the same transaction.
+Every reply is an outbox row written in the same transaction, within the contact's reply
+budget (``limits``): past it the message is still handled, and nothing is sent back. The
+answers to STOP, START and SUPPRIMER count like any reply: a flood of STOP must not cost
+one SMS each. The stop, start or erasure itself always takes effect; only its
+confirmation waits for the budget.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from sqlalchemy import Connection, Row, delete, select
 
 from gateway.channels.base import InboundSms
 from gateway.content.flowdef import InputStep
+from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import Engine, State, Turn
+from gateway.dialogue.limits import Limits
 from gateway.dialogue.ussd import apply_effects
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
@@ -39,7 +46,6 @@ log = logging.getLogger("gateway.dialogue.sms")
 
 inbound = queries._t(InboundMessage)
 conversations = queries._t(SmsConversation)
-HELP_INTERVAL = timedelta(days=1)
 
 
 def words(setting: str) -> frozenset[str]:
@@ -55,6 +61,8 @@ class SmsPolicy:
     erase_words: frozenset[str] = field(default_factory=lambda: words("SUPPRIMER"))
     yes_words: frozenset[str] = field(default_factory=lambda: words("OUI,1,OWO,AWO,YES"))
     bambara_words: frozenset[str] = field(default_factory=lambda: words("DABILA,JOSI"))
+    limits: Limits = field(default_factory=Limits)
+    help_interval: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -247,7 +255,7 @@ class _Reply:
         source = f"sms:{self.message.provider}:{self.message.external_id}"
         apply_effects(self.conn, self.s.keys, turn.effects, pseudonym=self.pseudonym,
                       e164=self.e164, language=state.lang, source=source, channel="sms",
-                      now=self.now)
+                      now=self.now, limits=self.s.policy.limits)
         if turn.screen.end:
             self._drop_conversation()
             self._send("ack", turn.screen.text)
@@ -258,12 +266,12 @@ class _Reply:
 
     def _help(self) -> None:
         last = self.contact.help_sent_at
-        if last is not None and self.now - last < HELP_INTERVAL:
+        if last is not None and self.now - last < self.s.policy.help_interval:
             return
-        queries.update_contact(self.conn, pseudonym=self.pseudonym, help_sent_at=self.now)
         lang = self.language
-        self._send("help", self.s.engine.say(lang, "sms-help",
-                                             keywords=self.s.keyword_list(lang)))
+        if self._send("help", self.s.engine.say(lang, "sms-help",
+                                                keywords=self.s.keyword_list(lang))):
+            queries.update_contact(self.conn, pseudonym=self.pseudonym, help_sent_at=self.now)
 
     # --- storage -----------------------------------------------------------------------
 
@@ -294,9 +302,16 @@ class _Reply:
     def _say(self, key: str) -> str:
         return self.s.engine.say(self.language, key)
 
-    def _send(self, kind: str, text: str) -> None:
+    def _send(self, kind: str, text: str) -> bool:
+        """Queue a reply, within the contact's reply budget; whether it was queued."""
+        if not flood.fits(self.conn, limits=self.s.policy.limits, pseudonym=self.pseudonym,
+                          what=flood.REPLY, now=self.now):
+            return False
         key = f"{kind}:{self.message.provider}:{self.message.external_id}"
-        if outbox.enqueue(self.conn, keys=self.s.keys, policy=self.s.outbox_policy,
-                          pseudonym=self.pseudonym, e164=self.e164, text=text, kind=kind,
-                          dedupe_key=key, now=self.now):
-            self.sent += 1
+        if not outbox.enqueue(self.conn, keys=self.s.keys, policy=self.s.outbox_policy,
+                              pseudonym=self.pseudonym, e164=self.e164, text=text, kind=kind,
+                              dedupe_key=key, now=self.now):
+            return False
+        flood.spend(self.conn, pseudonym=self.pseudonym, what=flood.REPLY, now=self.now)
+        self.sent += 1
+        return True

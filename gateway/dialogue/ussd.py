@@ -31,8 +31,8 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
@@ -41,7 +41,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.channels.base import UssdEnded, UssdTurn
 from gateway.content.flowdef import Action
+from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
+from gateway.dialogue.limits import Limits
 from gateway.outbox import outbox
 from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.privacy.phone import normalise
@@ -68,6 +70,7 @@ class UssdPolicy:
     # Per-hop providers: a session untouched this long was ended by the operator, and a
     # later answer on its line is not for it.
     line_timeout_seconds: int = 180
+    limits: Limits = field(default_factory=Limits)  # reports per contact
 
 
 class UssdService:
@@ -420,7 +423,7 @@ class UssdService:
 
         apply_effects(conn, self.keys, result.effects, pseudonym=pseudonym, e164=e164,
                       language=result.state.lang, source=self._aad(turn), channel="ussd",
-                      now=now)
+                      now=now, limits=self.policy.limits)
 
     def _latest_input(self, turn: UssdTurn, row: queries.SessionRow) -> str | None:
         """The input this hop adds to the last one handled, or None if it adds none.
@@ -591,6 +594,15 @@ def earlier_screen(history: str, text_mac: str) -> str | None:
     return None
 
 
+def area_of(coded: Mapping[str, str]) -> str | None:
+    """The place a dialogue's answers give: the commune, else the cercle (the commune was
+    "other / don't know"), else None."""
+    commune, cercle = coded.get("commune"), coded.get("cercle")
+    if commune not in (None, OTHER):
+        return commune
+    return cercle if cercle != OTHER else None
+
+
 def data_key(conn: Connection, keys: KeyRing, *, pseudonym: str) -> str:
     """The contact's wrapped data key, made now if they have none (or only one that a
     shred left unreadable: it came back from an older dump)."""
@@ -608,31 +620,43 @@ def data_key(conn: Connection, keys: KeyRing, *, pseudonym: str) -> str:
 def apply_effects(
     conn: Connection, keys: KeyRing, effects: Iterable[Effect], *, pseudonym: str,
     e164: str | Callable[[], str], language: str, source: str, channel: str, now: datetime,
+    limits: Limits | None = None,
 ) -> None:
     """Carry out what a dialogue asked for, in the caller's transaction. ``e164`` may be
-    given as a function, called only by an effect that needs the number."""
+    given as a function, called only by an effect that needs the number. With ``limits``,
+    a report past the contact's limit is not kept (the dialogue's acknowledgement is the
+    same), only counted."""
     for effect in effects:
         coded = {k: v for k, v in effect.results.items() if k not in effect.sensitive}
         if effect.action is Action.set_language:
             queries.update_contact(conn, pseudonym=pseudonym, language=language)
         elif effect.action is Action.save_report:
+            if limits is not None and not flood.fits(conn, limits=limits, pseudonym=pseudonym,
+                                                     what=flood.REPORT, now=now):
+                continue  # not kept for review: counted, and acknowledged all the same
             typed = {k: v for k, v in effect.results.items() if k in effect.sensitive}
             sealed = None
             if typed:
                 wrapped = data_key(conn, keys, pseudonym=pseudonym)
                 sealed = keys.encrypt_for(wrapped, json.dumps(typed, ensure_ascii=False),
                                           pseudonym=pseudonym, aad=source)
-            queries.insert_report(conn, source=source, flow=effect.flow,
-                                flow_version=effect.version, channel=channel,
-                                pseudonym=pseudonym, answers=coded, text=sealed, now=now)
+            kept = queries.insert_report(conn, source=source, flow=effect.flow,
+                                         flow_version=effect.version, channel=channel,
+                                         pseudonym=pseudonym, answers=coded, text=sealed,
+                                         now=now, area=area_of(coded))
+            if kept and limits is not None:
+                flood.spend(conn, pseudonym=pseudonym, what=flood.REPORT, now=now)
         elif effect.action is Action.save_poll:
             assert effect.poll is not None
+            respondent = queries.Respondent(
+                area=area_of(coded), gender=coded.get("gender"),
+                age_band=coded.get("age_band"), displaced=coded.get("displaced"))
             queries.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,
-                                      answers=coded, flow_version=effect.version, now=now)
+                                      answers=coded, flow_version=effect.version, now=now,
+                                      respondent=respondent)
         elif effect.action is Action.subscribe:
-            area = coded.get("commune") if coded.get("commune") not in (None, OTHER) else None
-            area = area or (coded.get("cercle") if coded.get("cercle") != OTHER else None)
-            queries.update_contact(conn, pseudonym=pseudonym, subscribed=True, area=area)
+            queries.update_contact(conn, pseudonym=pseudonym, subscribed=True,
+                                 area=area_of(coded))
             number = e164() if callable(e164) else e164
             wrapped = data_key(conn, keys, pseudonym=pseudonym)
             queries.upsert_vault(conn, pseudonym=pseudonym, now=now,

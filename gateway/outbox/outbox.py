@@ -12,6 +12,13 @@ Statuses only move forward: queued → sending → sent → delivered | failed, 
 side exits expired (past ``valid_until``), cancelled (stopped or erased contact) and
 unknown (ambiguous, not resent).
 
+When the provider answers 429, the route slows down for every worker, not only the
+refused message (``throttle``): the shared bucket pauses until the provider's
+``Retry-After``, its rate drops by 30 %, then climbs back towards the configured rate by a
+hundredth of it every second (additive increase, multiplicative decrease: the rate settles
+just under what the provider really takes, instead of sending half the requests into
+refusals). A 429 is not an attempt: the message goes back to the queue untouched.
+
 Claims take due messages by priority, then in the order they fell due (``next_attempt_at``;
 messages queued at the same instant in index order, which is id order on SQLite and about
 that on PostgreSQL), the order of the ``ix_outbox_due`` index: a claim reads a batch's worth
@@ -46,7 +53,13 @@ from sqlalchemy import (
     update,
 )
 
-from gateway.channels.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
+from gateway.channels.base import (
+    DeliveryReport,
+    DeliveryStatus,
+    SendOutcome,
+    SendResult,
+    send_slots,
+)
 from gateway.outbox.quiet import QuietHours
 from gateway.privacy.keys import KeyRing
 from gateway.store import queries
@@ -67,6 +80,18 @@ RANK = {
 }
 FINAL = frozenset({"delivered", "failed", "expired", "cancelled"})
 
+# The route's answer to a 429 (``throttle``).
+THROTTLE_DECREASE = 0.7  # the rate is multiplied by this ...
+THROTTLE_FLOOR = 0.05  # ... down to this share of the configured rate at least
+THROTTLE_RECOVERY = 0.01  # then climbs by this share of the configured rate each second
+THROTTLE_PAUSE = 1.0  # seconds the route waits after a 429 without Retry-After
+THROTTLE_MAX_PAUSE = 300.0  # the longest pause a Retry-After imposes on the whole route
+THROTTLED = "provider_throttled"  # counter: 429 answers
+
+
+def _burst(rate: float) -> float:
+    return max(1.0, rate * 0.1)
+
 
 @dataclass(frozen=True)
 class OutboxPolicy:
@@ -74,6 +99,8 @@ class OutboxPolicy:
     rate: float = 10.0  # messages per second, for all workers together
     batch: int = 50  # most messages one claim takes
     lease_seconds: int = 60
+    send_timeout: float = 10.0  # seconds one send waits for the provider's answer
+    max_in_flight: int | None = None  # sends a worker keeps in flight; None: ``send_slots``
     max_attempts: int = 6
     backoff_seconds: float = 30.0
     valid_for: dict[str, timedelta] = field(default_factory=lambda: {
@@ -85,7 +112,14 @@ class OutboxPolicy:
 
     @property
     def burst(self) -> float:
-        return max(1.0, self.rate * 0.1)
+        return _burst(self.rate)
+
+    @property
+    def slots(self) -> int:
+        """How many sends one worker keeps in flight."""
+        if self.max_in_flight is not None:
+            return max(1, self.max_in_flight)
+        return send_slots(self.rate, self.send_timeout)
 
     def below(self, now: datetime) -> int:
         """Claims take messages of a priority below this: during quiet hours, everything
@@ -205,12 +239,33 @@ _SET_BUCKET = update(buckets).where(buckets.c.provider == bindparam("provider_")
     tokens=bindparam("tokens_"), updated_at=bindparam("now_"))
 
 
+def _rate(policy: OutboxPolicy, row: Any, now: datetime) -> float:
+    """The route's rate at ``now``: the configured one, or after a 429 the lowered rate,
+    climbing back from the end of the pause."""
+    if row is None or row.rate is None or row.throttled_at is None:
+        return policy.rate
+    start: datetime = max(row.throttled_at, row.paused_until or row.throttled_at)
+    climbed = max(0.0, (now - start).total_seconds()) * policy.rate * THROTTLE_RECOVERY
+    return min(policy.rate, float(row.rate) + climbed)
+
+
+def _paused(row: Any, now: datetime) -> float:
+    """Seconds the route still waits out a provider's Retry-After (0: none)."""
+    if row is None or row.paused_until is None:
+        return 0.0
+    until: datetime = row.paused_until
+    return max(0.0, (until - now).total_seconds())
+
+
 def _tokens(policy: OutboxPolicy, row: Any, now: datetime) -> float:
-    """The bucket's tokens at ``now`` (a new bucket starts full)."""
+    """The bucket's tokens at ``now`` (a new bucket starts full; a paused one is empty)."""
     if row is None:
         return policy.burst
+    if _paused(row, now):
+        return 0.0
+    rate = _rate(policy, row, now)
     elapsed = max(0.0, float((now - row.updated_at).total_seconds()))
-    return min(policy.burst, float(row.tokens) + elapsed * policy.rate)
+    return min(_burst(rate), float(row.tokens) + elapsed * rate)
 
 
 def _take_tokens(conn: Connection, *, policy: OutboxPolicy, now: datetime, want: int) -> int:
@@ -219,11 +274,52 @@ def _take_tokens(conn: Connection, *, policy: OutboxPolicy, now: datetime, want:
     if row is None:  # a new bucket starts full
         conn.execute(_NEW_BUCKET(conn), {"provider": policy.provider, "tokens": policy.burst,
                                          "updated_at": now})
+    elif _paused(row, now):
+        return 0  # the provider asked the route to wait
     tokens = _tokens(policy, row, now)
     taken = min(want, int(tokens))
     conn.execute(_SET_BUCKET, {"provider_": policy.provider, "tokens_": tokens - taken,
                                "now_": now})
     return taken
+
+
+_THROTTLE = update(buckets).where(buckets.c.provider == bindparam("provider_")).values(
+    tokens=0.0, updated_at=bindparam("until_"), paused_until=bindparam("until_"),
+    rate=bindparam("rate_"), throttled_at=bindparam("throttled_at_"))
+
+
+def throttle(conn: Connection, *, policy: OutboxPolicy, now: datetime, sent_at: datetime,
+             retry_after: float | None, count: int = 1) -> float:
+    """The provider refused sends for the route's rate (``count`` 429 answers, the latest
+    of them sent at ``sent_at``): every worker pauses until ``Retry-After`` (at most
+    THROTTLE_MAX_PAUSE), and the rate is lowered, once for sends that left after the last
+    lowering (answers to sends that left before it say nothing new about the lower rate).
+    Returns the route's rate after the pause."""
+    stmt = _BUCKET_LOCKED if conn.dialect.name == "postgresql" else _BUCKET
+    row = conn.execute(stmt, {"provider": policy.provider}).first()
+    if row is None:
+        conn.execute(_NEW_BUCKET(conn), {"provider": policy.provider, "tokens": 0.0,
+                                         "updated_at": now})
+    wait = THROTTLE_PAUSE if retry_after is None else retry_after
+    until = now + timedelta(seconds=min(THROTTLE_MAX_PAUSE, max(0.0, wait)))
+    if row is not None and row.paused_until is not None and row.paused_until > until:
+        until = row.paused_until
+    rate, throttled_at = _rate(policy, row, now), now
+    if row is None or row.throttled_at is None or row.rate is None \
+            or sent_at >= row.throttled_at:
+        rate = max(policy.rate * THROTTLE_FLOOR, rate * THROTTLE_DECREASE)
+    else:  # already lowered for this: keep the climb where it was
+        rate, throttled_at = float(row.rate), row.throttled_at
+    conn.execute(_THROTTLE, {"provider_": policy.provider, "until_": until, "rate_": rate,
+                             "throttled_at_": throttled_at})
+    queries.bump(conn, name=THROTTLED, by=count, now=now)
+    return rate
+
+
+def route(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> tuple[float, float]:
+    """The route's state: (its rate now, seconds it still waits out a Retry-After)."""
+    row = conn.execute(_BUCKET, {"provider": policy.provider}).first()
+    return _rate(policy, row, now), _paused(row, now)
 
 
 def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime,
@@ -329,6 +425,15 @@ def claim(
                     r.attempts) for r in rows]
 
 
+def renew(conn: Connection, *, ids: Sequence[int], owner: str, until: datetime) -> None:
+    """Extend the lease of sends still waiting for the provider's answer."""
+    if ids:
+        conn.execute(update(outbox).where(
+            outbox.c.id.in_(list(ids)), outbox.c.status == "sending",
+            outbox.c.lease_owner == owner,
+        ).values(lease_until=until))
+
+
 def open_recipient(keys: KeyRing, claimed: Claimed) -> str:
     return keys.open_text(claimed.recipient, aad=f"outbox:{claimed.dedupe_key}")
 
@@ -412,7 +517,14 @@ def _recorded(policy: OutboxPolicy, claimed: Claimed, result: SendResult, row: A
         return changes
     if not still_mine:
         return None  # a delivery report already moved it on
-    if result.outcome is SendOutcome.retry and claimed.attempts < policy.max_attempts:
+    if result.outcome is SendOutcome.retry and result.throttled:
+        # Refused for the route's rate: not sent, and not the message's fault. It waits
+        # with the route (``throttle``) and keeps its attempts.
+        wait = THROTTLE_PAUSE if result.retry_after is None else result.retry_after
+        changes.update(status="queued", attempts=max(0, claimed.attempts - 1),
+                       next_attempt_at=now + timedelta(
+                           seconds=min(THROTTLE_MAX_PAUSE, max(0.0, wait))))
+    elif result.outcome is SendOutcome.retry and claimed.attempts < policy.max_attempts:
         changes.update(status="queued", next_attempt_at=now + _backoff(
             policy, claimed.attempts, result.retry_after))
     elif result.outcome is SendOutcome.ambiguous:
@@ -526,5 +638,11 @@ def seconds_to_tokens(conn: Connection, *, policy: OutboxPolicy, now: datetime,
     """How long until the provider's bucket holds ``want`` tokens (at most a full bucket);
     0 when it does now."""
     row = conn.execute(_BUCKET, {"provider": policy.provider}).first()
-    want = min(max(1.0, want), policy.burst)
-    return max(0.0, (want - _tokens(policy, row, now)) / policy.rate)
+    paused = _paused(row, now)
+    if paused:
+        then = now + timedelta(seconds=paused)
+        rate = _rate(policy, row, then)
+        return paused + min(max(1.0, want), _burst(rate)) / rate
+    rate = _rate(policy, row, now)
+    want = min(max(1.0, want), _burst(rate))
+    return max(0.0, (want - _tokens(policy, row, now)) / rate)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 
@@ -28,7 +28,7 @@ class Contact(SQLModel, table=True):
     subscribed: bool = False
     area: str | None = Field(default=None, max_length=64)  # commune or cercle id
     stopped: bool = False  # STOP by SMS: sent nothing but direct answers
-    help_sent_at: datetime | None = None  # the keyword help goes out at most once a day
+    help_sent_at: datetime | None = None  # the keyword help: at most once an hour
     data_key: str | None = Field(default=None, sa_column=Column(Text))  # wrapped
     created_at: datetime = Field(default_factory=utcnow)
     last_seen_at: datetime = Field(default_factory=utcnow, index=True)
@@ -95,7 +95,15 @@ class UssdEvent(SQLModel, table=True):
 
 
 class Report(SQLModel, table=True):
-    """A report. Coded answers in clear; typed text sealed with the contact's data key."""
+    """A report. Coded answers in clear; typed text sealed with the contact's data key.
+
+    Its review (gateway/operators/reports.py): ``status`` new -> reviewed -> referred ->
+    closed (or reviewed -> closed), an assignee, and the redacted text a reviewer writes
+    beside the original, the only text that ever leaves (referrals, exports). Erasing the
+    reporter (SUPPRIMER) or the retention job clears ``text``; ``had_text`` stays, so the
+    report says its text was erased."""
+
+    __table_args__ = (Index("ix_report_area_id", "area", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     source: str = Field(max_length=200, unique=True)  # e.g. ussd:<provider>:<session>
@@ -107,13 +115,85 @@ class Report(SQLModel, table=True):
     text: str | None = Field(default=None, sa_column=Column(Text))  # sealed
     status: str = Field(default="new", max_length=16)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+    # Where, from the coded answers: the commune, else the cercle (None: not given).
+    area: str | None = Field(default=None, max_length=64)
+    had_text: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    redacted_text: str | None = Field(default=None, sa_column=Column(Text))
+    assignee_id: int | None = Field(default=None, foreign_key="account.id")
+    updated_at: datetime | None = None
+
+
+class ReportEvent(SQLModel, table=True):
+    """A report's history, as its reviewers see it: state changes, notes, assignment,
+    redaction, referrals. ``note`` is a reviewer's own words (never the report's text)."""
+
+    __tablename__ = "report_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=64)  # an account name, or "worker" for deliveries
+    action: str = Field(max_length=32)  # transition | note | assign | redact | refer | ...
+    from_status: str | None = Field(default=None, max_length=16)
+    to_status: str | None = Field(default=None, max_length=16)
+    ref: str | None = Field(default=None, max_length=64)  # a partner or an account name
+    note: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Partner(SQLModel, table=True):
+    """Who reports are referred to, set by an admin: an e-mail address or a webhook (its
+    secret sealed, gateway/operators/referrals.py)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    kind: str = Field(max_length=16)  # email | webhook
+    email: str | None = Field(default=None, max_length=254)
+    webhook_url: str | None = Field(default=None, sa_column=Column(Text))
+    secret: str | None = Field(default=None, sa_column=Column(Text))  # sealed
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Referral(SQLModel, table=True):
+    """A report sent to a partner, through a durable queue like the outbox: claimed under
+    a lease, retried with backoff, never sent again once the partner accepted it."""
+
+    __table_args__ = (
+        UniqueConstraint("report_id", "partner_id"),
+        Index("ix_referral_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    report_id: int = Field(foreign_key="report.id")
+    partner_id: int = Field(foreign_key="partner.id")
+    status: str = Field(default="queued", max_length=16)  # queued|sending|delivered|failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = None
+    last_error: str | None = Field(default=None, max_length=64)  # a code, never text
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class PollAnswer(SQLModel, table=True):
-    """One counted answer per person per poll question; a new answer replaces the old."""
+    """One counted answer per person per poll question; a new answer replaces the old.
+
+    Each row also carries who answered and where, as given in the same submission (the
+    latest): results group on these columns without a join. ``area`` is the commune
+    answered, else the cercle (commune "other"), else None (cercle "other" or not asked);
+    the demographic columns are None where the question was not asked.
+    """
 
     __tablename__ = "poll_answer"
-    __table_args__ = (UniqueConstraint("poll", "pseudonym", "question"),)
+    __table_args__ = (
+        UniqueConstraint("poll", "pseudonym", "question"),
+        # Results over a period (since/until, by week; the rest read poll_tally): by
+        # commune or cercle, from the index alone.
+        Index("ix_poll_answer_time", "poll", "question", "updated_at", "area", "answer"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     poll: str = Field(max_length=64)
@@ -122,6 +202,50 @@ class PollAnswer(SQLModel, table=True):
     answer: str = Field(max_length=64)
     flow_version: int
     updated_at: datetime = Field(default_factory=utcnow)
+    area: str | None = Field(default=None, max_length=64)
+    gender: str | None = Field(default=None, max_length=16)
+    age_band: str | None = Field(default=None, max_length=16)
+    displaced: str | None = Field(default=None, max_length=16)
+    campaign: int | None = None  # the radio campaign the answer came through
+
+
+class PollTally(SQLModel, table=True):
+    """Respondents per poll question, answer and group: ``poll_answer`` counted ahead.
+
+    Database triggers on ``poll_answer`` write every change (+1, -1) to
+    ``poll_tally_change``; reading results folds those into this table now and then
+    (``gateway.operators.results``), so tally plus changes always equal a count of
+    ``poll_answer``. An absent group value is '' (campaign 0), so it can be part of the key.
+    """
+
+    __tablename__ = "poll_tally"
+
+    poll: str = Field(max_length=64, primary_key=True)
+    question: str = Field(max_length=64, primary_key=True)
+    area: str = Field(max_length=64, primary_key=True)
+    gender: str = Field(max_length=16, primary_key=True)
+    age_band: str = Field(max_length=16, primary_key=True)
+    displaced: str = Field(max_length=16, primary_key=True)
+    campaign: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    answer: str = Field(max_length=64, primary_key=True)
+    n: int = 0
+
+
+class PollTallyChange(SQLModel, table=True):
+    """A change to ``poll_tally`` not yet folded in, written by triggers only."""
+
+    __tablename__ = "poll_tally_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    poll: str = Field(max_length=64)
+    question: str = Field(max_length=64)
+    area: str = Field(max_length=64)
+    gender: str = Field(max_length=16)
+    age_band: str = Field(max_length=16)
+    displaced: str = Field(max_length=16)
+    campaign: int
+    answer: str = Field(max_length=64)
+    n: int  # +1 or -1 (several netted on PostgreSQL)
 
 
 class Outbox(SQLModel, table=True):
@@ -257,13 +381,18 @@ class Counter(SQLModel, table=True):
 
 class RateBucket(SQLModel, table=True):
     """A token bucket per provider, shared by every worker process: the send rate holds
-    however many workers run."""
+    however many workers run. When the provider throttles (HTTP 429), the route as a whole
+    pauses until ``paused_until`` (its ``Retry-After``), then refills at ``rate``, lowered at
+    ``throttled_at`` and climbing back to the configured rate."""
 
     __tablename__ = "rate_bucket"
 
     provider: str = Field(max_length=32, primary_key=True)
     tokens: float = 0.0
     updated_at: datetime = Field(default_factory=utcnow)
+    rate: float | None = None  # messages per second after the last 429; None: as configured
+    throttled_at: datetime | None = None
+    paused_until: datetime | None = None
 
 
 # Operators: accounts, their credentials, and the audit trail (gateway/operators/).
@@ -357,3 +486,17 @@ class AuditHead(SQLModel, table=True):
     last_id: int = 0
     hash: str = Field(max_length=64)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class BudgetUse(SQLModel, table=True):
+    """What a contact used of its flood limits: one row per reply sent (``reply``) or
+    report kept (``report``), for a day. The limits count these rows, so erasing one's
+    data does not reset them; pseudonym and time only, deleted after a day."""
+
+    __tablename__ = "budget_use"
+    __table_args__ = (Index("ix_budget_use_pseudonym", "pseudonym", "what", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    pseudonym: str = Field(max_length=64)
+    what: str = Field(max_length=8)  # reply | report
+    at: datetime = Field(index=True)

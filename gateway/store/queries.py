@@ -19,10 +19,11 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Executable, Row, Table, delete, select, update
+from sqlalchemy import Connection, Executable, Row, Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.store.models import (
+    BudgetUse,
     Contact,
     Counter,
     InboundMessage,
@@ -53,6 +54,7 @@ counters = _t(Counter)
 _outbox = _t(Outbox)
 _conversations = _t(SmsConversation)
 _inbound = _t(InboundMessage)
+budget_use = _t(BudgetUse)
 
 
 def _insert(conn: Connection, table: Table) -> Any:
@@ -180,7 +182,8 @@ _TOUCH_CONTACT_LANGUAGE = (
 
 _INSERT_REPORT = (
     "INSERT INTO report (source, flow, flow_version, channel, pseudonym, answers, text, "
-    "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "status, created_at, area, had_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
 )
 _UPSERT_POLL_ANSWERS: dict[int, str] = {}
 
@@ -189,12 +192,15 @@ def _upsert_poll_answers(count: int) -> str:
     """The upsert of ``count`` poll answers, one statement for them all."""
     sql = _UPSERT_POLL_ANSWERS.get(count)
     if sql is None:
-        rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+        rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
         sql = _UPSERT_POLL_ANSWERS[count] = (
             "INSERT INTO poll_answer (poll, pseudonym, question, answer, flow_version, "  # noqa: S608 - only placeholders go in
-            f"updated_at) VALUES {rows} ON CONFLICT (poll, pseudonym, question) DO UPDATE "
+            "updated_at, area, gender, age_band, displaced, campaign) "
+            f"VALUES {rows} ON CONFLICT (poll, pseudonym, question) DO UPDATE "
             "SET answer = excluded.answer, flow_version = excluded.flow_version, "
-            "updated_at = excluded.updated_at")
+            "updated_at = excluded.updated_at, area = excluded.area, "
+            "gender = excluded.gender, age_band = excluded.age_band, "
+            "displaced = excluded.displaced, campaign = excluded.campaign")
     return sql
 
 
@@ -465,26 +471,44 @@ def erase_restored(conn: Connection, *, pseudonym: str, erased_at: datetime) -> 
 def insert_report(
     conn: Connection, *, source: str, flow: str, flow_version: int, channel: str,
     pseudonym: str, answers: Mapping[str, str], text: str | None, now: datetime,
+    area: str | None = None,
 ) -> bool:
-    """Save a report once per source; False when that source was already saved."""
+    """Save a report once per source; False when that source was already saved. ``area``:
+    the commune, else the cercle, its answers give (the reviewers' scope)."""
     db = Driver(conn)
     cursor = db.run(_INSERT_REPORT, (
         source, flow, flow_version, channel, pseudonym,
-        json.dumps(dict(answers), sort_keys=True), text, "new", db.when(now),
+        json.dumps(dict(answers), sort_keys=True), text, "new", db.when(now), area,
+        text is not None,
     ))
     return bool(cursor.rowcount)
 
 
+class Respondent(NamedTuple):
+    """Who answered and where, as one submission gave it (None: not asked or not given):
+    saved with each of its answers, so results group without a join."""
+
+    area: str | None = None  # the commune, else the cercle
+    gender: str | None = None
+    age_band: str | None = None
+    displaced: str | None = None
+    campaign: int | None = None
+
+
+NOBODY_KNOWN = Respondent()
+
+
 def upsert_poll_answers(
     conn: Connection, *, poll: str, pseudonym: str, answers: Mapping[str, str],
-    flow_version: int, now: datetime,
+    flow_version: int, now: datetime, respondent: Respondent = NOBODY_KNOWN,
 ) -> None:
-    """One answer per person per question; a new answer replaces the old one."""
+    """One answer per person per question; a new answer replaces the old one, and the
+    respondent's groups with it. (Triggers keep ``poll_tally`` in step.)"""
     db = Driver(conn)
     when = db.when(now)
     params: list[Any] = []
     for question, answer in answers.items():
-        params += (poll, pseudonym, question, answer, flow_version, when)
+        params += (poll, pseudonym, question, answer, flow_version, when, *respondent)
     if params:
         db.run(_upsert_poll_answers(len(answers)), tuple(params))
 
@@ -536,7 +560,35 @@ def set_counter(conn: Connection, *, name: str, value: int, now: datetime) -> No
                                             set_={"value": value, "updated_at": now}))
 
 
+def all_counters(conn: Connection) -> dict[str, int]:
+    return {str(name): int(value) for name, value in
+            conn.execute(select(counters.c.name, counters.c.value).order_by(counters.c.name))}
+
+
 def get_counter(conn: Connection, *, name: str) -> int | None:
     value = conn.execute(select(counters.c.value).where(counters.c.name == name))
     found = value.scalar_one_or_none()
     return int(found) if found is not None else None
+
+
+# --- flood limits --------------------------------------------------------------------
+
+
+def budget_used(conn: Connection, *, pseudonym: str, what: str, hour: datetime,
+                day: datetime) -> tuple[int, int]:
+    """How many ``what`` (``reply``, ``report``) the contact used since ``hour`` and since
+    ``day``."""
+    recent = func.coalesce(func.sum(case((budget_use.c.at >= hour, 1), else_=0)), 0)
+    row = conn.execute(select(recent, func.count()).where(
+        budget_use.c.pseudonym == pseudonym, budget_use.c.what == what,
+        budget_use.c.at >= day)).one()
+    return int(row[0]), int(row[1])
+
+
+def use_budget(conn: Connection, *, pseudonym: str, what: str, now: datetime) -> None:
+    conn.execute(budget_use.insert().values(pseudonym=pseudonym, what=what, at=now))
+
+
+def forget_budget_use(conn: Connection, *, before: datetime) -> int:
+    """Delete what no limit counts any more (older than a day)."""
+    return int(conn.execute(delete(budget_use).where(budget_use.c.at < before)).rowcount)

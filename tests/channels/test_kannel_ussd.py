@@ -117,26 +117,30 @@ def test_residents_answer_the_poll_in_french_bambara_and_fulfulde(
         assert fr.press("1") == CON(MAIN_FR + "\n0. Retour")
         assert fr.press("2").text.startswith("Faites-vous confiance à l'armée (FAMa)?")
         fr.press("1", "2", "3", "4")
+        fr.press("3", "5", "3")  # who answered: prefer not to say
         assert fr.press("7") == END("Merci, réponse recue.")
 
         assert bm.dial() == LANGUAGE
         assert bm.press("2") == CON(MAIN_BM + "\n0. Segin")  # è and ò, in GSM-7
         assert bm.press("2").text.startswith("I da bè sòròdasiw (FAMa) la wa?")
         bm.press("4", "4", "4", "4")
+        bm.press("3", "5", "3")  # who answered: prefer not to say
         assert bm.press("7").kind == "END"
 
         assert ff.dial() == LANGUAGE
         assert ff.press("3") == CON(MAIN_FF + "\n0. Rutto")  # ɓ ɗ as b d
         assert ff.press("2").text.startswith("Ada hoolii sordaasiibe (FAMa)?")
         ff.press("3", "3", "3", "3")
+        ff.press("3", "5", "3")  # who answered: prefer not to say
         assert ff.press("7") == END("A jaraama, jaabawol hebaama.")
 
         for screen in fr.screens + bm.screens + ff.screens:
             assert screen.data_coding == 0  # every screen in GSM-7
-        assert [s.op for s in fr.screens] == [2] * 7 + [17]
+        assert [s.op for s in fr.screens] == [2] * 10 + [17]
         assert net.answers(PHONE) == {"army": "not_at_all", "gendarmerie": "just_a_little",
                                       "police": "somewhat", "national_guard": "a_lot",
-                                      "cercle": "other"}
+                                      "gender": "refused", "age_band": "refused",
+                                      "displaced": "refused", "cercle": "other"}
         assert net.answers(PHONE2)["army"] == "a_lot"
         assert net.answers(PHONE3)["army"] == "somewhat"
 
@@ -171,11 +175,11 @@ def test_two_phones_on_one_session_number_never_see_each_others_screens(
             assert "?" in french.text and "wa?" in bambara.text
             assert not set(french.text.splitlines()) & set(bambara.text.splitlines()[:1])
         assert net.answers(PHONE) == {} and net.answers(PHONE2) == {}  # nothing saved yet
-        one.press("1", "1")
-        two.press("4", "4")
+        one.press("1", "1", "3", "5", "3")
+        two.press("4", "4", "3", "5", "3")
         assert one.press("7").kind == two.press("7").kind == "END"
-        assert set(net.answers(PHONE).values()) == {"not_at_all", "other"}
-        assert set(net.answers(PHONE2).values()) == {"a_lot", "other"}
+        assert set(net.answers(PHONE).values()) == {"not_at_all", "refused", "other"}
+        assert set(net.answers(PHONE2).values()) == {"a_lot", "refused", "other"}
 
 
 @SQLITE_ONLY
@@ -218,9 +222,9 @@ def test_an_operator_that_sends_no_session_parameter(
         assert one.press("1") == CON(MAIN_FR + "\n0. Retour")
         assert two.press("2") == CON(MAIN_BM + "\n0. Segin")
         assert {s.session for s in one.screens + two.screens} == {None}
-        one.press("2", "1", "1", "1", "1")
+        one.press("2", "1", "1", "1", "1", "3", "5", "3")
         assert one.press("7").kind == "END"
-        assert len(net.answers(PHONE)) == 5 and net.answers(PHONE2) == {}
+        assert len(net.answers(PHONE)) == 8 and net.answers(PHONE2) == {}
 
 
 @SQLITE_ONLY
@@ -241,15 +245,15 @@ def test_a_call_made_again_with_the_same_id_gets_one_screen_and_acts_once(
     with line(binaries, settings, tmp_path, caplog, lose=lose_once) as net:
         phone = net.phone(PHONE)
         phone.dial()
-        phone.press("1", "2", "1", "1", "1", "1")
+        phone.press("1", "2", "1", "1", "1", "1", "3", "5", "3")
         assert phone.press("7") == END("Merci, réponse recue.")  # from smsbox's retry
         assert net.proxy is not None and len(net.proxy.lost) == 1
         time.sleep(1.5)
         assert net.operator.screen(PHONE, 0.5) is None  # one screen, not two
-        assert len(net.answers(PHONE)) == 5
+        assert len(net.answers(PHONE)) == 8
         with net.runtime.db.transaction() as conn:
             [session] = conn.execute(select(queries.sessions)).all()
-        assert (session.hops, session.status) == (8, "ended")  # the repeat saved nothing
+        assert (session.hops, session.status) == (11, "ended")  # the repeat saved nothing
 
 
 @SQLITE_ONLY

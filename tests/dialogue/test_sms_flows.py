@@ -127,11 +127,35 @@ def test_a_poll_by_sms_in_bambara_with_any_spelling_of_the_keyword(
     assert handset.send("4")[0].startswith("I da bè zandaramuw la wa?\n")
     handset.send("4")
     handset.send("4")
-    assert handset.send("4")[0].startswith("I sigilen bè sèrikili jumèn na?\n")
+    assert handset.send("4") == [lines("""
+        Jaabi tè wajibi ye. I ye muso ye wa, cè ye wa?
+        1. Muso
+        2. Cè
+        3. N t'a fè ka jaabi
+        0. Segin
+    """)]
+    assert handset.send("1") == [lines("""
+        I si ye san joli ye?
+        1. San 15 ka se 24 ma
+        2. San 25 ka se 34 ma
+        3. San 35 ka se 49 ma
+        4. San 50 walima ka tèmè
+        5. N t'a fè ka jaabi
+        0. Segin
+    """)]
+    assert handset.send("3") == [lines("""
+        I bòra i ka so la basigibaliya kosòn wa?
+        1. Owò
+        2. Ayi
+        3. N t'a fè ka jaabi
+        0. Segin
+    """)]
+    assert handset.send("1")[0].startswith("I sigilen bè sèrikili jumèn na?\n")
     assert handset.send("7") == ["I ni ce, jaabi sòròla."]
     assert poll_answers(runtime) == {
         "army": "a_lot", "gendarmerie": "a_lot", "police": "a_lot",
-        "national_guard": "a_lot", "cercle": "other",
+        "national_guard": "a_lot", "gender": "woman", "age_band": "35-49",
+        "displaced": "yes", "cercle": "other",
     }
 
 
@@ -150,6 +174,9 @@ def test_a_poll_by_sms_in_fulfulde(handset: Handset, runtime: Runtime) -> None:
     assert handset.send("3")[0].startswith("Ada hoolii sanndarmaaji?\n")
     handset.send("3")
     handset.send("3")
+    assert handset.send("3")[0].startswith("Naamnal ngal wadaa doole. Ada debbo walla gorko?\n")
+    handset.send("3")  # who answered: prefer not to say, three times
+    handset.send("5")
     assert handset.send("3")[0].startswith("Ko e serkil hondum hod-daa?\n")
     assert handset.send("7") == ["A jaraama, jaabawol hebaama."]
     assert poll_answers(runtime)["army"] == "somewhat"
@@ -181,10 +208,12 @@ def test_a_keyword_interrupts_a_question_but_not_typed_text(handset: Handset,
     assert report["text"] is not None
 
 
-def test_unknown_text_gets_the_help_once_a_day(handset: Handset, clock: Clock) -> None:
+def test_unknown_text_gets_the_help_once_an_hour(handset: Handset, clock: Clock) -> None:
     assert handset.send("bonjour") == [HELP_FR]
     assert handset.send("allo?") == []
-    clock.now += timedelta(hours=25)
+    clock.now += timedelta(minutes=59)
+    assert handset.send("allo?") == []
+    clock.now += timedelta(minutes=2)
     assert handset.send("allo?") == [HELP_FR]
 
 
@@ -232,7 +261,7 @@ def test_a_stopped_contact_gets_no_broadcast(handset: Handset, runtime: Runtime)
 
 def test_erase_by_sms_asks_first_then_erases(handset: Handset, runtime: Runtime) -> None:
     handset.send("SONDAGE")
-    for answer in ("1", "1", "1", "1", "7"):
+    for answer in ("1", "1", "1", "1", "3", "5", "3", "7"):
         handset.send(answer)
     assert poll_answers(runtime) != {}
     assert handset.send("supprimer") == [

@@ -83,6 +83,12 @@ def poll_answers(runtime: Runtime) -> dict[str, str]:
     return {row.question: row.answer for row in rows}
 
 
+def answer_rows(runtime: Runtime, question: str) -> list[Any]:
+    t = queries.poll_answers
+    with runtime.db.transaction() as conn:
+        return list(conn.execute(select(t).where(t.c.question == question)))
+
+
 def contact(runtime: Runtime, phone: Phone) -> Any:
     pseudonym = runtime.keys.pseudonym(phone.number)
     with runtime.db.transaction() as conn:
@@ -231,26 +237,83 @@ def test_trust_poll_in_french(phone: Phone, runtime: Runtime) -> None:
         6. Préfère ne pas répondre
         0. Retour
     """)
-    assert phone.press("6") == CON("Dans quel cercle vivez-vous?\n" + CERCLES_FR)
+    assert phone.press("6") == CON("""
+        Question facultative. Vous etes:
+        1. Une femme
+        2. Un homme
+        3. Préfère ne pas répondre
+        0. Retour
+    """)
+    assert phone.press("1") == CON("""
+        Quel age avez-vous?
+        1. 15 à 24 ans
+        2. 25 à 34 ans
+        3. 35 à 49 ans
+        4. 50 ans ou plus
+        5. Préfère ne pas répondre
+        0. Retour
+    """)
+    assert phone.press("2") == CON("""
+        Avez-vous du quitter votre foyer à cause de l'insécurité?
+        1. Oui
+        2. Non
+        3. Préfère ne pas répondre
+        0. Retour
+    """)
+    assert phone.press("1") == CON("Dans quel cercle vivez-vous?\n" + CERCLES_FR)
     assert phone.press("1").text.startswith("Quelle commune?\n1. Bassirou\n")
     assert phone.press("5") == END("Merci, réponse recue.")
     assert poll_answers(runtime) == {
         "army": "a_lot", "gendarmerie": "somewhat", "police": "just_a_little",
-        "national_guard": "refused", "cercle": "mopti", "commune": "mopti-konna",
+        "national_guard": "refused", "gender": "woman", "age_band": "25-34",
+        "displaced": "yes", "cercle": "mopti", "commune": "mopti-konna",
     }
+    [row] = answer_rows(runtime, "army")  # who answered and where, with every answer
+    assert (row.area, row.gender, row.age_band, row.displaced, row.campaign) == (
+        "mopti-konna", "woman", "25-34", "yes", None)
+
+
+def test_who_answered_may_be_left_unsaid(phone: Phone, runtime: Runtime) -> None:
+    phone.dial()
+    phone.press("1", "2", "4", "4", "4", "4")
+    phone.press("3", "5", "3")  # prefer not to say, three times
+    assert phone.press("1").text.startswith("Quelle commune?\n1. Bassirou\n")
+    assert phone.press("9") == CON("""
+        1. Mopti
+        2. Ouro Modi
+        3. Ouroubé Doudé
+        4. Sasalbé
+        5. Sio
+        6. Socoura
+        7. Soye
+        8. Autre / je ne sais pas
+        0. Retour
+    """)
+    assert phone.press("8") == END("Merci, réponse recue.")
+    assert poll_answers(runtime) == {
+        "army": "a_lot", "gendarmerie": "a_lot", "police": "a_lot", "national_guard": "a_lot",
+        "gender": "refused", "age_band": "refused", "displaced": "refused",
+        "cercle": "mopti", "commune": "other",
+    }
+    [row] = answer_rows(runtime, "army")  # the commune unknown: the cercle is the area
+    assert (row.area, row.gender, row.age_band, row.displaced) == (
+        "mopti", "refused", "refused", "refused")
 
 
 def test_a_new_poll_answer_replaces_the_old_one(phone: Phone, runtime: Runtime) -> None:
     phone.dial()
-    phone.press("1", "2", "1", "1", "1", "1")
+    phone.press("1", "2", "1", "1", "1", "1", "1", "1", "1")
     assert phone.press("7") == END("Merci, réponse recue.")
     phone.dial()
-    phone.press("2", "4", "4", "4", "4")
+    phone.press("2", "4", "4", "4", "4", "2", "4", "2")
     assert phone.press("7") == END("Merci, réponse recue.")
     assert poll_answers(runtime) == {
         "army": "a_lot", "gendarmerie": "a_lot", "police": "a_lot",
-        "national_guard": "a_lot", "cercle": "other",
+        "national_guard": "a_lot", "gender": "man", "age_band": "50+", "displaced": "no",
+        "cercle": "other",
     }
+    [row] = answer_rows(runtime, "army")
+    assert (row.area, row.gender, row.age_band, row.displaced) == (None, "man", "50+", "no")
 
 
 def test_subscribe_for_an_area_then_unsubscribe(phone: Phone, runtime: Runtime) -> None:
@@ -293,7 +356,7 @@ def test_information_screens(phone: Phone) -> None:
 
 def test_erase_needs_confirmation(phone: Phone, runtime: Runtime) -> None:
     phone.dial()
-    phone.press("1", "2", "1", "1", "1", "1", "7")  # a poll answer to erase
+    phone.press("1", "2", "1", "1", "1", "1", "1", "1", "1", "7")  # a poll answer to erase
     phone.dial()
     assert phone.press("5") == CON("""
         Effacer toutes vos données (réponses, abonnement, langue)?
@@ -395,11 +458,35 @@ def test_trust_poll_in_bambara(phone: Phone, runtime: Runtime) -> None:
     assert phone.press("1").text.startswith("I da bè zandaramuw la wa?\n")
     assert phone.press("5").text.startswith("I da bè polisiw la wa?\n")
     assert phone.press("2").text.startswith("I da bè garadiw la wa?\n")
-    assert phone.press("3") == CON("I sigilen bè sèrikili jumèn na?\n" + CERCLES_BM)
+    assert phone.press("3") == CON("""
+        Jaabi tè wajibi ye. I ye muso ye wa, cè ye wa?
+        1. Muso
+        2. Cè
+        3. N t'a fè ka jaabi
+        0. Segin
+    """)
+    assert phone.press("2") == CON("""
+        I si ye san joli ye?
+        1. San 15 ka se 24 ma
+        2. San 25 ka se 34 ma
+        3. San 35 ka se 49 ma
+        4. San 50 walima ka tèmè
+        5. N t'a fè ka jaabi
+        0. Segin
+    """)
+    assert phone.press("1") == CON("""
+        I bòra i ka so la basigibaliya kosòn wa?
+        1. Owò
+        2. Ayi
+        3. N t'a fè ka jaabi
+        0. Segin
+    """)
+    assert phone.press("2") == CON("I sigilen bè sèrikili jumèn na?\n" + CERCLES_BM)
     assert phone.press("7") == END("I ni ce, jaabi sòròla.")
     assert poll_answers(runtime) == {
         "army": "not_at_all", "gendarmerie": "dont_know", "police": "just_a_little",
-        "national_guard": "somewhat", "cercle": "other",
+        "national_guard": "somewhat", "gender": "man", "age_band": "15-24",
+        "displaced": "no", "cercle": "other",
     }
 
 
@@ -478,11 +565,15 @@ def test_trust_poll_in_fulfulde(phone: Phone, runtime: Runtime) -> None:
     assert phone.press("4").text.startswith("Ada hoolii sanndarmaaji?\n")
     assert phone.press("4").text.startswith("Ada hoolii poliis?\n")
     assert phone.press("6").text.startswith("Ada hoolii garde nasiyonal?\n")
-    assert phone.press("1") == CON("Ko e serkil hondum hod-daa?\n" + CERCLES_FF)
+    assert phone.press("1").text.startswith("Naamnal ngal wadaa doole. Ada debbo walla gorko?\n")
+    assert phone.press("1").text.startswith("Duubi noy njogidaa?\n")
+    assert phone.press("2").text.startswith("Ada ummii galle maa sabu hulbii?\n")
+    assert phone.press("2") == CON("Ko e serkil hondum hod-daa?\n" + CERCLES_FF)
     assert phone.press("7") == END("A jaraama, jaabawol hebaama.")
     assert poll_answers(runtime) == {
         "army": "a_lot", "gendarmerie": "a_lot", "police": "refused",
-        "national_guard": "not_at_all", "cercle": "other",
+        "national_guard": "not_at_all", "gender": "woman", "age_band": "25-34",
+        "displaced": "no", "cercle": "other",
     }
     assert contact(runtime, phone).language == "ff"
 

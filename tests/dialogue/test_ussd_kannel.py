@@ -63,12 +63,14 @@ def test_a_poll_begins_continues_and_ends_with_the_session_echoed(
     assert kphone.press("1") == CON(MAIN_FR + "\n0. Retour")
     assert kphone.press("2").text.startswith("Faites-vous confiance à l'armée")
     kphone.press("3", "3", "3", "3")  # somewhat, for each of the four forces
+    kphone.press("3", "5", "3")  # who answered: prefer not to say
     assert kphone.press("7") == END("Merci, réponse recue.")  # cercle: other
-    assert [a.op for a in kphone.answers] == [WAIT] * 7 + [LAST]
+    assert [a.op for a in kphone.answers] == [WAIT] * 10 + [LAST]
     assert {a.coding for a in kphone.answers} == {None}  # every screen in GSM-7
     assert {a.session_info[:1] for a in kphone.answers if a.session_info} == {b"\x0a"}
     assert poll_answers(runtime) == [
-        ("army", "somewhat"), ("cercle", "other"), ("gendarmerie", "somewhat"),
+        ("age_band", "refused"), ("army", "somewhat"), ("cercle", "other"),
+        ("displaced", "refused"), ("gendarmerie", "somewhat"), ("gender", "refused"),
         ("national_guard", "somewhat"), ("police", "somewhat")]
 
 
@@ -93,12 +95,12 @@ def test_a_repeated_deliver_gets_the_same_screen_and_acts_once(
         kphone: KannelPhone, runtime: Runtime) -> None:
     assert kphone.dial() == LANGUAGE
     assert kphone.repeat() == LANGUAGE  # the dial again: one session
-    kphone.press("1", "2", "1", "1", "1", "1")  # French, poll, four forces
+    kphone.press("1", "2", "1", "1", "1", "1", "3", "5", "3")  # French, poll, forces, who
     last = kphone.press("7")
     assert last == END("Merci, réponse recue.")
     assert kphone.repeat() == last
     assert count(runtime, queries.sessions) == 1
-    assert len(poll_answers(runtime)) == 5
+    assert len(poll_answers(runtime)) == 8
     with runtime.db.transaction() as conn:
         [answer] = conn.execute(select(queries.poll_answers).where(
             queries.poll_answers.c.question == "cercle")).all()
@@ -179,7 +181,9 @@ def test_two_phones_on_the_same_session_number_never_see_each_others_screens(
     assert "armée" in one.press("2").text
     assert two.press("2").text.startswith("I da bè sòròdasiw")
     one.press("1", "1", "1", "1")
+    one.press("3", "5", "3")  # who answered: prefer not to say
     two.press("4", "4", "4", "4")
+    two.press("3", "5", "3")  # who answered: prefer not to say
     assert one.press("7") == END("Merci, réponse recue.")
     assert two.press("7").kind == "END"
     with runtime.db.transaction() as conn:

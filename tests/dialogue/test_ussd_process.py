@@ -57,12 +57,13 @@ def test_a_session_goes_through_the_database_process(
     assert phone.press("2").text.startswith("Faites-vous confiance")
     for _ in range(4):
         screen = phone.press("3")
-    assert screen.text.startswith("Dans quel cercle")
+    assert screen.text.startswith("Question facultative")
+    assert phone.press("3", "5", "3").text.startswith("Dans quel cercle")
     assert phone.press("1").text.startswith("Quelle commune")
     assert phone.press("1") == END("Merci, réponse recue.")
     with runtime.db.transaction() as conn:
         answers = conn.execute(text("SELECT count(*) FROM poll_answer")).scalar_one()
-    assert answers == 6
+    assert answers == 9
     assert phone.repeat() == END("Merci, réponse recue.")
 
 

@@ -14,6 +14,7 @@ from gateway.channels.base import DeliveryReport, DeliveryStatus, SendOutcome, S
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.runtime import Runtime
+from gateway.store import queries
 from gateway.store.models import utcnow
 
 NUMBER = "+22370000042"
@@ -246,3 +247,58 @@ def test_two_workers_never_claim_the_same_message(runtime: Runtime,
         thread.join()
     assert not set(taken[0]) & set(taken[1])
     assert len(taken[0]) + len(taken[1]) == 200
+
+
+def test_a_429_pauses_the_route_for_every_worker_then_it_climbs_back(
+        runtime: Runtime) -> None:
+    route = OutboxPolicy(provider="fake", rate=10.0)  # burst: one message
+    for i in range(200):
+        put(runtime, route, f"m{i}", kind="broadcast")
+    start = utcnow()
+    with runtime.db.transaction() as conn:
+        rate = outbox.throttle(conn, policy=route, now=start, sent_at=start, retry_after=2.0)
+    assert rate == pytest.approx(7.0)
+
+    def claimed(owner: str, begin: datetime, seconds: float) -> int:
+        count = 0
+        for tick in range(int(seconds * 100) + 1):  # simulated time, in 10 ms steps
+            count += len(claim(runtime, route, begin + timedelta(milliseconds=10 * tick),
+                               owner=owner))
+        return count
+
+    assert claimed("w1", start, 1.9) == claimed("w2", start, 1.9) == 0  # Retry-After: 2
+    after = claimed("w1", start + timedelta(seconds=2), 1.0)
+    assert 6 <= after <= 8  # the lowered rate (7/s, in 10 ms steps), not the configured 10
+    with runtime.db.transaction() as conn:
+        later, paused = outbox.route(conn, policy=route, now=start + timedelta(seconds=62))
+    assert (later, paused) == (10.0, 0.0)  # a hundredth of the rate a second: back in 30 s
+
+
+def test_answers_to_sends_older_than_the_last_429_do_not_lower_the_rate_again(
+        runtime: Runtime) -> None:
+    route = OutboxPolicy(provider="fake", rate=10.0)
+    now = utcnow()
+    with runtime.db.transaction() as conn:
+        first = outbox.throttle(conn, policy=route, now=now, sent_at=now, retry_after=1.0)
+        late = outbox.throttle(conn, policy=route, now=now + timedelta(milliseconds=50),
+                               sent_at=now - timedelta(milliseconds=10), retry_after=1.0)
+        again = outbox.throttle(conn, policy=route, now=now + timedelta(seconds=3),
+                                sent_at=now + timedelta(seconds=2), retry_after=None)
+    assert first == late == pytest.approx(7.0)  # one lowering for one round of sends
+    assert again < first  # a send at the lowered rate was refused too
+    with runtime.db.transaction() as conn:
+        assert queries.get_counter(conn, name=outbox.THROTTLED) == 3
+
+
+def test_a_refusal_for_the_rate_is_not_an_attempt(runtime: Runtime,
+                                                  policy: OutboxPolicy) -> None:
+    put(runtime, policy, "a")
+    now = utcnow()
+    for _ in range(policy.max_attempts + 2):  # more refusals than attempts allowed
+        [claimed] = claim(runtime, policy, now)
+        record(runtime, policy, [claimed], SendResult(SendOutcome.retry, code="http-429",
+                                                      retry_after=5.0, throttled=True), now)
+        row = status(runtime, "a")
+        assert (row["status"], row["attempts"]) == ("queued", 0)
+        assert row["next_attempt_at"] == now + timedelta(seconds=5)
+        now += timedelta(seconds=6)

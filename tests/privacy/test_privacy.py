@@ -147,7 +147,7 @@ def test_rotation_keeps_old_data_readable_and_writes_with_the_new_version(
                                     pseudonym=vault.pseudonym) == NUMBER
     # A running gateway picks up the new versions and keeps working.
     phone.dial()
-    phone.press("2", "1", "1", "1", "1")
+    phone.press("2", "1", "1", "1", "1", "3", "5", "3")
     assert phone.press("7") == END("Merci, réponse recue.")
 
 
@@ -213,7 +213,7 @@ def test_erasure_makes_text_unreadable_even_from_an_older_dump(
 def test_a_restored_backup_is_purged_of_erased_contacts_again(
         phone: Phone, runtime: Runtime, settings: Settings) -> None:
     phone.dial()
-    phone.press("1", "2", "1", "1", "1", "1", "7")
+    phone.press("1", "2", "1", "1", "1", "1", "3", "5", "3", "7")
     pseudonym = runtime.keys.pseudonym(NUMBER)
     with runtime.db.transaction() as conn:
         contact = dict(queries.get_contact(conn, pseudonym=pseudonym)._mapping)  # type: ignore[union-attr]

@@ -89,7 +89,7 @@ def test_a_session_alternating_between_two_replicas_completes_and_saves_once(
     try:
         phone.dial()
         phone.press("2", "2")  # Bambara, trust poll
-        phone.press("4", "3", "2", "1", "1")
+        phone.press("4", "3", "2", "1", "1", "2", "2", "1")  # 4 actors, who, Mopti
         assert phone.press("5") == END("I ni ce, jaabi sòròla.")
         assert phone.repeat() == END("I ni ce, jaabi sòròla.")  # a retry to the other one
         phone.dial()
@@ -112,5 +112,6 @@ def test_a_session_alternating_between_two_replicas_completes_and_saves_once(
     assert json.loads(reports[0].answers)["category"] == "help"
     assert {(a.question, a.answer) for a in answers} == {
         ("army", "a_lot"), ("gendarmerie", "somewhat"), ("police", "just_a_little"),
-        ("national_guard", "not_at_all"), ("cercle", "mopti"), ("commune", "mopti-konna"),
+        ("national_guard", "not_at_all"), ("gender", "woman"), ("age_band", "25-34"),
+        ("displaced", "no"), ("cercle", "mopti"), ("commune", "mopti-konna"),
     }

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from gateway.operators.api import audit, auth, broadcasts
+from gateway.operators.api import audit, auth, broadcasts, exports, partners, polls, reports
 from gateway.operators.api.deps import install_error_handlers
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -29,4 +29,8 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     api.include_router(auth.router)
     api.include_router(audit.router)
     broadcasts.install(api)
+    api.include_router(polls.router)
+    api.include_router(reports.router)
+    api.include_router(partners.router)
+    api.include_router(exports.router)
     return api

@@ -9,7 +9,7 @@ rows queued, that read every one of them (on SQLite, holding the write lock a US
 waits for); (status, valid_until) finds only those past it.
 
 Revision ID: b11b0a0c0002
-Revises: b11a0c0c0001
+Revises: c13a0b0c0005
 Create Date: 2026-12-06 21:00:00
 """
 
@@ -21,7 +21,7 @@ from alembic import op
 
 
 revision: str = 'b11b0a0c0002'
-down_revision: str | None = 'b11a0c0c0001'
+down_revision: str | None = 'c13a0b0c0005'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

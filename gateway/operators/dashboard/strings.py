@@ -99,6 +99,7 @@ FR: dict[str, str] = {
     "compose.transliterate.hint": "Remplace ɛ ɔ ɲ ŋ, les tons et les accents que le GSM "
                                   "n'a pas : les SMS coûtent environ deux fois moins cher.",
     "compose.ucs2_letters": "Ces lettres forcent l'UCS-2 :",
+    "compose.replaced_letters": "Lettres remplacées pour rester en GSM-7 :",
     "compose.replaced_by": "devient",
     "compose.removed": "supprimé",
     "compose.cost": "Coût estimé",
@@ -117,7 +118,9 @@ FR: dict[str, str] = {
     "check.all_languages": "Toutes les langues",
     "check.recipients": "Destinataires",
     "check.text": "Texte envoyé",
-    "check.segments": "SMS par destinataire",
+    "check.segments": "{n} SMS par destinataire",
+    "check.one_recipient": "1 destinataire",
+    "check.n_recipients": "{n} destinataires",
     "check.total": "SMS au total",
     "check.cost": "Coût estimé",
     "check.saving": "Sans translittération : {cost} {currency}",

@@ -93,7 +93,10 @@
       chip.appendChild(document.createTextNode(" → " + (l[1] || "∅")));
       list.appendChild(chip);
     });
-    box.querySelector("[data-letters]").hidden = m.letters.length === 0;
+    var letters = box.querySelector("[data-letters]");
+    letters.hidden = m.letters.length === 0;
+    box.querySelector("[data-letters-label]").textContent =
+      letters.getAttribute(m.encoding === "GSM-7" ? "data-on" : "data-off");
     var preview = box.querySelector("[data-preview]");
     preview.textContent = "";
     Array.from(m.text).forEach(function (c) {

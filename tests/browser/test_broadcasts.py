@@ -25,6 +25,7 @@ def test_send_to_a_commune_and_watch_it_delivered(page: Page, served: Served) ->
     sign_in(page)
     compose_for_konna(page)
     expect(page.locator("[data-recipients]")).to_have_text("2")
+    expect(page.locator("[data-by-language]")).to_have_text("Bamanankan 1 · Français 1")
     expect(page.locator("[data-cost]")).to_have_text("50")  # 2 x 1 SMS x 25 XOF
     shoot(page, "compose")
 

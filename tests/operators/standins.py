@@ -131,7 +131,7 @@ class StandInBroadcasts:
             segments += n * cost.segments
             plain += n * sms_cost(draft.messages[text_lang]).segments
         return Preview(sum(by_language.values()), segments, languages,
-                       self.price * segments, self.price * plain, "XOF")
+                       self.price * segments, self.price * plain, "XOF", draft.send_at)
 
     def create(self, who: Principal, draft: Draft, *, idempotency_key: str) -> Broadcast:
         with self.lock:

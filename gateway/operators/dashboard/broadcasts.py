@@ -17,7 +17,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
@@ -55,6 +55,7 @@ from gateway.text.encoding import client_rules
 BASE = PREFIX + "/broadcasts"
 POLL_SECONDS = 3
 ACTIVE = ("scheduled", "sending")
+QUIET_MARGIN = timedelta(minutes=2)  # a start later than this: the quiet hours hold it
 
 
 @dataclass
@@ -227,9 +228,13 @@ def router(dash: Dashboard) -> APIRouter:
                    preview: Preview) -> Response:
         communes = {m.id: m.name for c in scope_cercles(dash, session.principal)
                     for m in c.communes}
+        soon = datetime.now(UTC) + QUIET_MARGIN
+        quiet = draft.send_at is None and preview.sends_from is not None and \
+            preview.sends_from > soon
         return dash.render(
             request, "broadcasts/check.html", session=session, c=composed, draft=draft,
             preview=preview, hidden=composed.hidden(),
+            quiet_until=local_time(preview.sends_from) if quiet else "",
             cercle_names=[dash.cercle_name(x) for x in draft.audience.cercles],
             commune_names=[communes.get(x, x) for x in draft.audience.communes],
             language_names=strings.LANGUAGE_NAMES)

@@ -103,9 +103,10 @@ class Preview:
     recipients: int
     segments: int
     languages: Mapping[str, LanguagePreview]
-    cost: Decimal
-    cost_without_transliteration: Decimal
+    cost: Decimal | None  # None while the price per SMS is not configured
+    cost_without_transliteration: Decimal | None
     currency: str
+    sends_from: datetime | None = None  # send_at, or the end of the quiet hours it falls in
 
 
 @dataclass(frozen=True)

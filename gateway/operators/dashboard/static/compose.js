@@ -109,7 +109,7 @@
     var segs = {};
     boxes.forEach(function (box) { segs[box.getAttribute("data-message")] = show(box); });
     var cost = form.querySelector("[data-cost]");
-    if (!recipients) { cost.textContent = "—"; return; }
+    if (!recipients || !price) { cost.textContent = "—"; return; }
     var total = 0;
     Object.keys(recipients).forEach(function (lang) {
       var s = segs[lang] || segs[cfg.default_language] || 0;
@@ -133,6 +133,11 @@
         if (mine !== asked) return;
         recipients = d.languages;
         form.querySelector("[data-recipients]").textContent = fmt(d.recipients);
+        var detail = form.querySelector("[data-by-language]");
+        var names = JSON.parse(detail.getAttribute("data-names"));
+        detail.textContent = Object.keys(d.languages).sort().map(function (k) {
+          return (names[k] || k) + " " + fmt(d.languages[k]);
+        }).join(" · ");
         update();
       })
       .catch(function () { if (mine === asked) recipients = null; update(); });

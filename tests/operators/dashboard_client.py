@@ -9,10 +9,13 @@ from html.parser import HTMLParser
 from fastapi.testclient import TestClient
 from httpx2 import Response
 
+from gateway.operators import accounts
 from gateway.operators.access import Areas, Principal, Role
+from gateway.operators.dashboard import wiring
 from gateway.operators.dashboard.seams import Seams
 from gateway.runtime import Runtime
-from tests.operators.standins import StandInAccounts, StandInBroadcasts
+from gateway.store.models import utcnow
+from tests.operators.standins import StandInBroadcasts
 
 PASSWORD = "correct horse battery staple"
 OPERATOR = Principal(1, "awa", Role.operator, frozenset({"mopti", "koro"}))
@@ -22,10 +25,15 @@ DJENNE = Principal(4, "moussa", Role.operator, frozenset({"djenne"}))
 
 
 def seams_for(rt: Runtime) -> Seams:
-    accounts = StandInAccounts()
-    for who in (OPERATOR, ADMIN, REVIEWER, DJENNE):
-        accounts.add(who, PASSWORD)
-    return Seams(accounts, StandInBroadcasts(rt, Areas.of(rt.engine.content.communes)))
+    """The accounts above, made as the CLI makes them, and the dashboard's seams over the
+    real accounts module (broadcasts: the stand-in, until its module lands)."""
+    areas = Areas.of(rt.engine.content.communes)
+    with rt.db.transaction() as conn:
+        for who in (OPERATOR, ADMIN, REVIEWER, DJENNE):
+            accounts.create(conn, name=who.name, role=who.role, cercles=who.cercles,
+                            password=PASSWORD, known_cercles=areas.communes_of, actor="cli",
+                            now=utcnow())
+    return Seams(wiring.Accounts(rt), StandInBroadcasts(rt, areas))
 
 
 def hidden(html: str, name: str) -> str:

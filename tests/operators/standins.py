@@ -1,17 +1,15 @@
-"""Stand-ins for the accounts and broadcasts modules, which other branches are writing.
+"""A stand-in for the broadcasts module, which another branch is writing.
 
-TEMPORARY: the dashboard's seams (gateway/operators/dashboard/seams.py) are served with
-these in tests until gateway/operators/accounts.py and broadcasts.py land; then the tests
-use the real modules through the seams' adapters and this file goes. They are thin on
-purpose: accounts in memory, broadcasts in memory over the real contacts and the real
-outbox (so the worker, the fake provider and delivery reports move the counts).
+TEMPORARY: the dashboard's broadcasts seam (gateway/operators/dashboard/seams.py) is served
+with this in tests until gateway/operators/broadcasts.py lands; then the tests use the real
+module through wiring.py and this file goes. Thin on purpose: broadcasts in memory over the
+real contacts and the real outbox (so the worker, the fake provider and delivery reports
+move the counts).
 """
 
 from __future__ import annotations
 
-import hmac
 import itertools
-import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +18,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from gateway.operators.access import Areas, NotFound, Principal, Role, check_cercles
+from gateway.operators.access import Areas, NotFound, OutOfScope, Principal, check_cercles
 from gateway.operators.dashboard.seams import (
     Audience,
     Broadcast,
@@ -29,10 +27,7 @@ from gateway.operators.dashboard.seams import (
     Invalid,
     LanguagePreview,
     Preview,
-    Session,
-    SignedIn,
     Tariff,
-    Throttled,
 )
 from gateway.outbox import outbox
 from gateway.runtime import Runtime
@@ -40,37 +35,6 @@ from gateway.store.queries import _outbox, contacts, vault
 from gateway.text.encoding import outbound, sms_cost
 
 LIMIT, WINDOW = 5, timedelta(minutes=15)
-
-
-@dataclass
-class StandInAccounts:
-    users: dict[str, tuple[str, Principal]] = field(default_factory=dict)
-    sessions: dict[str, Session] = field(default_factory=dict)
-    failures: list[tuple[str, str, datetime]] = field(default_factory=list)
-
-    def add(self, principal: Principal, password: str) -> None:
-        self.users[principal.name] = (password, principal)
-
-    def sign_in(self, *, username: str, password: str, client: str) -> SignedIn | Throttled | None:
-        now = datetime.now(UTC)
-        recent = [f for f in self.failures if f[2] > now - WINDOW]
-        if len([f for f in recent if f[0] == username]) >= LIMIT or \
-                len([f for f in recent if f[1] == client]) >= LIMIT:
-            oldest = min(f[2] for f in recent)
-            return Throttled(int((oldest + WINDOW - now).total_seconds()) + 1)
-        user = self.users.get(username)
-        if user is None or not hmac.compare_digest(user[0], password):
-            self.failures.append((username, client, now))
-            return None
-        sid = secrets.token_urlsafe(24)
-        self.sessions[sid] = Session(user[1], secrets.token_urlsafe(24))
-        return SignedIn(sid)
-
-    def session(self, *, session_id: str) -> Session | None:
-        return self.sessions.get(session_id)
-
-    def sign_out(self, *, session_id: str) -> None:
-        self.sessions.pop(session_id, None)
 
 
 @dataclass
@@ -176,10 +140,10 @@ class StandInBroadcasts:
 
     def get(self, who: Principal, broadcast_id: int) -> Broadcast:
         made = self.made.get(broadcast_id)
-        if made is None or (not who.everywhere and made.created_by != who.name and
-                            who.role is not Role.admin and
-                            not self._visible(who, made)):
+        if made is None:
             raise NotFound("not found")
+        if not self._visible(who, made):
+            raise OutOfScope("not found")
         with self.rt.db.transaction() as conn:
             rows = conn.execute(select(_outbox.c.status, func.count())
                                 .where(_outbox.c.broadcast_id == broadcast_id)

@@ -3,6 +3,7 @@ weight, and the broadcast journey's form plumbing. The browser side is tests/bro
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.operators import audit
 from gateway.operators.dashboard.seams import Seams
 from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Environment, Settings
@@ -274,7 +276,8 @@ def test_broadcast_pages_are_for_operators_and_admins(dash: TestClient, who: obj
     assert dash.get("/dashboard/").status_code == 200
 
 
-def test_another_cercles_broadcast_is_not_found(dash: TestClient) -> None:
+def test_another_cercles_broadcast_is_not_found_and_the_try_audited(
+        dash: TestClient, runtime: Runtime) -> None:
     sign_in(dash, OPERATOR)
     made = dash.post("/dashboard/broadcasts", data=compose_form(dash, commune="mopti-konna"))
     assert made.status_code == 200
@@ -282,12 +285,34 @@ def test_another_cercles_broadcast_is_not_found(dash: TestClient) -> None:
     sign_in(dash, DJENNE)
     assert dash.get("/dashboard/broadcasts/1").status_code == 404
     assert dash.get("/dashboard/broadcasts/1/status").status_code == 404
+    assert dash.get("/dashboard/broadcasts/99").status_code == 404  # none: not audited
+    with runtime.db.transaction() as conn:
+        tries = audit.entries(conn, action="access.out_of_scope").items
+    assert [(e.actor, json.loads(e.details)) for e in tries] == [
+        ("moussa", {"method": "GET", "param_broadcast_id": "1",
+                    "route": "/dashboard/broadcasts/{broadcast_id:int}/status"}),
+        ("moussa", {"method": "GET", "param_broadcast_id": "1",
+                    "route": "/dashboard/broadcasts/{broadcast_id:int}"}),
+    ]
 
 
-def test_without_the_domain_modules_the_pages_say_not_yet(settings: Settings,
-                                                          runtime: Runtime) -> None:
+def test_sign_in_and_out_are_audited(dash: TestClient, runtime: Runtime) -> None:
+    sign_in(dash, OPERATOR, password="wrong password here")
+    sign_in(dash, OPERATOR)
+    home = dash.get("/dashboard/")
+    dash.post("/dashboard/logout", data={"csrf": hidden(home.text, "csrf")})
+    with runtime.db.transaction() as conn:
+        mine = audit.entries(conn, actor=OPERATOR.name).items
+        assert audit.verify(conn) is None
+    assert [(e.action, json.loads(e.details).get("via")) for e in reversed(mine)] == [
+        ("auth.sign_in_failed", "dashboard"), ("auth.sign_in", "dashboard"),
+        ("auth.sign_out", "dashboard")]
+
+
+def test_without_a_domain_module_its_pages_say_not_yet(settings: Settings,
+                                                       runtime: Runtime) -> None:
     app = create_app(settings, runtime=runtime)
-    app.state.dashboard_seams = Seams()
+    app.state.dashboard_seams = Seams()  # neither accounts nor broadcasts
     with TestClient(app) as client:
         page = client.get("/dashboard/login")
         assert page.status_code == 200

@@ -8,15 +8,18 @@ One page module per domain (``auth``, ``home``, ``broadcasts``); what they share
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.operators.access import Forbidden, NotFound
+from gateway.operators.access import Forbidden, NotFound, OutOfScope
+from gateway.operators.api.deps import _record_out_of_scope as record_out_of_scope
 from gateway.operators.dashboard import auth, broadcasts, home
 from gateway.operators.dashboard.seams import NotReady, Seams
 from gateway.operators.dashboard.web import (
@@ -31,12 +34,14 @@ from gateway.runtime import Runtime
 from gateway.settings import Settings
 
 __all__ = ["PREFIX", "Seams", "dashboard_app"]
+log = logging.getLogger("gateway.operators.dashboard")
 
 
 def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
-                  seams: Callable[[], Seams]) -> FastAPI:
-    """The dashboard as an app of its own, to mount at ``/dashboard``. ``runtime`` and
-    ``seams`` are read per request (they exist once the gateway has started)."""
+                  seams: Callable[[], Seams | None] = lambda: None) -> FastAPI:
+    """The dashboard as an app of its own, to mount at ``/dashboard``. ``runtime`` is read
+    per request (it exists once the gateway has started); ``seams``, when it gives some, is
+    served instead of the domain modules (``wiring.default_seams``)."""
     dash = Dashboard(settings, runtime, seams)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(auth.router(dash))
@@ -69,6 +74,16 @@ def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, _exc: Exception) -> Response:
+        return error(request, 404, "not_found")
+
+    @app.exception_handler(OutOfScope)
+    async def _out_of_scope(request: Request, _exc: Exception) -> Response:
+        """Answered exactly like a missing record, and audited (as the API does)."""
+        try:
+            await run_in_threadpool(record_out_of_scope, runtime(), request)
+        except Exception as exc:  # the answer stays a 404 whatever happens
+            log.error("audit: out-of-scope attempt not recorded (%s)",
+                      exc.__class__.__name__)
         return error(request, 404, "not_found")
 
     @app.exception_handler(NotReady)

@@ -15,7 +15,6 @@ from gateway.operators.dashboard.web import (
     LOGIN_COOKIE,
     PREFIX,
     SESSION_COOKIE,
-    SESSION_MAX_AGE,
     Dashboard,
     check_csrf,
     new_token,
@@ -63,7 +62,7 @@ def router(dash: Dashboard) -> APIRouter:
         if isinstance(outcome, SignedIn):
             response = dash.redirect(safe_next(form.get("next")))
             dash.set_cookie(response, SESSION_COOKIE, outcome.session_id,
-                            max_age=SESSION_MAX_AGE)
+                            max_age=dash.settings.session_hours * 3600)
             response.delete_cookie(LOGIN_COOKIE, path=LOGIN_PATH)
             return response
         if isinstance(outcome, Throttled):

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.operators import accounts
 from gateway.operators.access import Areas
 from gateway.operators.dashboard import strings
 from gateway.operators.dashboard.seams import Seams, Session
@@ -37,10 +38,9 @@ from gateway.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/dashboard"
-SESSION_COOKIE = "dannaya_session"
+SESSION_COOKIE = accounts.SESSION_COOKIE  # an opaque session id, nothing else
 LOGIN_COOKIE = "dannaya_login"  # the sign-in form's CSRF token, before any session
 LANG_COOKIE = "lang"
-SESSION_MAX_AGE = 8 * 3600
 MAX_FORM_BYTES = 65_536
 MAX_FORM_FIELDS = 400
 TIMEZONE = ZoneInfo("Africa/Bamako")  # Mali: UTC+0 all year; what operators read and type
@@ -235,14 +235,27 @@ def check_csrf(request: Request, form: Form, expected: str | None) -> None:
 
 @dataclass
 class Dashboard:
-    """Built once per app: settings, the runtime (once started), seams, templates, files."""
+    """Built once per app: settings, the runtime (once started), seams, templates, files.
+    ``overrides`` gives the seams to serve with instead of the domain modules' (None: those,
+    built on first use by ``wiring.default_seams``)."""
 
     settings: Settings
     runtime: Callable[[], Runtime]
-    seams: Callable[[], Seams]
+    overrides: Callable[[], Seams | None]
     assets: Assets = field(default_factory=lambda: Assets(HERE / "static"))
     env: Environment = field(init=False)
     _areas: Areas | None = None
+    _seams: Seams | None = None
+
+    def seams(self) -> Seams:
+        given = self.overrides()
+        if given is not None:
+            return given
+        if self._seams is None:
+            from gateway.operators.dashboard.wiring import default_seams
+
+            self._seams = default_seams(self.runtime())
+        return self._seams
 
     def __post_init__(self) -> None:
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
@@ -283,6 +296,7 @@ class Dashboard:
         found = await self.session(request)
         if found is None:
             raise SignInRequired
+        request.state.principal = found.principal  # for the audit of an out-of-scope try
         return found
 
     def render(self, request: Request, name: str, *, session: Session | None,

@@ -73,7 +73,7 @@ class StandInBroadcasts:
         if audience.languages:
             query = query.where(contacts.c.language.in_(audience.languages))
         with self.rt.db.transaction() as conn:
-            return [(r.pseudonym, r.language or "fr") for r in conn.execute(query)]
+            return [(r.pseudonym, self._language(r.language)) for r in conn.execute(query)]
 
     def recipients(self, who: Principal, audience: Audience) -> Mapping[str, int]:
         counts: dict[str, int] = {}
@@ -81,14 +81,18 @@ class StandInBroadcasts:
             counts[lang] = counts.get(lang, 0) + 1
         return counts
 
+    @staticmethod
+    def _language(language: str | None) -> str:
+        return language if language in ("fr", "bm") else "fr"  # the catalogs' languages
+
     def preview(self, who: Principal, draft: Draft) -> Preview:
         by_language = self.recipients(who, draft.audience)
         languages: dict[str, LanguagePreview] = {}
         segments = plain = 0
         for lang, n in sorted(by_language.items()):
-            text_lang = lang if lang in draft.messages else "fr"
+            text_lang = lang
             if text_lang not in draft.messages:
-                raise Invalid(f"messages.{lang}", f"no text for {lang}")
+                raise Invalid(f"messages.{lang}", f"field.missing_text.{lang}")
             text = outbound(draft.messages[text_lang], text_lang)
             cost = sms_cost(text)
             languages[lang] = LanguagePreview(n, text, cost.encoding, cost.segments)

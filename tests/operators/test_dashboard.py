@@ -55,7 +55,8 @@ def compose_form(client: TestClient, **fields: str | list[str]) -> dict[str, str
     assert page.status_code == 200
     form: dict[str, str | list[str]] = {
         "csrf": hidden(page.text, "csrf"), "key": hidden(page.text, "key"),
-        "message_fr": "Réunion de sécurité samedi à la mairie.", "message_bm": "",
+        "message_fr": "Réunion de sécurité samedi à la mairie.",
+        "message_bm": "Lakana ɲɔgɔnye bɛ kɛ sibiri.",
         "title": "", "send_at": "", "valid_until": ""}
     form.update(fields)
     return form
@@ -330,7 +331,8 @@ def test_the_recipient_count_follows_the_audience(signed_in: TestClient) -> None
         return signed_in.get(f"/dashboard/broadcasts/recipients?{query}").json()
 
     assert count("commune=mopti-konna") == {"recipients": 2, "languages": {"bm": 1, "fr": 1}}
-    assert count("cercle=koro") == {"recipients": 2, "languages": {"bm": 1, "ff": 1}}
+    # Fulfulde has no catalog yet: its reader is written to in French.
+    assert count("cercle=koro") == {"recipients": 2, "languages": {"bm": 1, "fr": 1}}
     assert count("cercle=mopti&language=fr") == {"recipients": 2, "languages": {"fr": 2}}
     assert count("")["recipients"] == 5  # type: ignore[index]
     response = signed_in.get("/dashboard/broadcasts/recipients?commune=djenne-djenne")
@@ -339,6 +341,7 @@ def test_the_recipient_count_follows_the_audience(signed_in: TestClient) -> None
 
 def test_check_shows_what_goes_over_the_air_and_the_cost(signed_in: TestClient) -> None:
     form = compose_form(signed_in, commune="mopti-konna", message_bm="Kɔnɔ ɲɛnɛ bɛ sɔgɔma")
+    assert "> Fulfulde</label>" not in signed_in.get("/dashboard/broadcasts/new").text
     page = signed_in.post("/dashboard/broadcasts/check", data=form)
     assert page.status_code == 200
     assert "Kònò nyènè bè sògòma" in page.text  # transliterated, as sent
@@ -349,12 +352,21 @@ def test_check_shows_what_goes_over_the_air_and_the_cost(signed_in: TestClient) 
 
 
 def test_an_empty_message_is_an_error_linked_to_its_field(signed_in: TestClient) -> None:
-    form = compose_form(signed_in, commune="mopti-konna", message_fr="  ")
+    form = compose_form(signed_in, commune="mopti-konna", message_fr="  ", message_bm="")
     page = signed_in.post("/dashboard/broadcasts/check", data=form)
     assert page.status_code == 422
     assert "<title>Erreur : Nouvelle diffusion" in page.text
     assert '<a href="#message_fr">Écrivez au moins un message.</a>' in page.text
     assert f'value="{form["key"]}"' in page.text  # the same key, kept
+
+
+def test_readers_of_a_language_need_a_text_in_it(signed_in: TestClient) -> None:
+    form = compose_form(signed_in, commune="mopti-konna", message_bm="")
+    page = signed_in.post("/dashboard/broadcasts/check", data=form)
+    assert page.status_code == 422
+    assert '<a href="#message_bm">Des destinataires lisent le bambara : écrivez aussi le ' \
+        'message en bambara.</a>' in page.text
+    assert ">Réunion de sécurité samedi à la mairie.</textarea>" in page.text
 
 
 def test_a_double_submit_makes_one_broadcast(signed_in: TestClient) -> None:

@@ -30,7 +30,6 @@ from gateway.operators.access import NotFound, Principal, Role, require
 from gateway.operators.dashboard import strings
 from gateway.operators.dashboard.seams import (
     COUNTS,
-    LANGUAGES,
     MESSAGE_LANGUAGES,
     Audience,
     Broadcast,
@@ -76,7 +75,7 @@ class Composed:
         return cls(
             messages={lang: form.get(f"message_{lang}") for lang in MESSAGE_LANGUAGES},
             cercles=form.all("cercle"), communes=form.all("commune"),
-            languages=[x for x in form.all("language") if x in LANGUAGES],
+            languages=form.all("language"),
             title=form.get("title").strip()[:200], send_at=form.get("send_at").strip(),
             valid_until=form.get("valid_until").strip(), key=form.get("key"),
         )
@@ -124,7 +123,7 @@ def scope_cercles(dash: Dashboard, who: Principal) -> list[Cercle]:
 def audience_of(request: Request) -> Audience:
     q = request.query_params
     return Audience(tuple(q.getlist("cercle")), tuple(q.getlist("commune")),
-                    tuple(x for x in q.getlist("language") if x in LANGUAGES))
+                    tuple(q.getlist("language")))
 
 
 def final(b: Broadcast) -> bool:
@@ -163,7 +162,7 @@ def router(dash: Dashboard) -> APIRouter:
         return dash.render(
             request, "broadcasts/compose.html", session=session, c=composed,
             cercles=scope_cercles(dash, session.principal), tariff=tariff,
-            languages=LANGUAGES, message_languages=MESSAGE_LANGUAGES,
+            languages=tariff.languages, message_languages=MESSAGE_LANGUAGES,
             language_names=strings.LANGUAGE_NAMES, errors=dict(errors or {}),
             config=json.dumps(config, ensure_ascii=False, separators=(",", ":")),
             status=422 if errors else 200)

@@ -23,8 +23,7 @@ from gateway.operators.access import Principal
 # Broadcast statuses and counts, as the contract names them.
 STATUSES = ("scheduled", "sending", "done", "cancelled")
 COUNTS = ("recipients", "queued", "sent", "delivered", "failed", "expired", "cancelled")
-LANGUAGES = ("fr", "bm", "ff")  # what residents speak (the audience filter)
-MESSAGE_LANGUAGES = ("fr", "bm")  # the versions an operator writes
+MESSAGE_LANGUAGES = ("fr", "bm")  # the versions an operator writes, side by side
 
 
 class NotReady(Exception):
@@ -141,6 +140,7 @@ class Tariff:
     currency: str
     default_language: str = "fr"  # what a recipient without a text in its language gets
     transliterate: bool = True  # GATEWAY_TRANSLITERATE: texts go out in the GSM-safe form
+    languages: tuple[str, ...] = ("fr", "bm")  # the catalogs' languages: residents read these
 
 
 class Broadcasts(Protocol):

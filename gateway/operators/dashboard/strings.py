@@ -151,6 +151,10 @@ FR: dict[str, str] = {
     "cancel.no": "Non, revenir",
     "cancel.done": "Diffusion annulée.",
     "field.required": "Écrivez au moins un message.",
+    "field.missing_text.fr": "Des destinataires lisent le français : écrivez aussi le "
+                             "message en français.",
+    "field.missing_text.bm": "Des destinataires lisent le bambara : écrivez aussi le "
+                             "message en bambara.",
     "field.send_at": "Date d'envoi illisible (format attendu : AAAA-MM-JJ HH:MM).",
     "field.valid_until": "Date de validité illisible (format attendu : AAAA-MM-JJ HH:MM).",
     "field.idempotency": "Formulaire incomplet : rechargez la page de rédaction.",

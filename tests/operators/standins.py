@@ -18,7 +18,14 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from gateway.operators.access import Areas, NotFound, OutOfScope, Principal, check_cercles
+from gateway.operators.access import (
+    Areas,
+    Forbidden,
+    NotFound,
+    OutOfScope,
+    Principal,
+    check_cercles,
+)
 from gateway.operators.dashboard.seams import (
     Audience,
     Broadcast,
@@ -55,7 +62,10 @@ class StandInBroadcasts:
         if None in cercles:
             raise Invalid("audience.communes", "unknown commune or cercle")
         chosen = {c for c in cercles if c} or set(who.cercles)
-        check_cercles(who, chosen)
+        try:
+            check_cercles(who, chosen)
+        except OutOfScope:
+            raise Forbidden("the audience reaches a cercle outside your scope") from None
         return chosen
 
     def _areas(self, who: Principal, audience: Audience) -> set[str]:
@@ -165,7 +175,7 @@ class StandInBroadcasts:
     def _visible(self, who: Principal, made: Broadcast) -> bool:
         try:
             self._cercles(who, made.audience)
-        except NotFound:
+        except Forbidden:
             return False
         return True
 

@@ -336,7 +336,7 @@ def test_the_recipient_count_follows_the_audience(signed_in: TestClient) -> None
     assert count("cercle=mopti&language=fr") == {"recipients": 2, "languages": {"fr": 2}}
     assert count("")["recipients"] == 5  # type: ignore[index]
     response = signed_in.get("/dashboard/broadcasts/recipients?commune=djenne-djenne")
-    assert response.status_code == 404
+    assert response.status_code == 403
 
 
 def test_check_shows_what_goes_over_the_air_and_the_cost(signed_in: TestClient) -> None:
@@ -358,6 +358,14 @@ def test_an_empty_message_is_an_error_linked_to_its_field(signed_in: TestClient)
     assert "<title>Erreur : Nouvelle diffusion" in page.text
     assert '<a href="#message_fr">Écrivez au moins un message.</a>' in page.text
     assert f'value="{form["key"]}"' in page.text  # the same key, kept
+
+
+def test_an_audience_outside_the_scope_is_an_error_on_the_audience(
+        signed_in: TestClient) -> None:
+    form = compose_form(signed_in, commune="djenne-djenne")
+    page = signed_in.post("/dashboard/broadcasts/check", data=form)
+    assert page.status_code == 422
+    assert '<a href="#cercle">Cette audience sort de vos cercles.</a>' in page.text
 
 
 def test_readers_of_a_language_need_a_text_in_it(signed_in: TestClient) -> None:
@@ -408,7 +416,7 @@ def test_home_shows_running_broadcasts_and_subscribers_per_cercle(
     signed_in.post("/dashboard/broadcasts",
                    data=compose_form(signed_in, commune="mopti-konna", title="Réunion"))
     home = signed_in.get("/dashboard/").text
-    assert "Réunion" in home and "En cours d&#39;envoi" in home
+    assert "Réunion" in home and 'class="tag tag-s' in home  # scheduled or sending
     assert "<th scope=\"row\">Mopti</th><td class=\"num\">3</td>" in home
     assert "<th scope=\"row\">Koro</th><td class=\"num\">2</td>" in home
     assert "Djenné" not in home

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.content.catalogs import Cercle
-from gateway.operators.access import NotFound, Principal, Role, require
+from gateway.operators.access import Forbidden, Principal, Role, require
 from gateway.operators.dashboard import strings
 from gateway.operators.dashboard.seams import (
     COUNTS,
@@ -196,8 +196,8 @@ def router(dash: Dashboard) -> APIRouter:
         try:
             by_language = await run_in_threadpool(
                 lambda: broadcasts.recipients(session.principal, audience))
-        except NotFound:
-            return JSONResponse({"detail": "audience outside your cercles"}, status_code=404)
+        except Forbidden:  # the audience reaches a cercle outside the caller's scope
+            return JSONResponse({"detail": "audience outside your cercles"}, status_code=403)
         except Invalid as exc:
             return JSONResponse({"detail": exc.message}, status_code=422)
         return JSONResponse({"recipients": sum(by_language.values()),
@@ -221,6 +221,8 @@ def router(dash: Dashboard) -> APIRouter:
         except Invalid as exc:
             return compose_page(request, session, composed,
                                 {FIELD_OF.get(exc.field, "message_fr"): exc.message})
+        except Forbidden:  # the role was checked: the audience is outside the scope
+            return compose_page(request, session, composed, {"cercle": "field.scope"})
         return check_page(request, session, composed, draft, preview)
 
     def check_page(request: Request, session: Session, composed: Composed, draft: Draft,
@@ -252,6 +254,8 @@ def router(dash: Dashboard) -> APIRouter:
         except Invalid as exc:
             return compose_page(request, session, composed,
                                 {FIELD_OF.get(exc.field, "message_fr"): exc.message})
+        except Forbidden:
+            return compose_page(request, session, composed, {"cercle": "field.scope"})
         except Conflict:
             composed.key = secrets.token_urlsafe(18)
             return compose_page(request, session, composed, {"message_fr": "field.conflict"})

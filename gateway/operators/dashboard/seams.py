@@ -145,7 +145,8 @@ class Tariff:
 
 class Broadcasts(Protocol):
     """Every call checks the principal's role and scope (``gateway.operators.access``):
-    an audience outside it raises ``OutOfScope``, another cercle's broadcast ``NotFound``."""
+    an audience outside it raises ``Forbidden`` (403), another cercle's broadcast
+    ``OutOfScope`` (404, audited)."""
 
     def tariff(self) -> Tariff: ...
 

@@ -151,6 +151,7 @@ FR: dict[str, str] = {
     "cancel.no": "Non, revenir",
     "cancel.done": "Diffusion annulée.",
     "field.required": "Écrivez au moins un message.",
+    "field.scope": "Cette audience sort de vos cercles.",
     "field.missing_text.fr": "Des destinataires lisent le français : écrivez aussi le "
                              "message en français.",
     "field.missing_text.bm": "Des destinataires lisent le bambara : écrivez aussi le "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.dialogue.ussd import data_key
 from gateway.runtime import Runtime
 from gateway.store import queries
 from gateway.store.models import utcnow
@@ -27,8 +28,9 @@ def seed(rt: Runtime, residents: list[Resident]) -> None:
             queries.touch_contact(conn, pseudonym=pseudonym, pseudonym_version=1, now=now)
             queries.update_contact(conn, pseudonym=pseudonym, area=r.area, language=r.language,
                                    subscribed=r.subscribed, stopped=r.stopped)
-            queries.upsert_vault(conn, pseudonym=pseudonym, now=now, number=rt.keys.seal_text(
-                r.phone, aad=f"vault:{pseudonym}"))
+            wrapped = data_key(conn, rt.keys, pseudonym=pseudonym)
+            queries.upsert_vault(conn, pseudonym=pseudonym, now=now, number=rt.keys.seal_number(
+                wrapped, r.phone, pseudonym=pseudonym))
 
 
 # A small population across the cercles, with the cases an audience must leave out.

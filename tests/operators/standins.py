@@ -38,6 +38,7 @@ from gateway.operators.dashboard.seams import (
 )
 from gateway.outbox import outbox
 from gateway.runtime import Runtime
+from gateway.store import queries
 from gateway.store.queries import _outbox, contacts, vault
 from gateway.text.encoding import outbound, sms_cost
 
@@ -141,7 +142,8 @@ class StandInBroadcasts:
                                    .where(vault.c.pseudonym == pseudonym)).first()
                 if row is None:
                     continue
-                e164 = self.rt.keys.open_text(row.number, aad=f"vault:{pseudonym}")
+                wrapped = queries.get_data_key(conn, pseudonym=pseudonym)
+                e164 = self.rt.keys.open_number(wrapped, row.number, pseudonym=pseudonym)
                 outbox.enqueue(conn, keys=self.rt.keys, policy=self.rt.outbox_policy,
                                pseudonym=pseudonym, e164=e164,
                                text=preview.languages[lang].text, kind="broadcast",

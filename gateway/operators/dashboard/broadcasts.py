@@ -73,7 +73,8 @@ class Composed:
     @classmethod
     def of(cls, form: Form) -> Composed:
         return cls(
-            messages={lang: form.get(f"message_{lang}") for lang in MESSAGE_LANGUAGES},
+            messages={lang: form.get(f"message_{lang}") for lang in MESSAGE_LANGUAGES
+                      if f"message_{lang}" in form.names()},
             cercles=form.all("cercle"), communes=form.all("commune"),
             languages=form.all("language"),
             title=form.get("title").strip()[:200], send_at=form.get("send_at").strip(),
@@ -109,7 +110,8 @@ class Composed:
 
 
 # The broadcasts module names fields as the API body does; the form's names differ.
-FIELD_OF = {"messages.fr": "message_fr", "messages.bm": "message_bm", "messages": "message_fr",
+FIELD_OF = {"messages.fr": "message_fr", "messages.bm": "message_bm",
+            "messages.ff": "message_ff", "messages": "message_fr",
             "audience.cercles": "cercle", "audience.communes": "commune",
             "audience.languages": "language", "audience": "cercle", "send_at": "send_at",
             "valid_until": "valid_until", "title": "title"}
@@ -162,7 +164,8 @@ def router(dash: Dashboard) -> APIRouter:
         return dash.render(
             request, "broadcasts/compose.html", session=session, c=composed,
             cercles=scope_cercles(dash, session.principal), tariff=tariff,
-            languages=tariff.languages, message_languages=MESSAGE_LANGUAGES,
+            languages=tariff.languages,
+            message_languages=[x for x in tariff.languages if x in MESSAGE_LANGUAGES],
             language_names=strings.LANGUAGE_NAMES, errors=dict(errors or {}),
             config=json.dumps(config, ensure_ascii=False, separators=(",", ":")),
             status=422 if errors else 200)

@@ -23,7 +23,7 @@ from gateway.operators.access import Principal
 # Broadcast statuses and counts, as the contract names them.
 STATUSES = ("scheduled", "sending", "done", "cancelled")
 COUNTS = ("recipients", "queued", "sent", "delivered", "failed", "expired", "cancelled")
-MESSAGE_LANGUAGES = ("fr", "bm")  # the versions an operator writes, side by side
+MESSAGE_LANGUAGES = ("fr", "bm", "ff")  # the versions a form may carry (the catalogs' say which)
 
 
 class NotReady(Exception):
@@ -140,7 +140,9 @@ class Tariff:
     currency: str
     default_language: str = "fr"  # what a recipient without a text in its language gets
     transliterate: bool = True  # GATEWAY_TRANSLITERATE: texts go out in the GSM-safe form
-    languages: tuple[str, ...] = ("fr", "bm")  # the catalogs' languages: residents read these
+    # The catalogs' languages: residents read these, and the page has a box for each
+    # (French and Bambara side by side first).
+    languages: tuple[str, ...] = ("fr", "bm")
 
 
 class Broadcasts(Protocol):

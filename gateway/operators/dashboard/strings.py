@@ -88,8 +88,10 @@ FR: dict[str, str] = {
     "compose.message": "Le message",
     "compose.message.fr": "En français",
     "compose.message.bm": "En bambara",
-    "compose.message.hint": "N'écrivez ni nom ni lieu précis. Les résidents sans texte "
-                            "dans leur langue reçoivent le français.",
+    "compose.message.ff": "En fulfulde",
+    "compose.message.hint": "N'écrivez ni nom ni lieu précis. Chaque destinataire reçoit "
+                            "le texte de sa langue : écrivez-en un pour chaque langue lue "
+                            "dans l'audience.",
     "compose.limits": "1 SMS = 160 caractères (153 par partie au-delà), ou 70 (67 par "
                       "partie) si une lettre est hors de l'alphabet GSM.",
     "compose.chars": "caractères",
@@ -156,6 +158,8 @@ FR: dict[str, str] = {
                              "message en français.",
     "field.missing_text.bm": "Des destinataires lisent le bambara : écrivez aussi le "
                              "message en bambara.",
+    "field.missing_text.ff": "Des destinataires lisent le fulfulde : écrivez aussi le "
+                             "message en fulfulde.",
     "field.send_at": "Date d'envoi illisible (format attendu : AAAA-MM-JJ HH:MM).",
     "field.valid_until": "Date de validité illisible (format attendu : AAAA-MM-JJ HH:MM).",
     "field.idempotency": "Formulaire incomplet : rechargez la page de rédaction.",
@@ -177,6 +181,7 @@ BM: dict[str, str] = {
     "compose.message": "Cikan",
     "compose.message.fr": "Tubabukan na",
     "compose.message.bm": "Bamanankan na",
+    "compose.message.ff": "Fulakan na",
     "compose.cercles": "Sɛrikiliw",
     "compose.communes": "Kominiw",
     "col.cercle": "Sɛrikili",

@@ -188,6 +188,9 @@ class Form:
                 return value
         return default
 
+    def names(self) -> set[str]:
+        return {key for key, _ in self.pairs}
+
     def all(self, name: str) -> list[str]:
         return [value for key, value in self.pairs if key == name]
 

@@ -13,7 +13,7 @@ import itertools
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import func, select
@@ -42,7 +42,7 @@ from gateway.store import queries
 from gateway.store.queries import _outbox, contacts, vault
 from gateway.text.encoding import outbound, sms_cost
 
-LIMIT, WINDOW = 5, timedelta(minutes=15)
+LANGUAGES = ("fr", "bm", "ff")  # the catalogs'
 
 
 @dataclass
@@ -56,7 +56,7 @@ class StandInBroadcasts:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tariff(self) -> Tariff:
-        return Tariff(self.price, "XOF")
+        return Tariff(self.price, "XOF", languages=LANGUAGES)
 
     def _cercles(self, who: Principal, audience: Audience) -> set[str]:
         cercles = {self.areas.cercle(a) for a in (*audience.cercles, *audience.communes)}
@@ -94,7 +94,7 @@ class StandInBroadcasts:
 
     @staticmethod
     def _language(language: str | None) -> str:
-        return language if language in ("fr", "bm") else "fr"  # the catalogs' languages
+        return language if language in LANGUAGES else "fr"
 
     def preview(self, who: Principal, draft: Draft) -> Preview:
         by_language = self.recipients(who, draft.audience)

@@ -331,8 +331,7 @@ def test_the_recipient_count_follows_the_audience(signed_in: TestClient) -> None
         return signed_in.get(f"/dashboard/broadcasts/recipients?{query}").json()
 
     assert count("commune=mopti-konna") == {"recipients": 2, "languages": {"bm": 1, "fr": 1}}
-    # Fulfulde has no catalog yet: its reader is written to in French.
-    assert count("cercle=koro") == {"recipients": 2, "languages": {"bm": 1, "fr": 1}}
+    assert count("cercle=koro") == {"recipients": 2, "languages": {"bm": 1, "ff": 1}}
     assert count("cercle=mopti&language=fr") == {"recipients": 2, "languages": {"fr": 2}}
     assert count("")["recipients"] == 5  # type: ignore[index]
     response = signed_in.get("/dashboard/broadcasts/recipients?commune=djenne-djenne")
@@ -341,7 +340,7 @@ def test_the_recipient_count_follows_the_audience(signed_in: TestClient) -> None
 
 def test_check_shows_what_goes_over_the_air_and_the_cost(signed_in: TestClient) -> None:
     form = compose_form(signed_in, commune="mopti-konna", message_bm="Kɔnɔ ɲɛnɛ bɛ sɔgɔma")
-    assert "> Fulfulde</label>" not in signed_in.get("/dashboard/broadcasts/new").text
+    assert 'id="message_ff"' in signed_in.get("/dashboard/broadcasts/new").text
     page = signed_in.post("/dashboard/broadcasts/check", data=form)
     assert page.status_code == 200
     assert "Kònò nyènè bè sògòma" in page.text  # transliterated, as sent

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,9 @@ def served(tmp_path: Path, sqlite_template: Path) -> Iterator[Served]:
     database = tmp_path / "gateway.db"
     shutil.copyfile(sqlite_template, database)
     settings = Settings(_env_file=None, database_url=f"sqlite:///{database}",
-                        key_file=tmp_path / "gateway.keys", content_dir=REPO, send_rate=1000.0)
+                        key_file=tmp_path / "gateway.keys", content_dir=REPO, send_rate=1000.0,
+                        # (broadcasts' settings: no quiet hours whatever the hour, a price)
+                        quiet_hours="", sms_price=Decimal(25))
     rt = build_runtime(settings)
     app = create_app(settings, runtime=rt, background=run_worker)
     app.state.dashboard_seams = seams_for(rt)

@@ -26,14 +26,18 @@ DJENNE = Principal(4, "moussa", Role.operator, frozenset({"djenne"}))
 
 def seams_for(rt: Runtime) -> Seams:
     """The accounts above, made as the CLI makes them, and the dashboard's seams over the
-    real accounts module (broadcasts: the stand-in, until its module lands)."""
+    real accounts module, and the real broadcasts module where this gateway has it (else
+    the stand-in)."""
     areas = Areas.of(rt.engine.content.communes)
     with rt.db.transaction() as conn:
         for who in (OPERATOR, ADMIN, REVIEWER, DJENNE):
             accounts.create(conn, name=who.name, role=who.role, cercles=who.cercles,
                             password=PASSWORD, known_cercles=areas.communes_of, actor="cli",
                             now=utcnow())
-    return Seams(wiring.Accounts(rt), StandInBroadcasts(rt, areas))
+    domain = wiring.broadcasts_module()
+    broadcasts = StandInBroadcasts(rt, areas) if domain is None else \
+        wiring.Broadcasts(rt, domain)
+    return Seams(wiring.Accounts(rt), broadcasts)
 
 
 def hidden(html: str, name: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,15 @@ LIMIT = 100 * 1024
 # Pages over HTTP: SQLite is enough (the query they add, subscribers per cercle, runs on
 # both databases in test_subscribers.py).
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The suite's settings, with a price per SMS so pages show costs, and no quiet hours
+    (settings the broadcasts module reads; ignored without it)."""
+    return Settings(_env_file=None, database_url=settings.database_url,
+                    key_file=settings.key_file, content_dir=settings.content_dir,
+                    send_rate=settings.send_rate, quiet_hours="", sms_price=Decimal(25))
 
 
 @pytest.fixture

@@ -385,6 +385,14 @@ def _check_audience(audience: Audience, rules: Rules, problems: list[Problem]) -
                                     f"{', '.join(rules.languages)})"))
 
 
+def check_audience(audience: Audience, rules: Rules) -> None:
+    """Raise ``Invalid`` naming each unknown cercle, commune or language of ``audience``."""
+    problems: list[Problem] = []
+    _check_audience(audience, rules, problems)
+    if problems:
+        raise Invalid(problems)
+
+
 def _times(request: BroadcastRequest, now: datetime,
            problems: list[Problem]) -> tuple[datetime, datetime]:
     send_at = request.send_at.astimezone(UTC) if request.send_at else now

@@ -15,7 +15,6 @@ from gateway.operators.dashboard import wiring
 from gateway.operators.dashboard.seams import Seams
 from gateway.runtime import Runtime
 from gateway.store.models import utcnow
-from tests.operators.standins import StandInBroadcasts
 
 PASSWORD = "correct horse battery staple"
 OPERATOR = Principal(1, "awa", Role.operator, frozenset({"mopti", "koro"}))
@@ -26,18 +25,14 @@ DJENNE = Principal(4, "moussa", Role.operator, frozenset({"djenne"}))
 
 def seams_for(rt: Runtime) -> Seams:
     """The accounts above, made as the CLI makes them, and the dashboard's seams over the
-    real accounts module, and the real broadcasts module where this gateway has it (else
-    the stand-in)."""
+    real accounts and broadcasts modules."""
     areas = Areas.of(rt.engine.content.communes)
     with rt.db.transaction() as conn:
         for who in (OPERATOR, ADMIN, REVIEWER, DJENNE):
             accounts.create(conn, name=who.name, role=who.role, cercles=who.cercles,
                             password=PASSWORD, known_cercles=areas.communes_of, actor="cli",
                             now=utcnow())
-    domain = wiring.broadcasts_module()
-    broadcasts = StandInBroadcasts(rt, areas) if domain is None else \
-        wiring.Broadcasts(rt, domain)
-    return Seams(wiring.Accounts(rt), broadcasts)
+    return Seams(wiring.Accounts(rt), wiring.Broadcasts(rt))
 
 
 def hidden(html: str, name: str) -> str:

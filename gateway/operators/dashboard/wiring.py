@@ -5,19 +5,16 @@ transaction as the action, as the API does.
 - accounts: ``gateway/operators/accounts.py`` (sign-in with throttling, audited; server-side
   sessions whose CSRF token the forms carry);
 - broadcasts: ``gateway/operators/broadcasts.py`` (preview, create with an idempotency key,
-  list, get, cancel), when this gateway has it. It was written on another branch beside
-  this one, so it is imported by name and typed loosely here (checked by the dashboard's
-  tests against that branch); once both are on main, import it plainly and type it.
+  list, get, cancel).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
-from types import ModuleType
 from typing import Any, TypeVar
 
 from gateway.operators import accounts, audit
+from gateway.operators import broadcasts as domain
 from gateway.operators.access import Principal, Role, require
 from gateway.operators.dashboard import seams
 from gateway.runtime import Runtime
@@ -52,15 +49,7 @@ class Accounts:
             accounts.end_session(conn, cookie=session_id, now=utcnow())
 
 
-def broadcasts_module() -> ModuleType | None:
-    """``gateway.operators.broadcasts``, or None in a gateway without it."""
-    try:
-        return importlib.import_module("gateway.operators.broadcasts")
-    except ModuleNotFoundError:
-        return None
-
-
-def _invalid(exc: Any) -> seams.Invalid:
+def _invalid(exc: domain.Invalid) -> seams.Invalid:
     """The first problem, named as the form names fields; a missing text in a language
     that has readers gets the page's own words."""
     first = exc.problems[0]
@@ -70,19 +59,19 @@ def _invalid(exc: Any) -> seams.Invalid:
     return seams.Invalid(where, first.msg)
 
 
-def _audience(domain: Any, audience: seams.Audience) -> Any:
+def _audience(audience: seams.Audience) -> domain.Audience:
     return domain.Audience(cercles=list(audience.cercles), communes=list(audience.communes),
                            languages=list(audience.languages))
 
 
-def _request(domain: Any, draft: seams.Draft) -> Any:
+def _request(draft: seams.Draft) -> domain.BroadcastRequest:
     return domain.BroadcastRequest(messages=dict(draft.messages),
-                                   audience=_audience(domain, draft.audience),
+                                   audience=_audience(draft.audience),
                                    title=draft.title or None, send_at=draft.send_at,
                                    valid_until=draft.valid_until)
 
 
-def _view(b: Any) -> seams.Broadcast:
+def _view(b: domain.Broadcast) -> seams.Broadcast:
     a = b.audience
     return seams.Broadcast(
         id=b.id, status=b.status, counts=b.counts.as_json(), created_at=b.created_at,
@@ -92,7 +81,7 @@ def _view(b: Any) -> seams.Broadcast:
         messages=dict(b.messages))
 
 
-def _audited(b: Any) -> dict[str, Any]:
+def _audited(b: domain.Broadcast) -> dict[str, Any]:
     """What the audit log keeps of a broadcast (as the API's entries), and where from."""
     details: dict[str, Any] = {**b.audit_details(), "via": "dashboard"}
     return details
@@ -102,17 +91,16 @@ T = TypeVar("T")
 
 
 class Broadcasts:
-    def __init__(self, rt: Runtime, domain: ModuleType) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.domain: Any = domain
-        self.rules: Any = domain.Rules.of(rt.settings, rt.engine.content)
+        self.rules = domain.Rules.of(rt.settings, rt.engine.content)
 
     def _scoped(self, who: Principal, work: Callable[[], T]) -> T:
         """``work``; an audience outside ``who``'s cercles is audited (after its
         transaction rolled back, as the API does) and raised on (403)."""
         try:
             return work()
-        except self.domain.AudienceOutOfScope:
+        except domain.AudienceOutOfScope:
             with self.rt.db.transaction() as conn:
                 audit.record(conn, actor=who.name, action="broadcast.audience_out_of_scope",
                              object_type="broadcast", object_id=None,
@@ -126,12 +114,11 @@ class Broadcasts:
 
     def recipients(self, who: Principal, audience: seams.Audience) -> Mapping[str, int]:
         require(who, Role.operator)
-        domain = self.domain
-        wanted = _audience(domain, audience)
-        problems: list[Any] = []
-        domain._check_audience(wanted, self.rules, problems)
-        if problems:
-            raise _invalid(domain.Invalid(problems))
+        wanted = _audience(audience)
+        try:
+            domain.check_audience(wanted, self.rules)
+        except domain.Invalid as exc:
+            raise _invalid(exc) from None
         target = self._scoped(who, lambda: domain.resolve(who, self.rules, wanted))
         with self.rt.db.transaction() as conn:
             counts: Mapping[str, int] = domain.recipients_by_language(
@@ -139,12 +126,11 @@ class Broadcasts:
         return counts
 
     def preview(self, who: Principal, draft: seams.Draft) -> seams.Preview:
-        domain = self.domain
 
         def work() -> Any:
             with self.rt.db.transaction() as conn:
                 return domain.preview(conn, who=who, rules=self.rules,
-                                      request=_request(domain, draft), now=utcnow())
+                                      request=_request(draft), now=utcnow())
 
         try:
             p = self._scoped(who, work)
@@ -162,12 +148,11 @@ class Broadcasts:
     def create(self, who: Principal, draft: seams.Draft, *,
                idempotency_key: str) -> seams.Broadcast:
         now = utcnow()
-        domain = self.domain
 
         def work() -> Any:
             with self.rt.db.transaction() as conn:
                 made, new = domain.create(conn, who=who, rules=self.rules,
-                                          request=_request(domain, draft),
+                                          request=_request(draft),
                                           idempotency_key=idempotency_key, now=now)
                 if new:
                     audit.record(conn, actor=who.name, action="broadcast.create",
@@ -186,16 +171,15 @@ class Broadcasts:
 
     def list(self, who: Principal) -> Sequence[seams.Broadcast]:
         with self.rt.db.transaction() as conn:
-            items, _ = self.domain.list_page(conn, who=who)
+            items, _ = domain.list_page(conn, who=who)
         return [_view(b) for b in items]
 
     def get(self, who: Principal, broadcast_id: int) -> seams.Broadcast:
         with self.rt.db.transaction() as conn:
-            return _view(self.domain.get(conn, who=who, broadcast_id=broadcast_id))
+            return _view(domain.get(conn, who=who, broadcast_id=broadcast_id))
 
     def cancel(self, who: Principal, broadcast_id: int) -> seams.Broadcast:
         now = utcnow()
-        domain = self.domain
         try:
             with self.rt.db.transaction() as conn:
                 before = domain.get(conn, who=who, broadcast_id=broadcast_id)
@@ -212,8 +196,5 @@ class Broadcasts:
 
 
 def default_seams(rt: Runtime) -> seams.Seams:
-    """What a gateway serves the dashboard with (no broadcasts seam, and so 503 on those
-    pages, in a gateway without the broadcasts module)."""
-    domain = broadcasts_module()
-    return seams.Seams(accounts=Accounts(rt),
-                       broadcasts=None if domain is None else Broadcasts(rt, domain))
+    """What a gateway serves the dashboard with."""
+    return seams.Seams(accounts=Accounts(rt), broadcasts=Broadcasts(rt))

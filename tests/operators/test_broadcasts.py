@@ -116,7 +116,7 @@ def queue_all(rt: Runtime, rules: Rules, now: datetime | None = None) -> int:
     """Run the background job until it has nothing left to do; messages queued."""
     queued = 0
     for _ in range(1000):
-        step = broadcasts.run_due(rt.db, keys=rt.keys, policy=rt.outbox_policy, rules=rules,
+        step = broadcasts.run_due(rt.db, policy=rt.outbox_policy, rules=rules,
                                   now=now or utcnow())
         queued += step.queued
         if not step.more:
@@ -405,7 +405,7 @@ def test_the_job_queues_in_chunks_and_a_repeated_chunk_queues_nothing_twice(
     small = replace(rules, chunk=10)
     made, _ = create(runtime, small, request(communes=["mopti-konna"]))
     now = utcnow()
-    first = broadcasts.run_due(runtime.db, keys=runtime.keys, policy=runtime.outbox_policy,
+    first = broadcasts.run_due(runtime.db, policy=runtime.outbox_policy,
                                rules=small, now=now)
     assert (first.queued, first.more) == (10, True)
     assert get(runtime, made.id).expanded == 10
@@ -564,7 +564,7 @@ def test_cancel_mid_send_stops_what_was_not_handed_over(runtime: Runtime,
     made, _ = create(runtime, small, request(cercles=["koro"]))
     now = utcnow()
     for _ in range(2):  # 20 of 30 queued
-        broadcasts.run_due(runtime.db, keys=runtime.keys, policy=runtime.outbox_policy,
+        broadcasts.run_due(runtime.db, policy=runtime.outbox_policy,
                            rules=small, now=now)
     policy = runtime.outbox_policy
     with runtime.db.transaction() as conn:

@@ -497,6 +497,29 @@ def test_an_erased_resident_receives_nothing(client: TestClient, runtime: Runtim
         runtime.keys.pseudonym("+22370000402")}  # nothing of theirs is kept
 
 
+def test_a_queued_message_holds_the_vaults_sealed_number_not_a_new_copy(
+        runtime: Runtime, rules: Rules) -> None:
+    """Queueing copies each number from the vault still sealed under the contact's own
+    data key: once that key is gone (an erasure's shred, a restored backup), the queued
+    copy cannot be read either; the worker fails it rather than retrying it for ever."""
+    [kept, lost] = seed(runtime, "koro", "fr", 2)
+    made, _ = create(runtime, rules, request(cercles=["koro"]))
+    assert queue_all(runtime, rules) == 2
+    rows = {r.pseudonym: r for r in outbox_of(runtime, made.id)}
+    with runtime.db.transaction() as conn:
+        vaulted = dict(conn.execute(
+            select(queries.vault.c.pseudonym, queries.vault.c.number)).tuples())
+        # The key is gone but nothing cancelled the message: a shred that came after the
+        # worker had claimed it, say.
+        queries.update_contact(conn, pseudonym=runtime.keys.pseudonym(lost), data_key=None)
+    assert {p: r.recipient for p, r in rows.items()} == {p: vaulted[p] for p in rows}
+    assert all(lost not in r.recipient and kept not in r.recipient for r in rows.values())
+    send_due(runtime)
+    assert [to for to, _ in sent_to(runtime)] == [kept]
+    failed = {r.pseudonym: (r.status, r.last_error) for r in outbox_of(runtime, made.id)}
+    assert failed[runtime.keys.pseudonym(lost)] == ("failed", "key-gone")
+
+
 def test_an_unsubscribed_resident_receives_nothing(client: TestClient, runtime: Runtime,
                                                   rules: Rules) -> None:
     phone = Phone(client, "+22370000501")

@@ -507,8 +507,8 @@ def test_a_queued_message_holds_the_vaults_sealed_number_not_a_new_copy(
     assert queue_all(runtime, rules) == 2
     rows = {r.pseudonym: r for r in outbox_of(runtime, made.id)}
     with runtime.db.transaction() as conn:
-        vaulted = dict(conn.execute(
-            select(queries.vault.c.pseudonym, queries.vault.c.number)).tuples())
+        vaulted = {row.pseudonym: row.number for row in conn.execute(
+            select(queries.vault.c.pseudonym, queries.vault.c.number))}
         # The key is gone but nothing cancelled the message: a shred that came after the
         # worker had claimed it, say.
         queries.update_contact(conn, pseudonym=runtime.keys.pseudonym(lost), data_key=None)

@@ -248,6 +248,40 @@ class PollTallyChange(SQLModel, table=True):
     n: int  # +1 or -1 (several netted on PostgreSQL)
 
 
+class Campaign(SQLModel, table=True):
+    """A radio show's campaign (gateway/operators/campaigns.py): its USSD service code and
+    neutral SMS keyword open its poll directly, and the answers that arrive that way while
+    it runs carry its id (``poll_answer.campaign``). ``keyword`` is stored folded (case and
+    accents), as inbound text is matched; ``cercles``: the cercle ids it serves, comma-
+    separated and sorted (operators see the campaigns within their cercles)."""
+
+    __table_args__ = (Index("ix_campaign_keyword", "keyword"),
+                      Index("ix_campaign_service_code", "service_code"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=128)
+    station: str = Field(max_length=128)
+    poll: str = Field(max_length=64)
+    question: str = Field(max_length=64)
+    keyword: str | None = Field(default=None, max_length=32)
+    service_code: str | None = Field(default=None, max_length=32)
+    cercles: str = Field(default="", sa_column=Column(Text, nullable=False))
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CampaignHost(SQLModel, table=True):
+    """An account of role ``radio`` that hosts a campaign: it sees that campaign's on-air
+    tally, and no other."""
+
+    __tablename__ = "campaign_host"
+
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    account_id: int = Field(foreign_key="account.id", primary_key=True, index=True)
+
+
 class Outbox(SQLModel, table=True):
     """Every outbound SMS, written in the same transaction as what caused it.
 

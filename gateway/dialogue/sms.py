@@ -32,7 +32,7 @@ from gateway.content.flowdef import InputStep
 from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import Engine, State, Turn
 from gateway.dialogue.limits import Limits
-from gateway.dialogue.ussd import apply_effects
+from gateway.dialogue.ussd import apply_effects, poll_flows
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.privacy.keys import KeyRing
@@ -43,6 +43,8 @@ from gateway.store.models import InboundMessage, SmsConversation, utcnow
 from gateway.text.encoding import fold
 
 log = logging.getLogger("gateway.dialogue.sms")
+
+MAX_CAMPAIGN_KEYWORD = 32  # characters, folded (models.Campaign.keyword)
 
 inbound = queries._t(InboundMessage)
 conversations = queries._t(SmsConversation)
@@ -85,6 +87,7 @@ class SmsService:
         self.clock = clock
         self.notify = notify
         self.keywords = self._keyword_index()
+        self.poll_flows = poll_flows(engine.content)
         self.languages = engine.content.languages
         self.default_language = "fr" if "fr" in self.languages else self.languages[0]
 
@@ -164,6 +167,8 @@ class _Reply:
         self.now = now
         self.folded = fold(message.text)
         self.sent = 0
+        self._looked_up = False  # the campaign keyword lookup, done once
+        self._opened: queries.CampaignEntry | None = None
 
     @property
     def language(self) -> str:
@@ -215,17 +220,36 @@ class _Reply:
             state = State.loads(self.s.keys.open_text(conversation.state, aad=self._aad))
             if conversation.waiting == "confirm":
                 return self._confirm(state)
-            keyword = self.s.keywords.get(self.folded)
             waits_for_text = isinstance(self.s.engine.step(state), InputStep)
-            if keyword is None or waits_for_text:
+            if waits_for_text or not self._is_keyword():
                 self._answer(self.s.engine.advance(state, self.message.text))
                 return self.sent
         keyword = self.s.keywords.get(self.folded)
         if keyword is not None:
             self._start(keyword)
             return self.sent
+        opened = self._campaign()
+        if opened is not None:
+            self._open_campaign(opened)
+            return self.sent
         self._help()
         return self.sent
+
+    def _is_keyword(self) -> bool:
+        return self.folded in self.s.keywords or self._campaign() is not None
+
+    def _campaign(self) -> queries.CampaignEntry | None:
+        """The radio campaign whose keyword this message is (a campaign keyword is one
+        word with a letter in it, so answers such as "2" are not looked up)."""
+        word = self.folded
+        if not word or len(word) > MAX_CAMPAIGN_KEYWORD or " " in word or word.isdigit():
+            return None
+        if not self._looked_up:
+            self._looked_up = True
+            found = queries.find_campaign(queries.Driver(self.conn), keyword=word, now=self.now)
+            self._opened = found if found is not None and found.poll in self.s.poll_flows \
+                else None
+        return self._opened
 
     # --- steps -----------------------------------------------------------------------
 
@@ -241,6 +265,13 @@ class _Reply:
             self._send("reply", engine.say(lang, flow.sms_confirm))
             return
         self._answer(turn)
+
+    def _open_campaign(self, opened: queries.CampaignEntry) -> None:
+        """A radio campaign's keyword: its poll, whose answers count for the campaign
+        while it runs."""
+        flow = self.s.poll_flows[opened.poll]
+        self._answer(self.s.engine.begin(flow, self.language,
+                                         campaign=opened.id if opened.active else None))
 
     def _confirm(self, state: State) -> int:
         if self.folded in self.s.policy.yes_words:

@@ -2,7 +2,8 @@
 
 Every transaction that may write starts with ``BEGIN IMMEDIATE`` on SQLite, so a read
 that later writes never fails with SQLITE_BUSY (reference/security-and-reliability.md
-§3.3, rule 10). On PostgreSQL rows are locked explicitly where a race matters.
+§3.3, rule 10); one that only reads (``Database.reading``) starts with a plain ``BEGIN``
+and takes no write lock. On PostgreSQL rows are locked explicitly where a race matters.
 
 When the database stalls (an SQLite file locked by another process, a full disk,
 PostgreSQL unreachable) requests must answer at once rather than queue: ``waiting`` bounds
@@ -33,6 +34,7 @@ BUSY_TIMEOUT_MS = 10_000  # background work (the worker, the purge, commands)
 PG_CONNECT_TIMEOUT = 5  # seconds: never hang on an unreachable server
 RETRY_AFTER_SECONDS = 1.0  # after a failure, the database is left alone this long
 _WAIT: ContextVar[float | None] = ContextVar("gateway_db_wait", default=None)
+_DEFERRED: ContextVar[bool] = ContextVar("gateway_db_deferred", default=False)
 
 
 class DatabaseBusy(Exception):
@@ -125,7 +127,7 @@ def _configure_sqlite(engine: Engine) -> None:
     def _begin_immediate(dbapi_conn: Any) -> None:
         cursor = dbapi_conn.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN" if _DEFERRED.get() else "BEGIN IMMEDIATE")
         finally:
             cursor.close()
 
@@ -205,6 +207,34 @@ class Database:
                 raise
             self._keep(conn, self._kept)
             self.failed_at = None
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A transaction that only reads. On SQLite a deferred one (``BEGIN``): it takes
+        no write lock, so a long read (poll results over a million answers) never holds
+        up a USSD hop, and in WAL mode the hops' writes do not wait for it either. Writing
+        in it is a mistake (it would fail when a writer got in first). On PostgreSQL, an
+        ordinary transaction."""
+        if not self.sqlite:
+            with self.transaction() as conn:
+                yield conn
+            return
+        # No writing turn (Database._turn): a read waits for no writer, and none for it.
+        conn = self._take(self._kept) or self.engine.connect()
+        self._set_wait(conn, _WAIT.get())
+        try:
+            token = _DEFERRED.set(True)
+            try:
+                transaction = conn.begin()  # sends BEGIN now (_begin_immediate)
+            finally:
+                _DEFERRED.reset(token)
+            with transaction:
+                yield conn
+        except BaseException as exc:
+            self._drop(conn, exc)
+            raise
+        self._keep(conn, self._kept)
+        self.failed_at = None
 
     def _set_wait(self, conn: Connection, left: float | None) -> float | None:
         """Give an SQLite connection the busy timeout this context asks for (``left``: what

@@ -56,6 +56,7 @@ def upgrade() -> None:
     sa.Column('poll', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('question', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('keyword', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('keyword_folded', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
     sa.Column('service_code', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
     sa.Column('cercles', sa.Text(), nullable=False),
     sa.Column('starts_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -64,7 +65,8 @@ def upgrade() -> None:
     sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
-    op.create_index('ix_campaign_keyword', 'campaign', ['keyword'], unique=False)
+    op.create_index('ix_campaign_keyword_folded', 'campaign', ['keyword_folded'],
+                    unique=False)
     op.create_index('ix_campaign_service_code', 'campaign', ['service_code'], unique=False)
     op.create_table('campaign_host',
     sa.Column('campaign_id', sa.Integer(), nullable=False),
@@ -91,5 +93,5 @@ def downgrade() -> None:
     op.drop_index(op.f('ix_campaign_host_account_id'), table_name='campaign_host')
     op.drop_table('campaign_host')
     op.drop_index('ix_campaign_service_code', table_name='campaign')
-    op.drop_index('ix_campaign_keyword', table_name='campaign')
+    op.drop_index('ix_campaign_keyword_folded', table_name='campaign')
     op.drop_table('campaign')

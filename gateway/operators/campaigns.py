@@ -73,7 +73,7 @@ class CampaignInfo:
     station: str
     poll: str
     question: str
-    keyword: str | None  # folded
+    keyword: str | None  # as announced (upper case)
     service_code: str | None
     cercles: frozenset[str]
     hosts: tuple[str, ...]
@@ -89,7 +89,7 @@ class CampaignInfo:
         return {
             "id": self.id, "name": self.name, "station": self.station, "poll": self.poll,
             "question": self.question,
-            "keyword": self.keyword.upper() if self.keyword else None,
+            "keyword": self.keyword,
             "service_code": self.service_code, "cercles": sorted(self.cercles),
             "hosts": list(self.hosts), "starts_at": self.starts_at.isoformat(),
             "ends_at": self.ends_at.isoformat(), "created_by": self.created_by,
@@ -105,18 +105,19 @@ def _cercles_of(value: str) -> frozenset[str]:
     return frozenset(c for c in value.split(",") if c)
 
 
-def _checked_keyword(keyword: str | None, words: Words) -> str | None:
+def _checked_keyword(keyword: str | None, words: Words) -> tuple[str, str] | None:
+    """The keyword as announced (upper case) and as matched (folded)."""
     if keyword is None or not keyword.strip():
         return None
     folded = fold(keyword)
-    if not folded or " " in folded or len(folded) > MAX_KEYWORD:
+    if not folded or " " in folded or len(keyword.strip()) > MAX_KEYWORD:
         raise BadCampaign(f"keyword: one word of at most {MAX_KEYWORD} letters and digits")
     if not any(ch.isalpha() for ch in folded):
         raise BadCampaign("keyword: needs a letter (digits alone are answers)")
     if folded in words.taken:
         raise BadCampaign(f"keyword: {keyword.strip()!r} is already a keyword or a stop, "
                           "start, erase or yes word")
-    return folded
+    return keyword.strip().upper(), folded
 
 
 def _checked_code(code: str | None, words: Words) -> str | None:
@@ -152,7 +153,8 @@ def create(
         found.question(question)
     except NotFound:
         raise BadCampaign(f"poll {poll} has no question {question!r}") from None
-    folded = _checked_keyword(keyword, words)
+    announced = _checked_keyword(keyword, words)
+    folded = announced[1] if announced else None
     code = _checked_code(service_code, words)
     if folded is None and code is None:
         raise BadCampaign("give a keyword, a service_code, or both")
@@ -167,14 +169,15 @@ def create(
     if not who.everywhere and not wanted <= who.cercles:
         raise Forbidden("a campaign outside your cercles")
     host_ids = _host_ids(conn, hosts)
-    clash = [campaigns_table.c.keyword == folded] if folded else []
+    clash = [campaigns_table.c.keyword_folded == folded] if folded else []
     clash += [campaigns_table.c.service_code == code] if code else []
     if conn.execute(select(campaigns_table.c.id).where(
             or_(*clash), and_(campaigns_table.c.starts_at < ends_at,
                               campaigns_table.c.ends_at > starts_at))).first():
         raise CampaignConflict("another campaign uses this keyword or code at that time")
     campaign_id = int(conn.execute(insert(campaigns_table).values(
-        name=name[:128], station=station[:128], poll=poll, question=question, keyword=folded,
+        name=name[:128], station=station[:128], poll=poll, question=question,
+        keyword=announced[0] if announced else None, keyword_folded=folded,
         service_code=code, cercles=",".join(sorted(wanted)), starts_at=starts_at,
         ends_at=ends_at, created_by=who.name, created_at=now,
     ).returning(campaigns_table.c.id)).scalar_one())
@@ -307,7 +310,7 @@ def announce(campaign: CampaignInfo, content: Content) -> dict[str, str]:
                               code=campaign.service_code))
         if campaign.keyword:
             parts.append(_say(content, lang, "onair-announce-keyword",
-                              keyword=campaign.keyword.upper()))
+                              keyword=campaign.keyword))
         parts.append(_say(content, lang, "onair-announce-anonymous"))
         out[lang] = " ".join(parts)
     return out

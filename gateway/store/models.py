@@ -251,11 +251,12 @@ class PollTallyChange(SQLModel, table=True):
 class Campaign(SQLModel, table=True):
     """A radio show's campaign (gateway/operators/campaigns.py): its USSD service code and
     neutral SMS keyword open its poll directly, and the answers that arrive that way while
-    it runs carry its id (``poll_answer.campaign``). ``keyword`` is stored folded (case and
-    accents), as inbound text is matched; ``cercles``: the cercle ids it serves, comma-
-    separated and sorted (operators see the campaigns within their cercles)."""
+    it runs carry its id (``poll_answer.campaign``). ``keyword`` is as announced,
+    ``keyword_folded`` as inbound text is matched (case, accents, spelling variants
+    folded); ``cercles``: the cercle ids it serves, comma-separated and sorted (operators
+    see the campaigns within their cercles)."""
 
-    __table_args__ = (Index("ix_campaign_keyword", "keyword"),
+    __table_args__ = (Index("ix_campaign_keyword_folded", "keyword_folded"),
                       Index("ix_campaign_service_code", "service_code"))
 
     id: int | None = Field(default=None, primary_key=True)
@@ -264,6 +265,7 @@ class Campaign(SQLModel, table=True):
     poll: str = Field(max_length=64)
     question: str = Field(max_length=64)
     keyword: str | None = Field(default=None, max_length=32)
+    keyword_folded: str | None = Field(default=None, max_length=32)
     service_code: str | None = Field(default=None, max_length=32)
     cercles: str = Field(default="", sa_column=Column(Text, nullable=False))
     starts_at: datetime

@@ -541,7 +541,7 @@ def find_campaign(db: Driver, *, service_codes: Sequence[str] = (),
     """The campaign one of ``service_codes`` (the longest that matches) or ``keyword``
     (folded) names: among several with that code, the one running now, else the latest
     made."""
-    column, values = ("keyword", [keyword]) if keyword is not None else \
+    column, values = ("keyword_folded", [keyword]) if keyword is not None else \
         ("service_code", list(dict.fromkeys(service_codes)))
     if not values:
         return None

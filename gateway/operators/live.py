@@ -96,10 +96,12 @@ class Hub:
     def watching(self) -> bool:
         return self._stop is not None
 
-    async def follow(self, key: Hashable, compute: Callable[[], Figures],
-                     ) -> AsyncIterator[Figures]:
-        """The figures ``compute`` gives, now and after each change that alters them.
-        ``key`` names them: listeners with the same key share one computation."""
+    async def follow(self, key: Hashable, compute: Callable[[], Figures], *,
+                     seconds: float | None = None) -> AsyncIterator[Figures]:
+        """The figures ``compute`` gives, now and after each change that alters them,
+        for ``seconds`` (None: until the listener leaves). ``key`` names them: listeners
+        with the same key share one computation."""
+        ends = None if seconds is None else asyncio.get_running_loop().time() + seconds
         topic = self.topics.get(key)
         if topic is None:
             topic = self.topics[key] = Topic(self, key, compute)
@@ -109,7 +111,11 @@ class Hub:
         try:
             seen = 0
             while True:
-                figures, seen = await topic.after(seen)
+                left = None if ends is None else ends - asyncio.get_running_loop().time()
+                try:
+                    figures, seen = await asyncio.wait_for(topic.after(seen), left)
+                except TimeoutError:
+                    return
                 yield figures
         finally:
             topic.listeners -= 1

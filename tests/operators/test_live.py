@@ -230,3 +230,14 @@ def test_the_watcher_runs_only_while_someone_listens(runtime: Runtime) -> None:
         time.sleep(0.05)
         threads = [t for t in threads if t.is_alive()]
     assert not threads
+
+
+def test_a_stream_ends_after_its_time_so_credentials_are_checked_again(
+        runtime: Runtime) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        hub = Hub(runtime.db, poll_seconds=0.05)
+        got = [figures async for figures in hub.follow("k", lambda: {"n": 1}, seconds=0.3)]
+        assert not hub.watching and not hub.topics
+        return got
+
+    assert asyncio.run(scenario()) == [{"n": 1}]

@@ -13,7 +13,7 @@ statement trigger sends ``NOTIFY dannaya_poll_results`` (delivered at commit, on
 transaction), which a process with listeners LISTENs for.
 
 Revision ID: live00000001
-Revises: c13a0b0c0005
+Revises: b11b0a0c0002
 Create Date: 2026-12-07 00:00:00
 """
 
@@ -25,7 +25,7 @@ from alembic import op
 
 
 revision: str = 'live00000001'
-down_revision: str | None = 'c13a0b0c0005'
+down_revision: str | None = 'b11b0a0c0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -24,6 +24,7 @@ from gateway.dialogue.ussd import HopJobs, UssdService
 from gateway.dialogue.validate import check_content, errors
 from gateway.errors import StartupError
 from gateway.operators import broadcasts, referrals
+from gateway.operators.live import Hub
 from gateway.operators.reports import vocabulary
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.outbox.worker import Progress, Worker
@@ -51,6 +52,13 @@ class Runtime:
     loop: asyncio.AbstractEventLoop | None = None
     batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs...
     hop_jobs: HopJobs | None = None  # ... given to these (InThread(batches), or DbWorker)
+    live: Hub | None = None  # live figures (API and dashboard streams), made on first use
+
+    def live_hub(self) -> Hub:
+        """The process's one hub of live figures, shared by the API and the dashboard."""
+        if self.live is None:
+            self.live = Hub(self.db)
+        return self.live
 
     def notify(self) -> None:
         """Wake the worker: a message was queued (safe from any thread)."""

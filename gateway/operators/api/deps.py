@@ -61,12 +61,9 @@ Rt = Annotated[Runtime, Depends(get_runtime)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_live(request: Request, rt: Rt) -> Hub:
+async def get_live(rt: Rt) -> Hub:
     """The process's live-figures hub (``gateway.operators.live``), made on first use."""
-    hub: Hub | None = getattr(request.app.state, "live", None)
-    if hub is None:
-        hub = request.app.state.live = Hub(rt.db)
-    return hub
+    return rt.live_hub()
 
 
 Live = Annotated[Hub, Depends(get_live)]

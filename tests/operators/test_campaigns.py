@@ -5,7 +5,6 @@ problems named for campaigns that make no sense."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +16,8 @@ from gateway.operators.access import Role
 from gateway.runtime import Runtime
 from tests.handset import Handset
 from tests.operators.people import Person, cast, make
-from tests.phone import CON, END, Phone, Screen
+from tests.operators.radio import answer_poll, dial_code
+from tests.phone import CON, END, Phone
 
 NOW = datetime.now(UTC)
 SHOW = {
@@ -52,19 +52,6 @@ def show(client: TestClient, people: dict[Role, Person]) -> dict[str, Any]:
     assert response.status_code == 201, response.text
     made: dict[str, Any] = response.json()
     return made
-
-
-def dial_code(client: TestClient, number: str, code: str = "*123*5#") -> tuple[Phone, Screen]:
-    """Dial ``*123*5#`` as Africa's Talking sends it: its own code, the rest as text."""
-    own, _, rest = code[1:-1].partition("*")
-    phone = Phone(client, number, service_code=f"*{own}#")
-    phone.session_id, phone.inputs = f"ATUid_{uuid.uuid4().hex}", rest.split("*")
-    return phone, Screen.parse(phone.post(phone.text))
-
-
-def answer_poll(phone: Phone, army: str) -> Any:
-    """The rest of the poll after the army question: the other actors, who, the place."""
-    return phone.press(army, "4", "4", "4", "1", "2", "2", "1", "5")  # Mopti, Konna
 
 
 def test_the_code_opens_the_poll_after_a_new_phones_language_choice(

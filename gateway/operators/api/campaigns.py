@@ -106,7 +106,8 @@ def refusals() -> Iterator[None]:
         raise HTTPException(409, str(exc)) from None
 
 
-def _words(rt: Runtime, settings: Settings) -> campaigns.Words:
+def words_of(rt: Runtime, settings: Settings) -> campaigns.Words:
+    """What a campaign keyword and code may not be, in this deployment."""
     policy = rt.sms.policy
     reserved = policy.stop_words | policy.start_words | policy.erase_words | policy.yes_words
     return campaigns.Words.of(rt.engine.content, main_code=settings.ussd_code,
@@ -127,7 +128,7 @@ def create_campaign(body: CampaignIn, who: CurrentPrincipal, conn: Conn, rt: Rt,
     content = rt.engine.content
     with refusals():
         made = campaigns.create(
-            conn, who=who, content=content, words=_words(rt, settings),
+            conn, who=who, content=content, words=words_of(rt, settings),
             known_cercles=Areas.of(content.communes).communes_of.keys(), name=body.name,
             station=body.station, poll=body.poll, question=body.question,
             keyword=body.keyword, service_code=body.service_code, hosts=body.hosts,

@@ -72,6 +72,7 @@ class State:
     results: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     ended: bool = False
     suspended: State | None = None  # a dropped dialogue offered for resuming
+    gen: int = 0  # the content generation the dialogue began on (0: the latest)
 
     def but(self, **changes: Any) -> State:
         """A copy with ``changes``: ``dataclasses.replace`` without its per-call field
@@ -97,6 +98,7 @@ class State:
             "results": {k: dict(v) for k, v in self.results.items()},
             "ended": self.ended,
             "suspended": self.suspended.to_dict() if self.suspended else None,
+            "gen": self.gen,
         }
 
     @classmethod
@@ -111,6 +113,7 @@ class State:
             results={k: dict(v) for k, v in data.get("results", {}).items()},
             ended=bool(data.get("ended", False)),
             suspended=cls.from_dict(suspended) if suspended else None,
+            gen=int(data.get("gen", 0)),
         )
 
     def dumps(self) -> str:
@@ -159,9 +162,10 @@ class _Choice:
 class Engine:
     """Runs flows from ``content`` under ``rules``. Holds caches, never I/O."""
 
-    def __init__(self, content: Content, rules: Rules) -> None:
+    def __init__(self, content: Content, rules: Rules, *, generation: int = 0) -> None:
         self.content = content
         self.rules = rules
+        self.generation = generation  # stamped on the dialogues it begins
         self._pages: dict[tuple[str, str, str, str | None, bool], list[Page]] = {}
         self._texts: dict[tuple[str, str], str] = {}
         self._choices: dict[tuple[str, str, str, str | None], list[_Choice]] = {}
@@ -172,10 +176,11 @@ class Engine:
     def begin(self, flow_id: str, lang: str, *, suspended: State | None = None) -> Turn:
         """A new dialogue at the start of ``flow_id``; with ``suspended``, the resume offer."""
         if suspended is not None:
-            state = State(lang=lang, flow="", step="", suspended=suspended)
+            state = State(lang=lang, flow="", step="", suspended=suspended,
+                          gen=suspended.gen)
             return Turn(self._resume_screen(state), state)
         state = State(lang=lang, flow=flow_id, step=self.flow(flow_id).start,
-                      results={flow_id: {}})
+                      results={flow_id: {}}, gen=self.generation)
         return self._settle(state, ())
 
     def advance(self, state: State, raw: str) -> Turn:

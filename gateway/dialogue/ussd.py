@@ -24,6 +24,7 @@ effects, such as a subscription storing the number in the vault).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -43,6 +44,7 @@ from gateway.channels.base import UssdEnded, UssdTurn
 from gateway.content.flowdef import Action
 from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
+from gateway.dialogue.library import Engines, UnknownGeneration
 from gateway.dialogue.limits import Limits
 from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.privacy.phone import normalise
@@ -74,12 +76,15 @@ class UssdPolicy:
 
 class UssdService:
     def __init__(
-        self, *, db: Database, keys: KeyRing, engine: Engine, policy: UssdPolicy,
+        self, *, db: Database, keys: KeyRing, engine: Engine | Engines, policy: UssdPolicy,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.keys = keys
-        self.engine = engine
+        # By generation (``gateway.dialogue.library``): a session runs on the content it
+        # began on; a bare Engine runs everything on its content.
+        self.engines = engine if isinstance(engine, Engines) else Engines.fixed(engine)
+        engine = self.engines.latest
         self.policy = policy
         self.clock = clock
         languages = engine.content.languages
@@ -88,6 +93,16 @@ class UssdService:
         self._pseudonyms: OrderedDict[str, str] = OrderedDict()
         self._pseudonyms_lock = threading.Lock()  # PostgreSQL hops run on a thread pool
         self.recent = RecentSessions()
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the latest generation this process knows."""
+        return self.engines.latest
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        """Run everything on ``engine`` from now on (tests)."""
+        self.engines = Engines.fixed(engine)
 
     def apology(self, lang: str | None = None) -> str:
         return self._apologies.get(lang or self.default_language,
@@ -164,7 +179,11 @@ class UssdService:
                 return body
             row = found
         turn = self._bound(turn, row)
-        plan = self._plan(turn, pseudonym, row)
+        try:
+            plan = self._plan(turn, pseudonym, row)
+        except UnknownGeneration as exc:  # begun on content this process has not built
+            await asyncio.to_thread(self.engines.get, exc.generation)
+            plan = self._plan(turn, pseudonym, row)
         if isinstance(plan, str):
             return plan
         # The save goes in one round trip with the batch's others; its effects, if any,
@@ -288,15 +307,18 @@ class UssdService:
                 return self._lost(turn)
             return self._first_hop(conn, turn, pseudonym)[0]
         turn = self._bound(turn, row)
-        plan = self._plan(turn, pseudonym, row)
+        plan = self._plan(turn, pseudonym, row, conn)
         if isinstance(plan, str):
             return plan
         return plan.body if self._save(conn, turn, pseudonym, row.hops, plan) else None
 
-    def _plan(self, turn: UssdTurn, pseudonym: str, row: queries.SessionRow) -> str | Save:
+    def _plan(self, turn: UssdTurn, pseudonym: str, row: queries.SessionRow,
+              conn: Connection | None = None) -> str | Save:
         """What a hop on a session read as ``row`` does: answer without saving anything
         (a repeat, a refusal), or advance the dialogue and save (``Save``). Pure: no
-        database work, so a ``row`` remembered from an earlier hop serves as well."""
+        database work, so a ``row`` remembered from an earlier hop serves as well; but
+        without ``conn``, :class:`UnknownGeneration` when the session began on content
+        this process has not built yet."""
         if row.pseudonym != pseudonym:
             log.warning("ussd: session %s continued from another number; refused",
                         turn.session_id)
@@ -319,7 +341,9 @@ class UssdService:
         if row.status != "active":
             return row.response if row.status == "ended" else self.apology()
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
-        result = self.engine.advance(state, latest)
+        engine = self.engines.get(state.gen, conn) if conn is not None \
+            else self.engines.loaded(state.gen)
+        result = engine.advance(state, latest)
         body = self._body(result)
         saved = row._replace(
             state=self._seal(turn, result), status=self._status(result),
@@ -357,17 +381,19 @@ class UssdService:
             provider=turn.provider)
         lang = language or self.default_language
         dropped = self._dropped(old)
-        if dropped is not None:
-            result = self.engine.begin("", lang, suspended=dropped[1])
+        if dropped is not None:  # offered on the content it began on
+            engine = self.engines.get(dropped[1].gen, conn)
+            result = engine.begin("", lang, suspended=dropped[1])
         else:
-            result = self.engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
+            engine = self.engines.current(conn)
+            result = engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
         effects: list[Effect] = []
         if turn.text:  # a deep dial (*code*1*2#) or a session first seen mid-way
             for part in turn.text.split("*")[:MAX_DEEP_DIAL]:
                 effects.extend(result.effects)
                 if result.state.ended:
                     break
-                result = self.engine.advance(result.state, part)
+                result = engine.advance(result.state, part)
         result = Turn(result.screen, result.state, (*effects, *result.effects))
         body = self._body(result)
         with self.db.together(conn, needed=bool(result.effects) or dropped is not None):

@@ -88,6 +88,10 @@ class Library:
                 self._latest = max(self._latest, found)
         return self._latest
 
+    def invalidate(self) -> None:
+        """Read the counter at the next chance (this process just published)."""
+        self._checked = -float("inf")
+
     def refresh(self) -> int:
         """Read the counter now, in a transaction of its own."""
         if self.db is None:

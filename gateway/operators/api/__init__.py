@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from gateway.operators.api import audit, auth, exports, partners, polls, reports
+from gateway.operators.api import audit, auth, exports, flows, partners, polls, reports
 from gateway.operators.api.deps import install_error_handlers
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -29,6 +29,7 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     api.include_router(auth.router)
     api.include_router(audit.router)
     api.include_router(polls.router)
+    api.include_router(flows.router)
     api.include_router(reports.router)
     api.include_router(partners.router)
     api.include_router(exports.router)

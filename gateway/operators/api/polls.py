@@ -85,12 +85,14 @@ def poll_results(
     poll: str, who: CurrentPrincipal, conn: Conn, rt: Rt, settings: AppSettings,
     question: str, by: Annotated[list[Dimension] | None, Query()] = None,
     since: datetime | None = None, until: datetime | None = None, suppress: bool = False,
+    wave: Annotated[int | None, Query(ge=1)] = None,
 ) -> Results:
     """Respondents to ``question`` in the caller's cercles (one counted answer per person:
     the latest), in total and by up to two of ``by``; ``since <= time < until`` (ISO 8601;
     without an offset, UTC). Groups under ``GATEWAY_MIN_CELL`` respondents are marked
     ``small``; ``suppress=true`` gives the shared view, where they are hidden with their
-    complements."""
+    complements. ``wave``: only the answers given under that version of the poll's flow
+    (each published version of a poll starts a wave)."""
     require(who, Role.operator)
     found = find_poll(rt.engine.content, poll)
     try:
@@ -101,7 +103,7 @@ def poll_results(
         figures = results(conn, who=who, areas=Areas.of(rt.engine.content.communes),
                           poll=poll, question=question, values=asked.value_ids,
                           by=by or [], since=since, until=until, suppress=suppress,
-                          k=settings.min_cell)
+                          k=settings.min_cell, wave=wave)
     except BadQuery as exc:
         raise HTTPException(422, str(exc)) from None
     return Results.model_validate(figures)

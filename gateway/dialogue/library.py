@@ -66,6 +66,11 @@ class Library:
         self.clock = clock
         self._contents: OrderedDict[int, Content] = OrderedDict()
         self._parsed: dict[tuple[str, int], tuple[Flow, FlowText]] = {}
+        # Generations that publish the same versions share one Content (a rollback finds
+        # its engines warm), and the validator's verdict on a set of stored versions is
+        # kept (publishing it again does not run the validator again).
+        self._compositions: OrderedDict[frozenset[tuple[str, int]], Content] = OrderedDict()
+        self.verdicts: OrderedDict[frozenset[tuple[str, int]], list[Problem]] = OrderedDict()
         self._latest = 0
         self._checked = -float("inf")
         self._lock = threading.RLock()
@@ -140,21 +145,36 @@ class Library:
         with self._lock:
             chosen = {f: self._parsed[(f, v)] for f, v in published.items()
                       if (f, v) in self._parsed}
+            key = frozenset((f, published[f]) for f in chosen)
+            known = self._compositions.get(key)
         if not chosen:
             return self.files
-        content, _ = compose(self.base, chosen)
+        if known is None:
+            content, _ = compose(self.base, chosen)
+        else:
+            content = known
         with self._lock:
+            self._compositions[key] = content
+            self._compositions.move_to_end(key)
+            while len(self._compositions) > self.keep:
+                self._compositions.popitem(last=False)
             self._contents[generation] = content
             while len(self._contents) > self.keep:
                 self._contents.popitem(last=False)
         return content
 
     def candidate(self, text: FlowText, *, generation: int | None = None,
-                  conn: Connection | None = None) -> tuple[Content | None, list[Problem]]:
+                  conn: Connection | None = None,
+                  stored: bool = False) -> tuple[Content | None, list[Problem]]:
         """The content the latest (or ``generation``'s) published flows make with
         ``text`` in place of its flow's published version, and the problems in putting
-        them together (the validator's come on top: ``validate.check_content``)."""
-        flow, problems = parse(text)
+        them together (the validator's come on top: ``validate.check_content``).
+        ``stored``: ``text`` is a stored version (its parse may be kept)."""
+        known = self._parsed.get((text.flow, text.version)) if stored else None
+        flow, problems = (known[0], []) if known is not None else parse(text)
+        if stored and flow is not None and known is None:
+            with self._lock:
+                self._parsed[(text.flow, text.version)] = (flow, text)
         if flow is None:
             return None, problems
         current = self.content(self._latest if generation is None else generation, conn)
@@ -176,6 +196,7 @@ class Engines:
         self.rules = rules
         self.library = library
         self._engines: OrderedDict[int, Engine] = OrderedDict()
+        self._by_content: dict[int, Engine] = {}  # id(content) -> its engine
         self._lock = threading.Lock()
 
     @classmethod
@@ -206,11 +227,18 @@ class Engines:
         if found is not None:
             return found
         gen = generation or self.library.latest
-        engine = Engine(self.library.content(gen, conn), self.rules, generation=gen)
+        content = self.library.content(gen, conn)
+        with self._lock:
+            engine = self._by_content.get(id(content))
+        if engine is None:  # new content (else: the same versions as another generation)
+            engine = Engine(content, self.rules, generation=gen)
         with self._lock:
             engine = self._engines.setdefault(gen, engine)
+            self._by_content[id(engine.content)] = engine
             while len(self._engines) > self.library.keep:
-                self._engines.popitem(last=False)
+                _, gone = self._engines.popitem(last=False)
+                if gone not in self._engines.values():
+                    self._by_content.pop(id(gone.content), None)
         return engine
 
     def loaded(self, generation: int) -> Engine:

@@ -117,7 +117,7 @@ def read_flow(conn: Connection, *, who: Principal, library: Library, rules: Rule
     if shown is None:
         raise NotFound(f"flow {flow} has no version {version}")
     text = FlowText(flow, shown.version, shown.definition, shown.messages)
-    report = check_version(library, rules, text, conn=conn)
+    report = check_version(library, rules, text, conn=conn, stored=True)
     published_when: dict[int, datetime] = {}
     for pub in pubs:
         published_when[pub.version] = pub.published_at
@@ -153,20 +153,34 @@ class Report:
 
 
 def check_version(library: Library, rules: Rules, text: FlowText, *,
-                  conn: Connection | None = None, generation: int | None = None) -> Report:
+                  conn: Connection | None = None, generation: int | None = None,
+                  laid_out: bool = True, stored: bool = False) -> Report:
     """``text`` checked with the flows published now (or at ``generation``): the
-    validator's problems (errors first) and every screen of it per language."""
+    validator's problems (errors first) and every screen of it per language. ``stored``:
+    ``text`` is a stored version, and the verdict on the same versions is kept."""
     problems = message_problems(text)
     if problems:
         return Report(problems, [], None)
-    content, problems = library.candidate(text, conn=conn, generation=generation)
+    content, problems = library.candidate(text, conn=conn, generation=generation,
+                                          stored=stored)
     if content is None:
         return Report(problems, [], None)
-    problems = sorted(set(problems + list(check_content(content, rules))))
+    key = frozenset((f, flow.version) for f, flow in content.flows.items()) if stored \
+        else None
+    known = library.verdicts.get(key) if key is not None else None
+    if known is not None:
+        problems = known
+    else:
+        problems = sorted(set(problems + list(check_content(content, rules))))
+        if key is not None:
+            library.verdicts[key] = problems
+            while len(library.verdicts) > library.keep:
+                library.verdicts.popitem(last=False)
     mine = [p for p in problems if _about(p, text.flow)]
     others = [p for p in problems if not _about(p, text.flow)]
     ordered = errors(mine) + errors(others) + [p for p in problems if p.warning]
-    return Report(ordered, screens(Engine(content, rules), text.flow), content)
+    shown = screens(Engine(content, rules), text.flow) if laid_out else []
+    return Report(ordered, shown, content)
 
 
 def _about(problem: Problem, flow: str) -> bool:
@@ -244,7 +258,8 @@ def add_version(conn: Connection, *, who: Principal, library: Library, rules: Ru
     store.lock_generation(conn)  # additions and publications take turns
     generation = store.latest_generation(conn)
     text = FlowText(flow, 1, definition, {k: dict(v) for k, v in messages.items()})
-    report = check_version(library, rules, text, conn=conn, generation=generation)
+    report = check_version(library, rules, text, conn=conn, generation=generation,
+                           laid_out=False)
     if report.errors:
         raise Invalid([str(p) for p in report.errors])
     number = store.add_version(conn, flow=flow, definition=definition,
@@ -270,7 +285,7 @@ def publish(conn: Connection, *, who: Principal, library: Library, rules: Rules,
     generation = store.latest_generation(conn)
     report = check_version(library, rules,
                            FlowText(flow, version, stored.definition, stored.messages),
-                           conn=conn, generation=generation)
+                           conn=conn, generation=generation, laid_out=False, stored=True)
     if report.errors:
         raise Conflict([str(p) for p in report.errors])
     generation = store.publish(conn, flow=flow, version=version, by=who.name, now=now)

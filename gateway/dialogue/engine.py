@@ -73,6 +73,7 @@ class State:
     ended: bool = False
     suspended: State | None = None  # a dropped dialogue offered for resuming
     gen: int = 0  # the content generation the dialogue began on (0: the latest)
+    trial: str | None = None  # a trial session (dialogue.trial): None, "" or "flow:version"
 
     def but(self, **changes: Any) -> State:
         """A copy with ``changes``: ``dataclasses.replace`` without its per-call field
@@ -99,6 +100,7 @@ class State:
             "ended": self.ended,
             "suspended": self.suspended.to_dict() if self.suspended else None,
             "gen": self.gen,
+            **({"trial": self.trial} if self.trial is not None else {}),
         }
 
     @classmethod
@@ -114,6 +116,7 @@ class State:
             ended=bool(data.get("ended", False)),
             suspended=cls.from_dict(suspended) if suspended else None,
             gen=int(data.get("gen", 0)),
+            trial=data.get("trial"),
         )
 
     def dumps(self) -> str:
@@ -162,10 +165,12 @@ class _Choice:
 class Engine:
     """Runs flows from ``content`` under ``rules``. Holds caches, never I/O."""
 
-    def __init__(self, content: Content, rules: Rules, *, generation: int = 0) -> None:
+    def __init__(self, content: Content, rules: Rules, *, generation: int = 0,
+                 trial: str | None = None) -> None:
         self.content = content
         self.rules = rules
         self.generation = generation  # stamped on the dialogues it begins
+        self.trial = trial  # ... and this, on a trial's engine
         self._pages: dict[tuple[str, str, str, str | None, bool], list[Page]] = {}
         self._texts: dict[tuple[str, str], str] = {}
         self._choices: dict[tuple[str, str, str, str | None], list[_Choice]] = {}
@@ -177,10 +182,10 @@ class Engine:
         """A new dialogue at the start of ``flow_id``; with ``suspended``, the resume offer."""
         if suspended is not None:
             state = State(lang=lang, flow="", step="", suspended=suspended,
-                          gen=suspended.gen)
+                          gen=suspended.gen, trial=suspended.trial)
             return Turn(self._resume_screen(state), state)
         state = State(lang=lang, flow=flow_id, step=self.flow(flow_id).start,
-                      results={flow_id: {}}, gen=self.generation)
+                      results={flow_id: {}}, gen=self.generation, trial=self.trial)
         return self._settle(state, ())
 
     def advance(self, state: State, raw: str) -> Turn:

@@ -48,8 +48,9 @@ KEEP = 64
 class UnknownGeneration(LookupError):
     """A generation this process has not built yet (build it off the event loop)."""
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, trial: str | None = None) -> None:
         self.generation = generation
+        self.trial = trial
         super().__init__(f"generation {generation} not loaded")
 
 
@@ -189,6 +190,36 @@ class Library:
         return content, problems + more
 
 
+    def trial_content(self, generation: int, draft: str,
+                      conn: Connection | None = None) -> Content:
+        """The content of ``generation`` with ``draft`` (``flow:version``, a stored
+        version) in place of that flow's published version; ``generation``'s own content
+        when the draft is empty or cannot be read."""
+        current = self.content(generation, conn)
+        if not draft:
+            return current
+        flow_id, _, number = draft.partition(":")
+        key = (flow_id, int(number))
+        if key not in self._parsed and self.db is not None:
+            if conn is None:
+                with self.db.transaction() as own:
+                    found = store.get_versions(own, wanted=[key])
+            else:
+                found = store.get_versions(conn, wanted=[key])
+            if not found:
+                return current
+            stored = found[0]
+            text = FlowText(stored.flow, stored.version, stored.definition, stored.messages)
+        else:
+            known = self._parsed.get(key)
+            if known is None:
+                return current
+            text = known[1]
+        content, _ = self.candidate(text, generation=generation or self._latest, conn=conn,
+                                    stored=True)
+        return content if content is not None else current
+
+
 class Engines:
     """One engine per generation for one channel's rules (USSD or SMS)."""
 
@@ -197,6 +228,7 @@ class Engines:
         self.library = library
         self._engines: OrderedDict[int, Engine] = OrderedDict()
         self._by_content: dict[int, Engine] = {}  # id(content) -> its engine
+        self._trials: OrderedDict[tuple[int, str], Engine] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -222,6 +254,27 @@ class Engines:
                 self._engines.move_to_end(gen)
             return found
 
+    def trial(self, generation: int, draft: str, conn: Connection | None = None) -> Engine:
+        """The engine of a trial session (``gateway.dialogue.trial``) begun on
+        ``generation`` with ``draft`` (empty: the published content)."""
+        key = (generation or self.library.latest, draft)
+        with self._lock:
+            found = self._trials.get(key)
+        if found is not None:
+            return found
+        content = self.library.trial_content(key[0], draft, conn)
+        engine = Engine(content, self.rules, generation=key[0], trial=draft)
+        with self._lock:
+            engine = self._trials.setdefault(key, engine)
+            while len(self._trials) > self.library.keep:
+                self._trials.popitem(last=False)
+        return engine
+
+    def of(self, generation: int, trial: str | None, conn: Connection | None = None) -> Engine:
+        """The engine a session's state names (``State.gen``, ``State.trial``)."""
+        return self.get(generation, conn) if trial is None else \
+            self.trial(generation, trial, conn)
+
     def get(self, generation: int, conn: Connection | None = None) -> Engine:
         found = self.cached(generation)
         if found is not None:
@@ -241,9 +294,15 @@ class Engines:
                     self._by_content.pop(id(gone.content), None)
         return engine
 
-    def loaded(self, generation: int) -> Engine:
+    def loaded(self, generation: int, trial: str | None = None) -> Engine:
         """The engine of ``generation`` if built, else :class:`UnknownGeneration` (a
         caller on the event loop builds it on a thread, then asks again)."""
+        if trial is not None:
+            with self._lock:
+                known = self._trials.get((generation or self.library.latest, trial))
+            if known is None:
+                raise UnknownGeneration(generation, trial)
+            return known
         found = self.cached(generation)
         if found is None:
             if self.library.cached(generation or self.library.latest) is None:

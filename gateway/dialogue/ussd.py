@@ -43,6 +43,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway.channels.base import UssdEnded, UssdTurn
 from gateway.content.flowdef import Action
 from gateway.dialogue import limits as flood
+from gateway.dialogue import trial
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
 from gateway.dialogue.library import Engines, UnknownGeneration
 from gateway.dialogue.limits import Limits
@@ -182,7 +183,7 @@ class UssdService:
         try:
             plan = self._plan(turn, pseudonym, row)
         except UnknownGeneration as exc:  # begun on content this process has not built
-            await asyncio.to_thread(self.engines.get, exc.generation)
+            await asyncio.to_thread(self.engines.of, exc.generation, exc.trial)
             plan = self._plan(turn, pseudonym, row)
         if isinstance(plan, str):
             return plan
@@ -341,8 +342,8 @@ class UssdService:
         if row.status != "active":
             return row.response if row.status == "ended" else self.apology()
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
-        engine = self.engines.get(state.gen, conn) if conn is not None \
-            else self.engines.loaded(state.gen)
+        engine = self.engines.of(state.gen, state.trial, conn) if conn is not None \
+            else self.engines.loaded(state.gen, state.trial)
         result = engine.advance(state, latest)
         body = self._body(result)
         saved = row._replace(
@@ -374,7 +375,8 @@ class UssdService:
         now = self.clock()
         db = queries.Driver(conn)
         text_mac = self._hop_mac(turn)
-        look = turn.text == "" and self.policy.resume_minutes > 0
+        tried = trial.parse(self.keys, turn.session_id)
+        look = turn.text == "" and self.policy.resume_minutes > 0 and tried is None
         language, old = queries.touch_contact_find_dropped(
             db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now,
             since=now - timedelta(minutes=self.policy.resume_minutes) if look else None,
@@ -386,6 +388,8 @@ class UssdService:
             result = engine.begin("", lang, suspended=dropped[1])
         else:
             engine = self.engines.current(conn)
+            if tried is not None:  # the dashboard's phone: published content or a draft
+                engine = self.engines.trial(engine.generation, tried.draft, conn)
             result = engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
         effects: list[Effect] = []
         if turn.text:  # a deep dial (*code*1*2#) or a session first seen mid-way
@@ -440,6 +444,11 @@ class UssdService:
     ) -> None:
         if not result.effects:
             return
+        if result.state.trial is not None:  # a trial saves nothing but its language
+            result = replace(result, effects=tuple(
+                e for e in result.effects if e.action is Action.set_language))
+            if not result.effects:
+                return
 
         def e164() -> str:
             number = self._e164(turn)

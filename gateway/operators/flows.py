@@ -20,11 +20,13 @@ from sqlalchemy import Connection
 from gateway.content.catalogs import Content, Problem
 from gateway.content.flowdef import BranchStep, EndStep, InputStep, MenuStep
 from gateway.content.versions import FlowText, message_problems, messages_json
+from gateway.dialogue import trial
 from gateway.dialogue.engine import Engine, Frame, Rules, State
 from gateway.dialogue.library import Library
 from gateway.dialogue.validate import check_content, errors
 from gateway.operators import audit
 from gateway.operators.access import NotFound, Principal, Role, require
+from gateway.privacy.keys import KeyRing
 from gateway.store import flow_versions as store
 from gateway.text.encoding import encoding_of, screen_length
 from gateway.text.screens import DoesNotFit
@@ -329,3 +331,17 @@ def check_draft(conn: Connection, *, who: Principal, library: Library, rules: Ru
     report = check_version(library, rules, text, conn=conn)
     return {"problems": [str(p) for p in report.problems], "errors": len(report.errors),
             "screens": [s.as_json() for s in report.screens]}
+
+
+def start_trial(conn: Connection, *, who: Principal, keys: KeyRing, flow: str,
+                version: int | None) -> str:
+    """A trial session's id (``gateway.dialogue.trial``) for the phone in the page: the
+    published flows, or with ``version`` of ``flow`` (stored, published or not) in place
+    of the published one. Nothing it answers is saved."""
+    require(who, Role.operator)
+    _check_name(flow)
+    if version is not None and store.get_version(conn, flow=flow, version=version) is None:
+        raise NotFound(f"flow {flow} has no version {version}")
+    if version is None and not store.versions_of(conn, flow=flow):
+        raise NotFound(f"no flow {flow}")
+    return trial.session_id(keys, flow=flow, version=version or 0)

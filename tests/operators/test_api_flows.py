@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from gateway.operators import audit
 from gateway.operators.access import Role
 from gateway.runtime import Runtime
+from gateway.store import queries
 from tests.operators.people import Person, cast
-from tests.phone import Phone
+from tests.phone import END, Phone
 
 FLOWS = "/api/v1/flows"
 OLD_BM = "I da bè sòròdasiw (FAMa) la wa?"
@@ -238,3 +240,47 @@ def test_a_new_version_of_a_poll_starts_a_wave_and_results_filter_by_wave(
     assert (second["a_lot"], second["not_at_all"]) == (0, 1)
     assert client.get(results, params={"question": "army", "wave": 0},
                       headers=admin.auth).status_code == 422
+
+
+def trial_phone(client: TestClient, who: Person, version: int | None) -> Phone:
+    response = client.post(f"{FLOWS}/poll/trials", json={"version": version}, headers=who.auth)
+    assert response.status_code == 201, response.text
+    phone = Phone(client, "+22370000131")
+    phone.dial(response.json()["session_id"])
+    return phone
+
+
+def saved(runtime: Runtime) -> tuple[int, int]:
+    """Poll answers and reports stored."""
+    with runtime.db.transaction() as conn:
+        answers = conn.execute(select(func.count()).select_from(queries.poll_answers)).scalar()
+        reports = conn.execute(select(func.count()).select_from(queries.reports)).scalar()
+    return int(answers or 0), int(reports or 0)
+
+
+def test_the_phone_in_the_page_walks_a_draft_and_saves_nothing(
+        client: TestClient, runtime: Runtime, operator: Person) -> None:
+    draft = add(client, operator, reworded(client, operator,
+                                           bm="I dalen bɛ sɔrɔdasiw (FAMa) la wa?"))
+    phone = trial_phone(client, operator, draft)  # not published: only the trial shows it
+    assert phone.press("2", "2").text.startswith(NEW_BM)
+    screen = phone.press("4")
+    while screen.kind == "CON":
+        screen = phone.press("1")
+    assert screen == END("I ni ce, jaabi sòròla.")
+    assert to_army_question(client, "+22370000132").repeat().text.startswith(OLD_BM)
+    # A report walked on the published flows: acknowledged, never queued for review.
+    phone = trial_phone(client, operator, None)
+    phone.press("1", "1", "1", "1", "7")  # help, army, today, cercle "other"
+    assert phone.press("2").kind == "END"
+    assert saved(runtime) == (0, 0)
+
+
+def test_a_session_id_that_only_looks_like_a_trial_is_an_ordinary_session(
+        client: TestClient, runtime: Runtime) -> None:
+    phone = Phone(client, "+22370000133")
+    phone.dial("trial-poll-0-000000000000-00000000000000000000")
+    screen = phone.press("1", "2", "4")
+    while screen.kind == "CON":
+        screen = phone.press("1")
+    assert saved(runtime)[0] > 0

@@ -185,6 +185,27 @@ def publish(flow: str, version: int, who: CurrentPrincipal, conn: Conn, rt: Rt,
     return Published.model_validate(done)
 
 
+class TrialIn(BaseModel):
+    version: int | None = Field(None, description="a stored version; none: the published one")
+
+
+class TrialOut(BaseModel):
+    session_id: str
+    ussd_path: str
+
+
+@router.post("/{flow}/trials", status_code=201, responses={
+    404: {"description": "No such flow or version"}})
+def start_trial(flow: str, body: TrialIn, who: CurrentPrincipal, conn: Conn,
+                rt: Rt) -> TrialOut:
+    """A trial session for the phone in the page: post its hops to the USSD webhook with
+    this ``sessionId`` (and any ``phoneNumber``). It walks the published flows, or
+    ``version`` of this flow in place of the published one, and saves nothing it is
+    answered: no result, no report."""
+    session = flows.start_trial(conn, who=who, keys=rt.keys, flow=flow, version=body.version)
+    return TrialOut(session_id=session, ussd_path="/webhooks/africastalking/ussd")
+
+
 @router.get("/{flow}/diff", responses={404: {"description": "No such flow or version"}})
 def diff(flow: str, old: int, new: int, who: CurrentPrincipal, conn: Conn) -> DiffOut:
     """What changed from version ``old`` to ``new``."""

@@ -181,8 +181,10 @@ class Engine:
     def begin(self, flow_id: str, lang: str, *, suspended: State | None = None) -> Turn:
         """A new dialogue at the start of ``flow_id``; with ``suspended``, the resume offer."""
         if suspended is not None:
+            # The offer is on this engine's content ("restart" begins on it); the
+            # dialogue it offers keeps its own (``suspended.gen``).
             state = State(lang=lang, flow="", step="", suspended=suspended,
-                          gen=suspended.gen, trial=suspended.trial)
+                          gen=self.generation, trial=self.trial)
             return Turn(self._resume_screen(state), state)
         state = State(lang=lang, flow=flow_id, step=self.flow(flow_id).start,
                       results={flow_id: {}}, gen=self.generation, trial=self.trial)

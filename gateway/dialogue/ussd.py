@@ -342,15 +342,24 @@ class UssdService:
         if row.status != "active":
             return row.response if row.status == "ended" else self.apology()
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
-        engine = self.engines.of(state.gen, state.trial, conn) if conn is not None \
-            else self.engines.loaded(state.gen, state.trial)
-        result = engine.advance(state, latest)
+        result = self._engine_of(state, conn).advance(state, latest)
+        if result.state.gen != state.gen or result.state.trial != state.trial:
+            # A dialogue resumed from the offer: shown on the content it began on.
+            result = Turn(self._engine_of(result.state, conn).render(result.state),
+                          result.state, result.effects)
         body = self._body(result)
         saved = row._replace(
             state=self._seal(turn, result), status=self._status(result),
             text_len=len(turn.text), text_mac=text_mac, response=body,
             history=remember(row.history, row.text_mac, row.response), hops=row.hops + 1)
         return Save(body, saved, result, self.clock())
+
+    def _engine_of(self, state: State, conn: Connection | None) -> Engine:
+        """The engine of the content ``state`` began on (without ``conn``, only if this
+        process has built it: else :class:`UnknownGeneration`)."""
+        if conn is not None:
+            return self.engines.of(state.gen, state.trial, conn)
+        return self.engines.loaded(state.gen, state.trial)
 
     def _save(self, conn: Connection, turn: UssdTurn, pseudonym: str, expected_hops: int,
               plan: Save) -> bool:
@@ -383,13 +392,12 @@ class UssdService:
             provider=turn.provider)
         lang = language or self.default_language
         dropped = self._dropped(old)
-        if dropped is not None:  # offered on the content it began on
-            engine = self.engines.get(dropped[1].gen, conn)
+        engine = self.engines.current(conn)
+        if tried is not None:  # the dashboard's phone: published content or a draft
+            engine = self.engines.trial(engine.generation, tried.draft, conn)
+        if dropped is not None:  # the offer to resume (the dialogue keeps its content)
             result = engine.begin("", lang, suspended=dropped[1])
         else:
-            engine = self.engines.current(conn)
-            if tried is not None:  # the dashboard's phone: published content or a draft
-                engine = self.engines.trial(engine.generation, tried.draft, conn)
             result = engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
         effects: list[Effect] = []
         if turn.text:  # a deep dial (*code*1*2#) or a session first seen mid-way

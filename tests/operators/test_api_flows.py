@@ -284,3 +284,18 @@ def test_a_session_id_that_only_looks_like_a_trial_is_an_ordinary_session(
     while screen.kind == "CON":
         screen = phone.press("1")
     assert saved(runtime)[0] > 0
+
+
+@pytest.mark.parametrize(("answer", "wording"), [("1", OLD_BM), ("2", NEW_BM)])
+def test_a_dropped_session_resumed_keeps_its_wording_and_a_restart_gets_the_new(
+        client: TestClient, operator: Person, answer: str, wording: str) -> None:
+    dropped = to_army_question(client, "+22370000141")  # then the line drops
+    publish(client, operator, add(client, operator, reworded(
+        client, operator, bm="I dalen bɛ sɔrɔdasiw (FAMa) la wa?")))
+    again = Phone(client, "+22370000141")
+    assert again.dial().text.startswith("I ma a laban.")  # the offer to resume
+    screen = again.press(answer)
+    if answer == "2":  # start again: the main menu, then the poll
+        screen = again.press("2")
+    assert screen.text.startswith(wording)
+    assert dropped.session_id != again.session_id

@@ -6,7 +6,7 @@ generation (``flow_generation``, one row), which every process polls to learn of
 publication. The content location's files become version 1 at the next start.
 
 Revision ID: f14a00000001
-Revises: c13a0b0c0005
+Revises: b11b0a0c0002
 Create Date: 2026-12-07 00:00:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 
 
 revision: str = 'f14a00000001'
-down_revision: str | None = 'c13a0b0c0005'
+down_revision: str | None = 'b11b0a0c0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -47,6 +47,7 @@ from gateway.dialogue import trial
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
 from gateway.dialogue.library import Engines, UnknownGeneration
 from gateway.dialogue.limits import Limits
+from gateway.outbox import outbox
 from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.privacy.phone import normalise
 from gateway.store import queries
@@ -706,5 +707,7 @@ def apply_effects(
         elif effect.action is Action.unsubscribe:
             queries.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
             queries.delete_vault(conn, pseudonym=pseudonym)
+            # Broadcasts already queued for them go no further.
+            outbox.cancel_for(conn, pseudonym=pseudonym, now=now, kinds=("broadcast",))
         elif effect.action is Action.erase:
             queries.erase_contact(conn, pseudonym=pseudonym, now=now)

@@ -16,6 +16,7 @@ probe) finds it writable again.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -152,28 +153,64 @@ class Database:
         self._kept: list[tuple[Connection, float]] = []
         self._kept_autocommit: list[tuple[Connection, float]] = []  # PostgreSQL USSD hops
         self.failed_at: float | None = None  # time.monotonic() of the last failure
+        # SQLite: this process's writers take turns here before BEGIN IMMEDIATE. Waiting
+        # on SQLite's own lock means its busy handler's sleeps (growing to 100 ms each), so
+        # a USSD hop behind a background job's transaction (a broadcast being queued) could
+        # sleep through several turns; this lock hands over the moment a transaction ends.
+        # The time spent here counts against the wait the context allows. (Other processes
+        # still meet at SQLite's lock.)
+        self._writers = threading.RLock() if self.sqlite else None
+
+    @contextmanager
+    def _turn(self) -> Iterator[float | None]:
+        """Take this process's writing turn (SQLite); yields what is left of the wait this
+        context allows (None: the default). Not had in time: ``DatabaseBusy`` without a
+        wait, ``DatabaseUnavailable`` after one."""
+        wait = _WAIT.get()
+        if self._writers is None:
+            yield wait
+            return
+        started = time.monotonic()
+        if wait is None:
+            mine = self._writers.acquire(timeout=BUSY_TIMEOUT_MS / 1000)
+        elif wait <= 0:
+            mine = self._writers.acquire(blocking=False)
+        else:
+            mine = self._writers.acquire(timeout=wait)
+        if not mine:
+            if wait is not None and wait <= 0:
+                raise DatabaseBusy()
+            if wait is not None:
+                raise DatabaseUnavailable()
+        try:
+            yield None if wait is None else max(0.0, wait - (time.monotonic() - started))
+        finally:
+            if mine:
+                self._writers.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""
-        conn = self._take(self._kept) or self.engine.connect()
-        wait = self._set_wait(conn) if self.sqlite else None
-        try:
-            with conn.begin():
-                yield conn
-        except BaseException as exc:
-            if wait == 0 and _busy(exc):
-                conn.close()  # nothing wrong with the database: someone holds the lock
-                raise DatabaseBusy() from None
-            self._drop(conn, exc)
-            raise
-        self._keep(conn, self._kept)
-        self.failed_at = None
+        with self._turn() as left:
+            conn = self._take(self._kept) or self.engine.connect()
+            wait = self._set_wait(conn, left) if self.sqlite else None
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException as exc:
+                if wait == 0 and _busy(exc):
+                    conn.close()  # nothing wrong with the database: someone holds the lock
+                    raise DatabaseBusy() from None
+                self._drop(conn, exc)
+                raise
+            self._keep(conn, self._kept)
+            self.failed_at = None
 
-    def _set_wait(self, conn: Connection) -> float | None:
-        """Give an SQLite connection the busy timeout this context asks for."""
+    def _set_wait(self, conn: Connection, left: float | None) -> float | None:
+        """Give an SQLite connection the busy timeout this context asks for (``left``: what
+        remains of it after this process's writing turn); the wait asked for."""
         wait = _WAIT.get()
-        ms = BUSY_TIMEOUT_MS if wait is None else max(0, int(wait * 1000))
+        ms = BUSY_TIMEOUT_MS if left is None else max(0, int(left * 1000))
         info = conn.connection.info
         if info.get("busy_ms") != ms:
             raw: Any = conn.connection.driver_connection

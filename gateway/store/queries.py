@@ -107,6 +107,14 @@ class Driver:
     def run(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self.raw.execute(sql if self.sqlite else _pg_sql(sql), params)
 
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One statement for many rows of parameters (executemany)."""
+        cursor = self.raw.cursor()
+        try:
+            cursor.executemany(sql if self.sqlite else _pg_sql(sql), rows)
+        finally:
+            cursor.close()
+
     def when(self, value: datetime) -> Any:
         if not self.sqlite:
             return value

@@ -72,7 +72,7 @@ def second_version(base: str, auth: dict[str, str]) -> None:
 
 
 async def publisher(base: str, auth: dict[str, str], stop_at: float,
-                    took: list[float]) -> int:
+                    took: list[float], failed: list[str]) -> int:
     """Publish version 2, 1, 2, ... once a second until ``stop_at``; how many."""
     done = 0
     async with httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as client:
@@ -82,7 +82,7 @@ async def publisher(base: str, auth: dict[str, str], stop_at: float,
             started = time.perf_counter()
             response = await client.post(f"/api/v1/flows/poll/versions/{2 - done % 2}/publish")
             if response.status_code != 200:
-                raise SystemExit(f"publish failed: {response.status_code} {response.text}")
+                failed.append(f"{response.status_code} {response.text[:200]}")
             took.append(time.perf_counter() - started)
             done += 1
             next_at += 1.0
@@ -124,13 +124,14 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
         say(HEADER.replace("server", "mode    "))
         results: dict[str, list[RoundResult]] = {"quiet": [], "publishing": []}
         publications, publish_ms = 0, []
+        failed: list[str] = []
         for round_no in range(1, args.rounds + 1):
             for mode in ("quiet", "publishing"):
                 took: list[float] = []
                 pub = None
                 if mode == "publishing":
                     pub = asyncio.create_task(publisher(
-                        base, auth, time.perf_counter() + args.seconds, took))
+                        base, auth, time.perf_counter() + args.seconds, took, failed))
                 result = await run_round(server, concurrency=args.concurrency,
                                          seconds=args.seconds, round_no=round_no,
                                          numbers=numbers, client_kind="raw")
@@ -146,6 +147,13 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
         per_round = [b.p99_ms / q.p99_ms
                      for q, b in zip(results["quiet"], results["publishing"], strict=True)]
         errors = sum(sum(r.errors.values()) for rs in results.values() for r in rs)
+        if failed:
+            say(f"publications refused: {len(failed)}, first: {failed[0]}")
+            OUT.mkdir(parents=True, exist_ok=True)
+            kept = OUT / "flows_publish-gateway.log"
+            kept.write_text(log.read_text(errors="replace"))
+            say(f"the gateway's log: {kept}")
+            errors += len(failed)
         say("")
         say(f"p99 quiet {quiet:.2f} ms, publishing {busy:.2f} ms (medians over rounds)")
         say(f"p99 publishing/quiet: {ratio:.2f} (per round "

@@ -10,7 +10,8 @@ process and kept (the most recent ``keep`` of them).
 
 At start, :func:`import_files` stores the content location's flows as versions: the first
 start makes them version 1, and a file changed since becomes a new version (published
-unless an operator published another version of that flow since the last import).
+unless an operator published another version of that flow since the last import). Files
+already imported once (a replica still on older files restarting) change nothing.
 """
 
 from __future__ import annotations
@@ -325,7 +326,10 @@ def import_files(db: Database, library: Library, *, root: Path, now: datetime) -
             text = FlowText(flow_id, 0, path.read_text(encoding="utf-8"),
                             own_messages(files, flow_id))
             last = store.latest_from_files(conn, flow=flow_id)
-            if last is not None and last.digest == text.digest:
+            if any(v.digest == text.digest for v in store.versions_of(conn, flow=flow_id)
+                   if v.source == "files"):
+                # Imported before (a replica still on older files, during a rolling
+                # deploy, restarts): nothing new, and nothing published back.
                 continue
             number = store.add_version(conn, flow=flow_id, definition=text.definition,
                                        messages=messages_json(text.messages),

@@ -112,3 +112,18 @@ def test_an_sms_conversation_finishes_on_the_version_it_began_with(
     other = Handset(client, runtime, "+22370000002")
     [first] = other.send("SONDAGE")  # a new conversation: version 2
     assert first.startswith(NEW_FR)
+
+
+def test_a_replica_restarting_on_older_files_changes_nothing(
+        settings: Settings, content: Path, tmp_path: Path) -> None:
+    older = tmp_path / "older"
+    shutil.copytree(content, older)
+    reword(content)
+    for root in (older, content, older):  # a rolling deploy: old, new, an old one restarts
+        started(settings, root).db.dispose()
+    rt = started(settings, content)
+    try:
+        assert published(rt)["poll"] == (2, "files")
+        assert NEW_FR in rt.engine.say("fr", "poll-trust-army")
+    finally:
+        rt.db.dispose()

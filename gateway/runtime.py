@@ -132,8 +132,7 @@ def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worke
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     def jobs(now: datetime) -> Progress:
-        expanded = broadcasts.run_due(rt.db, keys=rt.keys, policy=rt.outbox_policy,
-                                      rules=rules, now=now)
+        expanded = broadcasts.run_due(rt.db, policy=rt.outbox_policy, rules=rules, now=now)
         _, more = referrals.deliver_due(rt.db, keys=rt.keys,
                                         vocab=vocabulary(rt.engine.content), mail=mail,
                                         owner=owner, now=now)

@@ -16,11 +16,11 @@ default language. A language with recipients and no text is refused.
 Creating queues nothing. The worker's background job (``run_due``, wired by
 ``gateway.runtime.make_worker``) starts a broadcast at its ``send_at`` (scheduled →
 sending) and turns it into outbox rows in chunks of ``Rules.chunk`` contacts, each chunk in
-keyset order of contact id: one short transaction reads the chunk, the numbers are opened
-and sealed for the outbox outside any transaction, and a second short one checks the
-contacts are still subscribed and not stopped, queues their messages (dedupe key
-``broadcast:<id>:<pseudonym>``: a repeated chunk queues nothing twice) and moves the
-broadcast's cursor on. A crash between chunks resumes at the cursor. Messages go at the
+keyset order of contact id, in one short transaction: one INSERT ... SELECT queues their
+messages (dedupe key ``broadcast:<id>:<pseudonym>``: a repeated chunk queues nothing twice)
+with each number copied from the vault still sealed under the contact's own data key (the
+worker opens it when it sends; nothing is opened or sealed while queueing), and the
+broadcast's cursor moves on. A crash between chunks resumes at the cursor. Messages go at the
 outbox's broadcast priority, after every reply, and wait out quiet hours in the queue. Once
 every recipient is queued and none of its messages is waiting, it is done.
 
@@ -52,6 +52,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
+    Select,
     bindparam,
     exists,
     false,
@@ -74,10 +75,9 @@ from gateway.operators.access import (
     visible_areas,
 )
 from gateway.outbox import outbox
-from gateway.outbox.outbox import OutboxPolicy, Sealed
+from gateway.outbox.outbox import OutboxPolicy
 from gateway.outbox.quiet import QuietHours
 from gateway.outbox.worker import Progress
-from gateway.privacy.keys import KeyRing
 from gateway.settings import Settings
 from gateway.store import queries
 from gateway.store.db import Database, is_sqlite
@@ -97,8 +97,7 @@ DEFAULT_VALID_FOR = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=1)  # a send_at this little in the past means "now"
 CHUNK = 1_000  # contacts queued per transaction (PostgreSQL)
 # SQLite has one writer at a time: a USSD hop waits for a chunk's transaction, so chunks
-# are smaller there (the numbers are opened and sealed outside the transaction; the writing
-# of 500 takes a few ms on a small server).
+# are smaller there (one INSERT ... SELECT of 500 takes a few ms on a small server).
 CHUNK_SQLITE = 500
 STATUSES = ("scheduled", "sending", "done", "cancelled")
 LIVE = ("scheduled", "sending")
@@ -690,20 +689,20 @@ _WAITING = exists().where(messages_out.c.broadcast_id == broadcasts.c.id,
                           messages_out.c.status.in_(("queued", "sending")))
 
 
-def run_due(db: Database, *, keys: KeyRing, policy: OutboxPolicy, rules: Rules,
-            now: datetime) -> Progress:
-    """One step of the broadcasts' background work: queue the next chunk of the oldest
-    broadcast sending; when none is left to queue, start those due and mark done those
-    whose messages have all been handed over. Two short transactions: one reads the chunk,
-    the other queues it; the numbers are opened and sealed again between them."""
+def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) -> Progress:
+    """One step of the broadcasts' background work, in one short transaction: queue the
+    next chunk of the oldest broadcast sending; when none is left to queue, start those
+    due and mark done those whose messages have all been handed over."""
     b = broadcasts.c
     with db.transaction() as conn:
-        row = conn.execute(_NEXT).first()
+        # The oldest one sending; PostgreSQL: locked until this commits, so a cancel
+        # waits for this chunk, and another worker takes the next broadcast, if any.
+        row = conn.execute(_NEXT(conn)).first()
         if row is None:
             conn.execute(_FINISH, {"now_": now})
             if not conn.execute(_START, {"now_": now}).rowcount:
                 return Progress()
-            row = conn.execute(_NEXT).first()
+            row = conn.execute(_NEXT(conn)).first()
             if row is None:
                 return Progress(more=True)
         if now >= row.valid_until:  # too late for whoever is not queued yet
@@ -711,68 +710,61 @@ def run_due(db: Database, *, keys: KeyRing, policy: OutboxPolicy, rules: Rules,
                          .values(expanded_at=now, updated_at=now))
             log.info("broadcast %d: past its validity before everyone was queued", row.id)
             return Progress(more=True)
-        c = contacts.c
-        chunk = conn.execute(
-            select(c.id, c.pseudonym, c.language, c.data_key, vault.c.number)
-            .select_from(_WITH_NUMBER)
-            .where(c.id > row.cursor, *_audience(Target.loads(row.target), rules))
-            .order_by(c.id).limit(rules.chunk)).all()
-    sealed = _seal(keys, rules=rules, row=row, chunk=chunk)
-    finished = len(chunk) < rules.chunk
-    last = int(chunk[-1].id) if chunk else int(row.cursor)
-    with db.transaction() as conn:
-        # Still sending, and still at the cursor the chunk was read from: a cancel, or
-        # another worker's step, moves it on (PostgreSQL: locked until this commits).
-        current = conn.execute(select(b.status, b.cursor, b.expanded)
-                               .where(b.id == row.id).with_for_update()).first()
-        if current is None or current.status != "sending" or current.cursor != row.cursor:
-            return Progress(more=True)
-        ids = [contact_id for contact_id, _ in sealed]
-        # Still subscribed and not stopped. PostgreSQL: locked until this commits, so an
+        chunk = _chunk_statements(conn, policy=policy, rules=rules, row=row)
+        # The next recipients by contact id. PostgreSQL: locked until this commits, so an
         # erasure, a stop or an unsubscription comes first or finds their message queued.
-        live = set(conn.execute(
-            select(c.id).where(c.id.in_(ids), c.subscribed.is_(True), c.stopped.is_(False))
-            .with_for_update(read=True)).scalars()) if ids else set()
-        messages = [m for contact_id, m in sealed if contact_id in live]
-        outbox.enqueue_many(conn, policy=policy, kind="broadcast", messages=messages, now=now,
-                            valid_until=row.valid_until, broadcast_id=row.id)
-        conn.execute(_MOVE_ON, {"id_": row.id, "cursor": last,
-                                "expanded": current.expanded + len(messages),
+        ids = conn.execute(chunk.ids, {"cursor_": row.cursor, "n_": rules.chunk}).scalars().all()
+        last = int(ids[-1]) if ids else int(row.cursor)
+        queued = chunk.queue.run(conn, now=now, valid_until=row.valid_until,
+                                 cursor_=row.cursor, last_=last) if ids else 0
+        finished = len(ids) < rules.chunk
+        conn.execute(_MOVE_ON, {"id_": row.id, "cursor": last, "expanded": row.expanded + queued,
                                 "expanded_at": now if finished else None, "updated_at": now})
     if finished:
         log.info("broadcast %d: every recipient queued", row.id)
-    if messages and not db.sqlite:
+    if queued and not db.sqlite:
         # PostgreSQL plans each claim from the outbox's statistics: refresh them as the
         # queue grows by half (a plan made while it was small sorts the whole queue at every
         # claim; the worker refreshes them at a tenth, every few seconds).
         with db.transaction() as conn:
             outbox.analyze_if_stale(conn, fraction=0.5)
-    return Progress(queued=len(messages), more=True)
+    return Progress(queued=queued, more=True)
 
 
-def _seal(keys: KeyRing, *, rules: Rules, row: Row[Any],
-          chunk: Sequence[Any]) -> list[tuple[int, Sealed]]:
-    """Each contact's message: the text of their language (else the default's), their
-    number opened from the vault with their own data key and sealed for the outbox."""
-    texts: dict[str, str] = json.loads(row.texts)
-    out: list[tuple[int, Sealed]] = []
-    for contact in chunk:
-        text = texts.get(rules.language_of(contact.language)) \
-            or texts.get(rules.default_language)
-        if text is None:  # their language changed since, and there is no default text
-            continue
-        key = f"broadcast:{row.id}:{contact.pseudonym}"
-        try:
-            e164 = keys.open_number(contact.data_key, contact.number,
-                                    pseudonym=contact.pseudonym)
-        except Exception as exc:  # shredded, or damaged: that contact only
-            log.warning("broadcast %d: contact %s: %s opening the number", row.id,
-                        contact.pseudonym[:8], exc.__class__.__name__)
-            continue
-        out.append((int(contact.id), Sealed(
-            contact.pseudonym, outbox.seal_recipient(keys, e164=e164, dedupe_key=key),
-            key, text)))
-    return out
+@dataclass(frozen=True)
+class _Chunk:
+    ids: Select[Any]  # the next recipients' contact ids (params cursor_, n_)
+    queue: outbox.ToContacts  # their messages (params cursor_, last_)
+
+
+_CHUNKS: dict[tuple[Any, ...], _Chunk] = {}
+_CHUNKS_KEPT = 32
+
+
+def _chunk_statements(conn: Connection, *, policy: OutboxPolicy, rules: Rules,
+                      row: Row[Any]) -> _Chunk:
+    """A broadcast's chunk statements, built once (building them costs more than running
+    them on SQLite)."""
+    key = (int(row.id), row.target, row.texts, conn.dialect.name, policy.provider,
+           rules.default_language, rules.languages)
+    found = _CHUNKS.get(key)
+    if found is not None:
+        return found
+    c = contacts.c
+    audience = _audience(Target.loads(row.target), rules)
+    after = c.id > bindparam("cursor_", type_=c.id.type)
+    ids = (select(c.id).select_from(_WITH_NUMBER).where(after, *audience).order_by(c.id)
+           .limit(bindparam("n_", type_=c.id.type)).with_for_update(read=True, of=contacts))
+    # The same contacts again, as the range of ids they span (no list of a thousand ids).
+    queue = outbox.to_contacts(
+        conn, policy=policy, kind="broadcast",
+        where=[after, c.id <= bindparam("last_", type_=c.id.type), *audience],
+        texts=json.loads(row.texts), default_language=rules.default_language,
+        dedupe_prefix=f"broadcast:{int(row.id)}:", broadcast_id=int(row.id))
+    if len(_CHUNKS) >= _CHUNKS_KEPT:
+        _CHUNKS.clear()
+    found = _CHUNKS[key] = _Chunk(ids, queue)
+    return found
 
 
 _START = update(broadcasts).where(
@@ -782,6 +774,11 @@ _FINISH = update(broadcasts).where(
     broadcasts.c.status == "sending", broadcasts.c.expanded_at.is_not(None), ~_WAITING,
 ).values(status="done", updated_at=bindparam("now_"))
 _MOVE_ON = update(broadcasts).where(broadcasts.c.id == bindparam("id_"))
-_NEXT = select(broadcasts).where(
+_NEXT_SQLITE = select(broadcasts).where(
     broadcasts.c.status == "sending", broadcasts.c.expanded_at.is_(None),
 ).order_by(broadcasts.c.send_at, broadcasts.c.id).limit(1)
+_NEXT_LOCKED = _NEXT_SQLITE.with_for_update(skip_locked=True)
+
+
+def _NEXT(conn: Connection) -> Select[Any]:  # noqa: N802 - a statement, like its neighbours
+    return _NEXT_LOCKED if conn.dialect.name == "postgresql" else _NEXT_SQLITE

@@ -35,16 +35,19 @@ the worker refreshes them (``analyze_if_stale``) when autovacuum has not.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    Executable,
     Select,
     and_,
     bindparam,
+    case,
     func,
     literal,
     or_,
@@ -139,6 +142,9 @@ class Claimed:
     text: str
     encoding: str
     attempts: int
+    # The contact's wrapped data key, for a recipient copied from the vault
+    # (``to_contacts``); None for one sealed for the outbox.
+    data_key: str | None = None
 
 
 # --- writing -------------------------------------------------------------------------
@@ -167,52 +173,77 @@ def enqueue(
     return bool(result.rowcount)
 
 
+def copied_from_vault(recipient: str) -> bool:
+    """Whether an outbox recipient is a vault entry copied as it is (sealed with the
+    contact's own data key: ``to_contacts``) rather than sealed for the outbox."""
+    return recipient.startswith("n")
+
+
 @dataclass(frozen=True)
-class Sealed:
-    """One message for ``enqueue_many``, its recipient already sealed (``seal_recipient``)
-    so that the sealing happens outside the transaction."""
+class ToContacts:
+    """An INSERT ... SELECT that queues a message to each contact a WHERE selects (see
+    ``to_contacts``): built once, run many times with the time and the WHERE's parameters."""
 
-    pseudonym: str
-    recipient: str  # sealed E.164
-    dedupe_key: str
-    text: str  # exactly as it goes over the air
+    statement: Executable
 
-
-def seal_recipient(keys: KeyRing, *, e164: str, dedupe_key: str) -> str:
-    """The sealed recipient of the message queued under ``dedupe_key``."""
-    return keys.seal_text(e164, aad=f"outbox:{dedupe_key}")
+    def run(self, conn: Connection, *, now: datetime, valid_until: datetime,
+            **params: Any) -> int:
+        """Queue them; how many were queued (a contact already queued is skipped)."""
+        values = {"now_": now, "valid_until_": valid_until, **params}
+        return len(conn.execute(self.statement, values).all())
 
 
-_ENQUEUE_MANY = (
-    "INSERT INTO outbox (dedupe_key, kind, pseudonym, recipient, text, encoding, segments, "
-    "provider, priority, status, attempts, next_attempt_at, valid_until, broadcast_id, "
-    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT DO NOTHING"
-)
+def to_contacts(
+    conn: Connection, *, policy: OutboxPolicy, kind: str, where: Sequence[ColumnElement[bool]],
+    texts: Mapping[str, str], default_language: str, dedupe_prefix: str,
+    broadcast_id: int | None = None,
+) -> ToContacts:
+    """Queue one message to each contact ``where`` selects (clauses on ``contact``) who has
+    a number in the vault and has not stopped: the text of the contact's language in
+    ``texts`` (exactly as it goes over the air), else that of ``default_language``; a
+    contact with neither is skipped. The number is copied from the vault as it is, still
+    sealed with the contact's own data key, so queueing opens and seals nothing, and an
+    erasure (which shreds that key) leaves the queued copy unreadable too; the worker opens
+    it when it sends. Dedupe key: ``dedupe_prefix`` + pseudonym, so running it twice queues
+    nothing twice."""
+    c, v = queries.contacts.c, queries.vault.c
+    languages = sorted(texts)
+    costs = {lang: sms_cost(texts[lang]) for lang in languages}
+    fallback = texts.get(default_language)
 
+    def by_language(values: Mapping[str, Any], otherwise: Any) -> Any:
+        return case(*((c.language == lang, literal(values[lang])) for lang in languages),
+                    else_=literal(otherwise))
 
-def enqueue_many(
-    conn: Connection, *, policy: OutboxPolicy, kind: str, messages: Sequence[Sealed],
-    now: datetime, valid_until: datetime, broadcast_id: int | None = None,
-) -> None:
-    """Queue many messages in one executemany on the driver (SQLAlchemy's handling of a
-    thousand rows' parameters cost more than writing them); a message whose
-    ``dedupe_key`` was already queued is skipped, so a repeated chunk of a broadcast
-    queues nothing twice."""
-    if not messages:
-        return
-    db = queries.Driver(conn)
-    when, until = db.when(now), db.when(valid_until)
-    costs: dict[str, Any] = {}
-    rows = []
-    for m in messages:
-        cost = costs.get(m.text)
-        if cost is None:
-            cost = costs[m.text] = sms_cost(m.text)
-        rows.append((m.dedupe_key, kind, m.pseudonym, m.recipient, m.text, cost.encoding,
-                     cost.segments, policy.provider, PRIORITY.get(kind, 5), "queued", 0, when,
-                     until, broadcast_id, when, when))
-    db.run_many(_ENQUEUE_MANY, rows)
+    text_of = by_language(texts, fallback)
+    chosen = default_language if fallback is not None else None
+    now = bindparam("now_", type_=outbox.c.created_at.type)
+    columns = {
+        "dedupe_key": literal(dedupe_prefix) + c.pseudonym,
+        "kind": literal(kind),
+        "pseudonym": c.pseudonym,
+        "recipient": v.number,
+        "text": text_of,
+        "encoding": by_language({k: x.encoding for k, x in costs.items()},
+                                costs[chosen].encoding if chosen else None),
+        "segments": by_language({k: x.segments for k, x in costs.items()},
+                                costs[chosen].segments if chosen else None),
+        "provider": literal(policy.provider),
+        "priority": literal(PRIORITY.get(kind, 5)),
+        "status": literal("queued"),
+        "attempts": literal(0),
+        "next_attempt_at": now,
+        "valid_until": bindparam("valid_until_", type_=outbox.c.valid_until.type),
+        "broadcast_id": literal(broadcast_id, outbox.c.broadcast_id.type),
+        "created_at": now,
+        "updated_at": now,
+    }
+    rows = (select(*(expr.label(name) for name, expr in columns.items()))
+            .select_from(queries.contacts.join(queries.vault, v.pseudonym == c.pseudonym))
+            .where(*where, c.stopped.is_(False), v.number.like("n%"), text_of.is_not(None)))
+    stmt = queries._insert(conn, outbox).from_select(list(columns), rows) \
+        .on_conflict_do_nothing().returning(outbox.c.id)  # rowcount: -1 with psycopg here
+    return ToContacts(stmt)
 
 
 def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
@@ -390,8 +421,9 @@ _DUE_LOCKED = _DUE["postgresql"].with_for_update(skip_locked=True)
 _MARK = update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(
     status="sending", lease_owner=bindparam("owner_"), lease_until=bindparam("lease_"),
     attempts=outbox.c.attempts + 1, updated_at=bindparam("now_"))
-_CLAIMED = select(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))) \
-    .order_by(*_CLAIM_ORDER)
+_CLAIMED = select(outbox, queries.contacts.c.data_key).select_from(
+    outbox.outerjoin(queries.contacts, queries.contacts.c.pseudonym == outbox.c.pseudonym),
+).where(outbox.c.id.in_(bindparam("ids", expanding=True))).order_by(*_CLAIM_ORDER)
 
 
 def claim(
@@ -422,7 +454,7 @@ def claim(
     conn.execute(_MARK, {"ids": ids, "owner_": owner, "lease_": lease_until, "now_": now})
     rows = conn.execute(_CLAIMED, {"ids": ids}).all()
     return [Claimed(r.id, r.kind, r.pseudonym, r.recipient, r.dedupe_key, r.text, r.encoding,
-                    r.attempts) for r in rows]
+                    r.attempts, r.data_key) for r in rows]
 
 
 def renew(conn: Connection, *, ids: Sequence[int], owner: str, until: datetime) -> None:
@@ -435,6 +467,11 @@ def renew(conn: Connection, *, ids: Sequence[int], owner: str, until: datetime) 
 
 
 def open_recipient(keys: KeyRing, claimed: Claimed) -> str:
+    """The number a claimed message goes to. Raises ``KeyGone`` when it cannot be read:
+    for a copy of the vault, its contact was erased (``DataKeyShredded``)."""
+    if copied_from_vault(claimed.recipient):
+        return keys.open_number(claimed.data_key, claimed.recipient,
+                                pseudonym=claimed.pseudonym)
     return keys.open_text(claimed.recipient, aad=f"outbox:{claimed.dedupe_key}")
 
 

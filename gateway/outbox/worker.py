@@ -343,6 +343,9 @@ class Worker:
         try:
             to = outbox.open_recipient(self.keys, claimed)
         except KeyGone:
+            if outbox.copied_from_vault(claimed.recipient):
+                # The contact was erased (their data key shredded) after it was queued.
+                return SendResult(SendOutcome.failed, code="key-gone")
             # A shred sealed the row again under a new master key after this worker read
             # it: nothing left, so it is simply tried again (and read again) shortly.
             return SendResult(SendOutcome.retry, code="key-gone", retry_after=1.0)

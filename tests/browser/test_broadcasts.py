@@ -7,6 +7,8 @@ import re
 
 from playwright.sync_api import Browser, Page, expect
 
+from gateway.channels.fake import FakeSender
+from gateway.operators import audit
 from tests.browser.conftest import Served, shoot, sign_in
 
 
@@ -98,3 +100,40 @@ def page_path(name: str) -> str:
 
     SHOTS.mkdir(exist_ok=True)
     return str(SHOTS / f"{name}.png")
+
+
+def test_the_operator_of_mopti_and_koro_reaches_two_communes_and_no_one_else(
+        page: Page, served: Served) -> None:
+    """Issue 11's walk: awa (cercles Mopti and Koro) writes in French and Bambara to Konna
+    and Sio, sees who and what it costs, double-clicks the send, watches it delivered;
+    the stopped, the unsubscribed and those living elsewhere get nothing; the audit log
+    names her and its chain verifies."""
+    sign_in(page)
+    page.goto("/dashboard/broadcasts/new")
+    mopti = page.locator("details.communes summary", has_text="Mopti")
+    mopti.click()
+    page.get_by_label("Konna").check()
+    page.get_by_label("Sio").check()
+    page.get_by_label("En français").fill("Réunion de sécurité samedi à 10 h à la mairie.")
+    page.get_by_label("En bambara").fill("Lakana ɲɔgɔnye bɛ kɛ sibiri sɔgɔma mèri ka so.")
+    expect(page.locator("[data-recipients]")).to_have_text("3")
+    expect(page.locator("[data-by-language]")).to_have_text("Bamanankan 1 · Français 2")
+    expect(page.locator("[data-cost]")).to_have_text("75")  # 3 x 1 SMS x 25 XOF
+    page.get_by_role("button", name="Vérifier avant l'envoi").click()
+    expect(page.locator("[data-check-recipients]")).to_have_text("3")
+    page.get_by_role("button", name="Envoyer à 3 personnes").dblclick()
+    expect(page.get_by_role("status")).to_contain_text("Diffusion créée.")
+    expect(page.locator("[data-count=sent]")).to_have_text("3", timeout=10_000)
+    assert served.report_deliveries() == 3
+    expect(page.locator("[data-count=delivered]").first).to_have_text("3", timeout=10_000)
+    expect(page.locator("[data-status]")).to_have_text("Terminée", timeout=10_000)
+    shoot(page, "done-when-delivered")
+
+    sender = served.rt.sender
+    assert isinstance(sender, FakeSender)
+    assert sorted(m.to for m in sender.sent) == [  # Konna fr and bm, Sio fr; one each
+        "+22370000101", "+22370000102", "+22370000103"]
+    with served.rt.db.transaction() as conn:
+        made = audit.entries(conn, actor="awa", action="broadcast.create").items
+        assert [(e.object_type, e.object_id) for e in made] == [("broadcast", "1")]
+        assert audit.verify(conn) is None

@@ -116,7 +116,7 @@ def queue_all(rt: Runtime, rules: Rules, now: datetime | None = None) -> int:
     """Run the background job until it has nothing left to do; messages queued."""
     queued = 0
     for _ in range(1000):
-        step = broadcasts.run_due(rt.db, keys=rt.keys, policy=rt.outbox_policy, rules=rules,
+        step = broadcasts.run_due(rt.db, policy=rt.outbox_policy, rules=rules,
                                   now=now or utcnow())
         queued += step.queued
         if not step.more:
@@ -405,7 +405,7 @@ def test_the_job_queues_in_chunks_and_a_repeated_chunk_queues_nothing_twice(
     small = replace(rules, chunk=10)
     made, _ = create(runtime, small, request(communes=["mopti-konna"]))
     now = utcnow()
-    first = broadcasts.run_due(runtime.db, keys=runtime.keys, policy=runtime.outbox_policy,
+    first = broadcasts.run_due(runtime.db, policy=runtime.outbox_policy,
                                rules=small, now=now)
     assert (first.queued, first.more) == (10, True)
     assert get(runtime, made.id).expanded == 10
@@ -497,6 +497,29 @@ def test_an_erased_resident_receives_nothing(client: TestClient, runtime: Runtim
         runtime.keys.pseudonym("+22370000402")}  # nothing of theirs is kept
 
 
+def test_a_queued_message_holds_the_vaults_sealed_number_not_a_new_copy(
+        runtime: Runtime, rules: Rules) -> None:
+    """Queueing copies each number from the vault still sealed under the contact's own
+    data key: once that key is gone (an erasure's shred, a restored backup), the queued
+    copy cannot be read either; the worker fails it rather than retrying it for ever."""
+    [kept, lost] = seed(runtime, "koro", "fr", 2)
+    made, _ = create(runtime, rules, request(cercles=["koro"]))
+    assert queue_all(runtime, rules) == 2
+    rows = {r.pseudonym: r for r in outbox_of(runtime, made.id)}
+    with runtime.db.transaction() as conn:
+        vaulted = {row.pseudonym: row.number for row in conn.execute(
+            select(queries.vault.c.pseudonym, queries.vault.c.number))}
+        # The key is gone but nothing cancelled the message: a shred that came after the
+        # worker had claimed it, say.
+        queries.update_contact(conn, pseudonym=runtime.keys.pseudonym(lost), data_key=None)
+    assert {p: r.recipient for p, r in rows.items()} == {p: vaulted[p] for p in rows}
+    assert all(lost not in r.recipient and kept not in r.recipient for r in rows.values())
+    send_due(runtime)
+    assert [to for to, _ in sent_to(runtime)] == [kept]
+    failed = {r.pseudonym: (r.status, r.last_error) for r in outbox_of(runtime, made.id)}
+    assert failed[runtime.keys.pseudonym(lost)] == ("failed", "key-gone")
+
+
 def test_an_unsubscribed_resident_receives_nothing(client: TestClient, runtime: Runtime,
                                                   rules: Rules) -> None:
     phone = Phone(client, "+22370000501")
@@ -564,7 +587,7 @@ def test_cancel_mid_send_stops_what_was_not_handed_over(runtime: Runtime,
     made, _ = create(runtime, small, request(cercles=["koro"]))
     now = utcnow()
     for _ in range(2):  # 20 of 30 queued
-        broadcasts.run_due(runtime.db, keys=runtime.keys, policy=runtime.outbox_policy,
+        broadcasts.run_due(runtime.db, policy=runtime.outbox_policy,
                            rules=small, now=now)
     policy = runtime.outbox_policy
     with runtime.db.transaction() as conn:

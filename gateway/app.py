@@ -175,7 +175,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     app.mount("/api/v1", build_api(settings, runtime=lambda: app.state.runtime))
     app.state.dashboard_seams = None  # None: the domain modules (tests may give others)
     app.mount("/dashboard", dashboard_app(settings, runtime=lambda: app.state.runtime,
-                                          seams=lambda: app.state.dashboard_seams))
+                                          seams=lambda: app.state.dashboard_seams,
+                                          gateway=lambda: app))
 
     def rt_of(request: Request) -> Runtime:
         rt: Runtime = request.app.state.runtime

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from gateway.channels.base import Sender
 from gateway.channels.senders import make_sender
 from gateway.content import catalogs
 from gateway.dialogue.engine import Engine
+from gateway.dialogue.library import Engines, Library, import_files
 from gateway.dialogue.services import engine_rules, limits, sms_rules, ussd_service
 from gateway.dialogue.sms import SmsPolicy, SmsService, words
 from gateway.dialogue.ussd import HopJobs, UssdService
@@ -35,6 +37,8 @@ from gateway.store.db import Database
 from gateway.store.migrate import SchemaBehind, prepare_database
 from gateway.store.models import utcnow
 
+log = logging.getLogger("gateway.runtime")
+
 
 @dataclass
 class Runtime:
@@ -43,7 +47,6 @@ class Runtime:
     settings: Settings
     db: Database
     keys: keys_mod.KeyRing
-    engine: Engine
     ussd: UssdService
     sms: SmsService
     sender: Sender
@@ -53,12 +56,18 @@ class Runtime:
     batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs...
     hop_jobs: HopJobs | None = None  # ... given to these (InThread(batches), or DbWorker)
     live: Hub | None = None  # live figures (API and dashboard streams), made on first use
+    library: Library | None = None  # the flow versions published, by generation
 
     def live_hub(self) -> Hub:
         """The process's one hub of live figures, shared by the API and the dashboard."""
         if self.live is None:
             self.live = Hub(self.db)
         return self.live
+
+    @property
+    def engine(self) -> Engine:
+        """The USSD engine of the latest published content this process knows."""
+        return self.ussd.engine
 
     def notify(self) -> None:
         """Wake the worker: a message was queued (safe from any thread)."""
@@ -89,7 +98,14 @@ def build_runtime(settings: Settings) -> Runtime:
     except SchemaBehind as exc:
         db.dispose()
         raise StartupError(str(exc)) from None
-    ussd = ussd_service(settings, db=db, keys=keyring, content=content)
+    library = Library(db, content, poll_seconds=settings.flows_poll_seconds)
+    try:
+        for line in import_files(db, library, root=root, now=utcnow()):
+            log.info("flows: %s", line)
+    except Exception:
+        db.dispose()
+        raise
+    ussd = ussd_service(settings, db=db, keys=keyring, content=content, library=library)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
                                  lease_seconds=settings.send_lease_seconds,
                                  send_timeout=settings.send_timeout, quiet=settings.quiet)
@@ -100,10 +116,10 @@ def build_runtime(settings: Settings) -> Runtime:
         help_interval=timedelta(minutes=settings.help_interval_minutes),
     )
     wake = asyncio.Event()
-    sms = SmsService(db=db, keys=keyring, engine=Engine(content, sms_rules(settings)),
+    sms = SmsService(db=db, keys=keyring, engine=Engines(sms_rules(settings), library),
                      policy=sms_policy, outbox_policy=outbox_policy)
-    runtime = Runtime(settings, db, keyring, ussd.engine, ussd, sms, sender, outbox_policy,
-                      wake)
+    runtime = Runtime(settings, db, keyring, ussd, sms, sender, outbox_policy, wake,
+                      library=library)
     sms.notify = runtime.notify
     return runtime
 

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         description="A new dial within this many minutes of a dropped session from the same "
         "phone is offered to continue it (0 turns resuming off).",
     )
+    flows_poll_seconds: float = Field(
+        1.0, gt=0, le=10,
+        description="How often, at most, each process reads the flow-publication counter "
+        "(a primary-key read inside a hop it handles anyway): a published flow version "
+        "reaches every replica within about this long, without a restart.",
+    )
     transliterate: bool = Field(
         True,
         description="Send SMS in the GSM-safe form (Bambara ɛ ɔ ɲ ŋ as è ò ny ng, Fulfulde "

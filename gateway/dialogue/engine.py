@@ -76,6 +76,8 @@ class State:
     # instead of the main menu, and the campaign the dialogue's answers count for.
     entry: str | None = None
     campaign: int | None = None
+    gen: int = 0  # the content generation the dialogue began on (0: the latest)
+    trial: str | None = None  # a trial session (dialogue.trial): None, "" or "flow:version"
 
     def but(self, **changes: Any) -> State:
         """A copy with ``changes``: ``dataclasses.replace`` without its per-call field
@@ -103,6 +105,8 @@ class State:
             "suspended": self.suspended.to_dict() if self.suspended else None,
             **({"entry": self.entry} if self.entry else {}),
             **({"campaign": self.campaign} if self.campaign is not None else {}),
+            "gen": self.gen,
+            **({"trial": self.trial} if self.trial is not None else {}),
         }
 
     @classmethod
@@ -119,6 +123,8 @@ class State:
             suspended=cls.from_dict(suspended) if suspended else None,
             entry=data.get("entry") or None,
             campaign=int(data["campaign"]) if data.get("campaign") is not None else None,
+            gen=int(data.get("gen", 0)),
+            trial=data.get("trial"),
         )
 
     def dumps(self) -> str:
@@ -168,9 +174,12 @@ class _Choice:
 class Engine:
     """Runs flows from ``content`` under ``rules``. Holds caches, never I/O."""
 
-    def __init__(self, content: Content, rules: Rules) -> None:
+    def __init__(self, content: Content, rules: Rules, *, generation: int = 0,
+                 trial: str | None = None) -> None:
         self.content = content
         self.rules = rules
+        self.generation = generation  # stamped on the dialogues it begins
+        self.trial = trial  # ... and this, on a trial's engine
         self._pages: dict[tuple[str, str, str, str | None, bool], list[Page]] = {}
         self._texts: dict[tuple[str, str], str] = {}
         self._choices: dict[tuple[str, str, str, str | None], list[_Choice]] = {}
@@ -185,11 +194,14 @@ class Engine:
         "start again" begins), for a dialogue a radio campaign opened; ``campaign``: the
         campaign its answers count for."""
         if suspended is not None:
+            # The offer is on this engine's content ("restart" begins on it); the
+            # dialogue it offers keeps its own (``suspended.gen``).
             state = State(lang=lang, flow="", step="", suspended=suspended, entry=entry,
-                          campaign=campaign)
+                          campaign=campaign, gen=self.generation, trial=self.trial)
             return Turn(self._resume_screen(state), state)
         state = State(lang=lang, flow=flow_id, step=self.flow(flow_id).start,
-                      results={flow_id: {}}, entry=entry, campaign=campaign)
+                      results={flow_id: {}}, entry=entry, campaign=campaign,
+                      gen=self.generation, trial=self.trial)
         return self._settle(state, ())
 
     def advance(self, state: State, raw: str) -> Turn:

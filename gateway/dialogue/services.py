@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from gateway.content.catalogs import Content
 from gateway.dialogue.engine import Engine, Rules
+from gateway.dialogue.library import Engines, Library
 from gateway.dialogue.limits import Limits
 from gateway.dialogue.ussd import UssdPolicy, UssdService
 from gateway.privacy.keys import KeyRing
@@ -48,11 +49,13 @@ def limits(settings: Settings) -> Limits:
 
 
 def ussd_service(settings: Settings, *, db: Database, keys: KeyRing,
-                 content: Content) -> UssdService:
-    """The USSD service over ``content`` with the deployment's rules and policy."""
+                 content: Content, library: Library | None = None) -> UssdService:
+    """The USSD service with the deployment's rules and policy: over the flow versions
+    published in the database (``library``), else over ``content``."""
     policy = UssdPolicy(default_region=settings.default_region,
                         resume_minutes=settings.ussd_resume_minutes,
                         line_timeout_seconds=settings.kannel_ussd_timeout,
                         limits=limits(settings), code=settings.ussd_code)
-    return UssdService(db=db, keys=keys, engine=Engine(content, engine_rules(settings)),
-                       policy=policy)
+    engine: Engine | Engines = Engine(content, engine_rules(settings)) if library is None \
+        else Engines(engine_rules(settings), library)
+    return UssdService(db=db, keys=keys, engine=engine, policy=policy)

@@ -31,6 +31,7 @@ from gateway.channels.base import InboundSms
 from gateway.content.flowdef import InputStep
 from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import Engine, State, Turn
+from gateway.dialogue.library import Engines
 from gateway.dialogue.limits import Limits
 from gateway.dialogue.ussd import apply_effects, poll_flows
 from gateway.outbox import outbox
@@ -75,25 +76,44 @@ class Keyword:
 
 class SmsService:
     def __init__(
-        self, *, db: Database, keys: KeyRing, engine: Engine, policy: SmsPolicy,
+        self, *, db: Database, keys: KeyRing, engine: Engine | Engines, policy: SmsPolicy,
         outbox_policy: OutboxPolicy, clock: Callable[[], datetime] = utcnow,
         notify: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
         self.keys = keys
-        self.engine = engine
+        # By generation (``gateway.dialogue.library``): a conversation finishes on the
+        # content it began on; a bare Engine runs everything on its content.
+        self.engines = engine if isinstance(engine, Engines) else Engines.fixed(engine)
         self.policy = policy
         self.outbox_policy = outbox_policy
         self.clock = clock
         self.notify = notify
-        self.keywords = self._keyword_index()
-        self.poll_flows = poll_flows(engine.content)
-        self.languages = engine.content.languages
+        self._keywords: tuple[Engine, dict[str, Keyword]] | None = None
+        self.languages = self.engine.content.languages
+        self.poll_flows = poll_flows(self.engine.content)
         self.default_language = "fr" if "fr" in self.languages else self.languages[0]
 
-    def _keyword_index(self) -> dict[str, Keyword]:
+    @property
+    def engine(self) -> Engine:
+        """The engine of the latest generation this process knows."""
+        return self.engines.latest
+
+    @property
+    def keywords(self) -> dict[str, Keyword]:
+        return self.keywords_of(self.engine)
+
+    def keywords_of(self, engine: Engine) -> dict[str, Keyword]:
+        """The keywords ``engine``'s flows answer to (made again when it changes)."""
+        known = self._keywords
+        if known is None or known[0] is not engine:
+            known = self._keywords = (engine, self._keyword_index(engine))
+        return known[1]
+
+    @staticmethod
+    def _keyword_index(engine: Engine) -> dict[str, Keyword]:
         index: dict[str, list[tuple[str, str]]] = {}
-        for flow in self.engine.content.flows.values():
+        for flow in engine.content.flows.values():
             for lang, words_ in flow.keywords.items():
                 for word in words_:
                     index.setdefault(fold(word), []).append((flow.flow, lang))
@@ -102,14 +122,15 @@ class SmsService:
             for key, pairs in index.items()
         }
 
-    def keyword_list(self, language: str) -> str:
+    def keyword_list(self, language: str, engine: Engine | None = None) -> str:
         """The keywords to advertise in ``language``: the first of each flow's."""
+        engine = engine or self.engine
         seen: list[str] = []
-        for flow in self.engine.content.flows.values():
+        for flow in engine.content.flows.values():
             listed = flow.keywords.get(language, ())
             if listed and listed[0].upper() not in seen:
                 seen.append(listed[0].upper())
-        return ", ".join(self.engine.name(w) for w in seen)
+        return ", ".join(engine.name(w) for w in seen)
 
     # --- receiving -------------------------------------------------------------------
 
@@ -169,6 +190,8 @@ class _Reply:
         self.sent = 0
         self._looked_up = False  # the campaign keyword lookup, done once
         self._opened: queries.CampaignEntry | None = None
+        self.engine = service.engines.current(conn)  # what a new conversation begins on
+        self.keywords = service.keywords_of(self.engine)
 
     @property
     def language(self) -> str:
@@ -207,7 +230,7 @@ class _Reply:
                                   now=self.now)
                 language = self.language
                 queries.erase_contact(self.conn, pseudonym=self.pseudonym, now=self.now)
-                self._send("control", self.s.engine.say(language, "sms-erased"))
+                self._send("control", self.engine.say(language, "sms-erased"))
             else:
                 self._send("control", self._say("sms-erase-cancelled"))
             return self.sent
@@ -218,13 +241,14 @@ class _Reply:
             conversation = None
         if conversation is not None:
             state = State.loads(self.s.keys.open_text(conversation.state, aad=self._aad))
+            begun_on = self.s.engines.get(state.gen, self.conn)  # it finishes on it
             if conversation.waiting == "confirm":
-                return self._confirm(state)
-            waits_for_text = isinstance(self.s.engine.step(state), InputStep)
+                return self._confirm(state, begun_on)
+            waits_for_text = isinstance(begun_on.step(state), InputStep)
             if waits_for_text or not self._is_keyword():
-                self._answer(self.s.engine.advance(state, self.message.text))
+                self._answer(begun_on.advance(state, self.message.text), begun_on)
                 return self.sent
-        keyword = self.s.keywords.get(self.folded)
+        keyword = self.keywords.get(self.folded)
         if keyword is not None:
             self._start(keyword)
             return self.sent
@@ -236,7 +260,7 @@ class _Reply:
         return self.sent
 
     def _is_keyword(self) -> bool:
-        return self.folded in self.s.keywords or self._campaign() is not None
+        return self.folded in self.keywords or self._campaign() is not None
 
     def _campaign(self) -> queries.CampaignEntry | None:
         """The radio campaign whose keyword this message is (a campaign keyword is one
@@ -257,31 +281,32 @@ class _Reply:
         lang = self.contact.language
         if lang not in keyword.languages:
             lang = "fr" if "fr" in keyword.languages else keyword.languages[0]
-        engine = self.s.engine
+        engine = self.engine
         flow = engine.flow(keyword.flow)
         turn = engine.begin(keyword.flow, lang)
         if flow.sms_confirm:
             self._keep(turn.state, waiting="confirm", minutes=flow.expires_after_minutes)
             self._send("reply", engine.say(lang, flow.sms_confirm))
             return
-        self._answer(turn)
+        self._answer(turn, engine)
 
     def _open_campaign(self, opened: queries.CampaignEntry) -> None:
         """A radio campaign's keyword: its poll, whose answers count for the campaign
         while it runs."""
         flow = self.s.poll_flows[opened.poll]
-        self._answer(self.s.engine.begin(flow, self.language,
-                                         campaign=opened.id if opened.active else None))
+        engine = self.engine
+        self._answer(engine.begin(flow, self.language,
+                                  campaign=opened.id if opened.active else None), engine)
 
-    def _confirm(self, state: State) -> int:
+    def _confirm(self, state: State, engine: Engine) -> int:
         if self.folded in self.s.policy.yes_words:
-            self._answer(Turn(self.s.engine.render(state), state))
+            self._answer(Turn(engine.render(state), state), engine)
         else:
             self._drop_conversation()
-            self._send("reply", self.s.engine.say(state.lang, "sms-cancelled"))
+            self._send("reply", engine.say(state.lang, "sms-cancelled"))
         return self.sent
 
-    def _answer(self, turn: Turn) -> None:
+    def _answer(self, turn: Turn, engine: Engine) -> None:
         state = turn.state
         source = f"sms:{self.message.provider}:{self.message.external_id}"
         apply_effects(self.conn, self.s.keys, turn.effects, pseudonym=self.pseudonym,
@@ -291,7 +316,7 @@ class _Reply:
             self._drop_conversation()
             self._send("ack", turn.screen.text)
             return
-        flow = self.s.engine.flow(state.flow)
+        flow = engine.flow(state.flow)
         self._keep(state, waiting="flow", minutes=flow.expires_after_minutes)
         self._send("reply", turn.screen.text)
 
@@ -300,8 +325,8 @@ class _Reply:
         if last is not None and self.now - last < self.s.policy.help_interval:
             return
         lang = self.language
-        if self._send("help", self.s.engine.say(lang, "sms-help",
-                                                keywords=self.s.keyword_list(lang))):
+        if self._send("help", self.engine.say(lang, "sms-help",
+                                              keywords=self.s.keyword_list(lang, self.engine))):
             queries.update_contact(self.conn, pseudonym=self.pseudonym, help_sent_at=self.now)
 
     # --- storage -----------------------------------------------------------------------
@@ -331,7 +356,7 @@ class _Reply:
             conversations.c.pseudonym == self.pseudonym))
 
     def _say(self, key: str) -> str:
-        return self.s.engine.say(self.language, key)
+        return self.engine.say(self.language, key)
 
     def _send(self, kind: str, text: str) -> bool:
         """Queue a reply, within the contact's reply budget; whether it was queued."""

@@ -24,6 +24,7 @@ effects, such as a subscription storing the number in the vault).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -43,7 +44,9 @@ from gateway.channels.base import UssdEnded, UssdTurn
 from gateway.content.catalogs import Content
 from gateway.content.flowdef import Action
 from gateway.dialogue import limits as flood
+from gateway.dialogue import trial
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
+from gateway.dialogue.library import Engines, UnknownGeneration
 from gateway.dialogue.limits import Limits
 from gateway.outbox import outbox
 from gateway.privacy.keys import KeyGone, KeyRing
@@ -77,12 +80,15 @@ class UssdPolicy:
 
 class UssdService:
     def __init__(
-        self, *, db: Database, keys: KeyRing, engine: Engine, policy: UssdPolicy,
+        self, *, db: Database, keys: KeyRing, engine: Engine | Engines, policy: UssdPolicy,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.keys = keys
-        self.engine = engine
+        # By generation (``gateway.dialogue.library``): a session runs on the content it
+        # began on; a bare Engine runs everything on its content.
+        self.engines = engine if isinstance(engine, Engines) else Engines.fixed(engine)
+        engine = self.engines.latest
         self.policy = policy
         self.clock = clock
         languages = engine.content.languages
@@ -92,6 +98,16 @@ class UssdService:
         self._pseudonyms_lock = threading.Lock()  # PostgreSQL hops run on a thread pool
         self.recent = RecentSessions()
         self.poll_flows = poll_flows(engine.content)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the latest generation this process knows."""
+        return self.engines.latest
+
+    @engine.setter
+    def engine(self, engine: Engine) -> None:
+        """Run everything on ``engine`` from now on (tests)."""
+        self.engines = Engines.fixed(engine)
 
     def apology(self, lang: str | None = None) -> str:
         return self._apologies.get(lang or self.default_language,
@@ -168,7 +184,11 @@ class UssdService:
                 return body
             row = found
         turn = self._bound(turn, row)
-        plan = self._plan(turn, pseudonym, row)
+        try:
+            plan = self._plan(turn, pseudonym, row)
+        except UnknownGeneration as exc:  # begun on content this process has not built
+            await asyncio.to_thread(self.engines.of, exc.generation, exc.trial)
+            plan = self._plan(turn, pseudonym, row)
         if isinstance(plan, str):
             return plan
         # The save goes in one round trip with the batch's others; its effects, if any,
@@ -292,15 +312,18 @@ class UssdService:
                 return self._lost(turn)
             return self._first_hop(conn, turn, pseudonym)[0]
         turn = self._bound(turn, row)
-        plan = self._plan(turn, pseudonym, row)
+        plan = self._plan(turn, pseudonym, row, conn)
         if isinstance(plan, str):
             return plan
         return plan.body if self._save(conn, turn, pseudonym, row.hops, plan) else None
 
-    def _plan(self, turn: UssdTurn, pseudonym: str, row: queries.SessionRow) -> str | Save:
+    def _plan(self, turn: UssdTurn, pseudonym: str, row: queries.SessionRow,
+              conn: Connection | None = None) -> str | Save:
         """What a hop on a session read as ``row`` does: answer without saving anything
         (a repeat, a refusal), or advance the dialogue and save (``Save``). Pure: no
-        database work, so a ``row`` remembered from an earlier hop serves as well."""
+        database work, so a ``row`` remembered from an earlier hop serves as well; but
+        without ``conn``, :class:`UnknownGeneration` when the session began on content
+        this process has not built yet."""
         if row.pseudonym != pseudonym:
             log.warning("ussd: session %s continued from another number; refused",
                         turn.session_id)
@@ -323,13 +346,24 @@ class UssdService:
         if row.status != "active":
             return row.response if row.status == "ended" else self.apology()
         state = State.loads(self.keys.open_text(row.state, aad=self._aad(turn)))
-        result = self.engine.advance(state, latest)
+        result = self._engine_of(state, conn).advance(state, latest)
+        if result.state.gen != state.gen or result.state.trial != state.trial:
+            # A dialogue resumed from the offer: shown on the content it began on.
+            result = Turn(self._engine_of(result.state, conn).render(result.state),
+                          result.state, result.effects)
         body = self._body(result)
         saved = row._replace(
             state=self._seal(turn, result), status=self._status(result),
             text_len=len(turn.text), text_mac=text_mac, response=body,
             history=remember(row.history, row.text_mac, row.response), hops=row.hops + 1)
         return Save(body, saved, result, self.clock())
+
+    def _engine_of(self, state: State, conn: Connection | None) -> Engine:
+        """The engine of the content ``state`` began on (without ``conn``, only if this
+        process has built it: else :class:`UnknownGeneration`)."""
+        if conn is not None:
+            return self.engines.of(state.gen, state.trial, conn)
+        return self.engines.loaded(state.gen, state.trial)
 
     def _save(self, conn: Connection, turn: UssdTurn, pseudonym: str, expected_hops: int,
               plan: Save) -> bool:
@@ -354,34 +388,38 @@ class UssdService:
         now = self.clock()
         db = queries.Driver(conn)
         text_mac = self._hop_mac(turn)
-        look = turn.text == "" and self.policy.resume_minutes > 0
+        tried = trial.parse(self.keys, turn.session_id)
+        look = turn.text == "" and self.policy.resume_minutes > 0 and tried is None
         language, old = queries.touch_contact_find_dropped(
             db, pseudonym=pseudonym, pseudonym_version=self.keys.pseudonym_version, now=now,
             since=now - timedelta(minutes=self.policy.resume_minutes) if look else None,
             provider=turn.provider)
         lang = language or self.default_language
         dropped = self._dropped(old)
+        engine = self.engines.current(conn)
+        if tried is not None:  # the dashboard's phone: published content or a draft
+            engine = self.engines.trial(engine.generation, tried.draft, conn)
         opened, deep = self._campaign(db, turn, now)
         entry = campaign = None
         if opened is not None:
-            entry = self.poll_flows[opened.poll]
-            campaign = opened.id if opened.active else None
-        if dropped is not None:
-            result = self.engine.begin("", lang, suspended=dropped[1], entry=entry,
-                                       campaign=campaign)
+            entry = poll_flows(engine.content).get(opened.poll)
+            campaign = opened.id if opened.active and entry is not None else None
+        if dropped is not None:  # the offer to resume (the dialogue keeps its content)
+            result = engine.begin("", lang, suspended=dropped[1], entry=entry,
+                                  campaign=campaign)
         elif entry is not None and language:
-            result = self.engine.begin(entry, lang, campaign=campaign)
+            result = engine.begin(entry, lang, campaign=campaign)
         elif entry is not None:  # a new phone chooses its language, then the poll
-            result = self.engine.begin(LANGUAGE_FLOW, lang, entry=entry, campaign=campaign)
+            result = engine.begin(LANGUAGE_FLOW, lang, entry=entry, campaign=campaign)
         else:
-            result = self.engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
+            result = engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
         effects: list[Effect] = []
         if deep:  # a deep dial (*code*1*2#) or a session first seen mid-way
             for part in deep.split("*")[:MAX_DEEP_DIAL]:
                 effects.extend(result.effects)
                 if result.state.ended:
                     break
-                result = self.engine.advance(result.state, part)
+                result = engine.advance(result.state, part)
         result = Turn(result.screen, result.state, (*effects, *result.effects))
         body = self._body(result)
         with self.db.together(conn, needed=bool(result.effects) or dropped is not None):
@@ -441,6 +479,11 @@ class UssdService:
     ) -> None:
         if not result.effects:
             return
+        if result.state.trial is not None:  # a trial saves nothing but its language
+            result = replace(result, effects=tuple(
+                e for e in result.effects if e.action is Action.set_language))
+            if not result.effects:
+                return
 
         def e164() -> str:
             number = self._e164(turn)

@@ -181,6 +181,7 @@ def serve(settings: Settings, pipe: Connection) -> None:
     """The child's main: the service built from the same settings, then batches of the
     jobs that come down the pipe until it closes."""
     from gateway.content import catalogs
+    from gateway.dialogue.library import Library
     from gateway.dialogue.services import ussd_service
     from gateway.logs import configure_logging
     from gateway.privacy import keys as keys_mod
@@ -197,7 +198,8 @@ def serve(settings: Settings, pipe: Connection) -> None:
     keyring = keys_mod.load(settings.key_file, create=False)
     content, _problems = catalogs.load(catalogs.locate(settings.content_dir))
     db = Database(settings.database_url)
-    service = ussd_service(settings, db=db, keys=keyring, content=content)
+    library = Library(db, content, poll_seconds=settings.flows_poll_seconds)
+    service = ussd_service(settings, db=db, keys=keyring, content=content, library=library)
     # A thread keeps the pipe drained while a batch runs, so the parent's loop never
     # waits to send.
     inbox: queue.SimpleQueue[list[Spec] | None] = queue.SimpleQueue()

@@ -224,7 +224,7 @@ def _count_tally(who: Principal, areas: Areas, poll: str, question: str,
 
 def _count_answers(conn: Connection, who: Principal, areas: Areas, poll: str, question: str,
                    columns: Sequence[str], since: datetime | None,
-                   until: datetime | None) -> Select[Any]:
+                   until: datetime | None, wave: int | None = None) -> Select[Any]:
     t = _answers
     keys: list[ColumnElement[Any]] = [_day(conn) if c == "day" else t.c[c] for c in columns]
     keys.append(t.c.answer)
@@ -235,6 +235,8 @@ def _count_answers(conn: Connection, who: Principal, areas: Areas, poll: str, qu
         stmt = stmt.where(t.c.updated_at >= since)
     if until is not None:
         stmt = stmt.where(t.c.updated_at < until)
+    if wave is not None:
+        stmt = stmt.where(t.c.flow_version == wave)
     return stmt
 
 
@@ -376,11 +378,13 @@ def results(
     conn: Connection, *, who: Principal, areas: Areas, poll: str, question: str,
     values: Sequence[str] = (), by: Sequence[str] = (), since: datetime | None = None,
     until: datetime | None = None, suppress: bool = False, k: int = 5,
-    fold_changes: bool = True,
+    fold_changes: bool = True, wave: int | None = None,
 ) -> dict[str, Any]:
     """The answers to ``question`` of ``poll`` within ``who``'s scope, in total and per
     group of the dimensions ``by`` (at most two of ``DIMENSIONS``), answered in
-    ``since <= time < until`` (the time of each person's latest answer).
+    ``since <= time < until`` (the time of each person's latest answer), and with
+    ``wave``, given in that wave: under that version of the poll's flow (each published
+    version of a poll is a wave; ``gateway.operators.flows``).
 
     ``counts`` are keyed by ``values`` (the question's answer values, zeros included) and
     any other value found. ``suppress``: the shared view (groups under ``k`` hidden, with
@@ -394,8 +398,8 @@ def results(
     dims = check_dimensions(by, k)
     since, until = _utc(since), _utc(until)
     columns = _columns_of(dims)
-    if since is not None or until is not None or "week" in dims:
-        stmt = _count_answers(conn, who, areas, poll, question, columns, since, until)
+    if since is not None or until is not None or "week" in dims or wave is not None:
+        stmt = _count_answers(conn, who, areas, poll, question, columns, since, until, wave)
     else:
         if fold_changes:
             fold(conn)

@@ -47,6 +47,33 @@ class DatabaseUnavailable(Exception):
     and is being left alone): nothing was stored; try again later."""
 
 
+class WritersTurn:
+    """This process's SQLite writers' turn: a lock that any thread may hand back, and
+    that the thread holding it may enter again. A transaction may end on another thread
+    than the one it began on (FastAPI runs a dependency's start and end as two calls to
+    its thread pool), which a ``threading.RLock`` refuses: the turn then stayed taken
+    for good, and every later write of the process waited for it and failed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def acquire(self, *, blocking: bool = True, timeout: float = -1) -> bool | None:
+        """True: taken; False: not in time; None: this thread holds it already."""
+        me = threading.get_ident()
+        if self._owner == me:
+            return None
+        got = self._lock.acquire(blocking, timeout) if blocking else \
+            self._lock.acquire(False)
+        if got:
+            self._owner = me
+        return got
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+
 @contextmanager
 def waiting(seconds: float | None) -> Iterator[None]:
     """Within this block (this thread or task), a transaction waits at most ``seconds`` for
@@ -161,7 +188,7 @@ class Database:
         # sleep through several turns; this lock hands over the moment a transaction ends.
         # The time spent here counts against the wait the context allows. (Other processes
         # still meet at SQLite's lock.)
-        self._writers = threading.RLock() if self.sqlite else None
+        self._writers = WritersTurn() if self.sqlite else None
 
     @contextmanager
     def _turn(self) -> Iterator[float | None]:
@@ -179,6 +206,9 @@ class Database:
             mine = self._writers.acquire(blocking=False)
         else:
             mine = self._writers.acquire(timeout=wait)
+        if mine is None:  # this thread holds the turn already (a transaction within one)
+            yield None if wait is None else wait
+            return
         if not mine:
             if wait is not None and wait <= 0:
                 raise DatabaseBusy()

@@ -536,3 +536,50 @@ class BudgetUse(SQLModel, table=True):
     pseudonym: str = Field(max_length=64)
     what: str = Field(max_length=8)  # reply | report
     at: datetime = Field(index=True)
+
+
+class FlowVersion(SQLModel, table=True):
+    """One numbered version of a flow: its definition (YAML text, as written) and its own
+    catalog entries (JSON, ``{language: {key: text}}``). Versions are never changed once
+    stored; ``source`` says where one came from: ``files`` (the content location, read at
+    start) or ``api`` (an operator). ``digest`` names the content, so a file that did not
+    change is not stored again."""
+
+    __tablename__ = "flow_version"
+    __table_args__ = (UniqueConstraint("flow", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    flow: str = Field(max_length=64)
+    version: int
+    definition: str = Field(sa_column=Column(Text, nullable=False))
+    messages: str = Field(sa_column=Column(Text, nullable=False))  # canonical JSON
+    digest: str = Field(max_length=64)
+    source: str = Field(max_length=8)  # files | api
+    created_by: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class FlowPublication(SQLModel, table=True):
+    """Each publication of a flow version, numbered by the generation it made. The
+    content of generation G is, for each flow, the version of its latest publication at
+    or before G; a session keeps the generation it began on."""
+
+    __tablename__ = "flow_publication"
+    __table_args__ = (Index("ix_flow_publication_flow", "flow", "generation"),)
+
+    generation: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    flow: str = Field(max_length=64)
+    version: int
+    published_by: str | None = Field(default=None, max_length=64)
+    published_at: datetime = Field(default_factory=utcnow)
+
+
+class FlowGeneration(SQLModel, table=True):
+    """One row (id 1): the latest generation. Every process reads it at most once a
+    second (a primary-key read) to learn of a publication; publishing increments it with
+    the row locked, so generations commit in order."""
+
+    __tablename__ = "flow_generation"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    generation: int = 0

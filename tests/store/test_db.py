@@ -65,3 +65,28 @@ def test_hops_survive_postgresql_dropping_every_connection(
     main = runtime.ussd.handle(hop[1])
     assert main.startswith("CON ") and "Sondage" in main
     assert runtime.ussd.handle(hop[1]) == main  # and a repeat still finds the session
+
+
+def test_a_transaction_ended_on_another_thread_hands_the_writers_turn_back(
+        database: Database) -> None:
+    """FastAPI starts a dependency's transaction on one pool thread and ends it on
+    another: the next writer of the process must still get its turn (it once waited for
+    good, and every USSD hop after it got the apology)."""
+    import threading
+
+    started = database.transaction()
+    done: list[int] = []
+
+    def begin() -> None:
+        started.__enter__().execute(text("SELECT 1"))
+
+    def end() -> None:
+        started.__exit__(None, None, None)
+
+    for step in (begin, end):
+        thread = threading.Thread(target=step)
+        thread.start()
+        thread.join()
+    with db_mod.waiting(1.0), database.transaction() as conn:
+        done.append(int(conn.execute(text("SELECT 2")).scalar_one()))
+    assert done == [2]

@@ -16,6 +16,7 @@ from gateway.operators.api import (
     broadcasts,
     campaigns,
     exports,
+    flows,
     partners,
     polls,
     reports,
@@ -40,6 +41,7 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     broadcasts.install(api)
     api.include_router(polls.router)
     api.include_router(campaigns.router)
+    api.include_router(flows.router)
     api.include_router(reports.router)
     api.include_router(partners.router)
     api.include_router(exports.router)

@@ -101,17 +101,19 @@ def poll_results(
     poll: str, who: Reader, conn: ReadConn, rt: Rt, settings: AppSettings,
     question: str, by: Annotated[list[Dimension] | None, Query()] = None,
     since: datetime | None = None, until: datetime | None = None, suppress: bool = False,
+    wave: Annotated[int | None, Query(ge=1)] = None,
 ) -> Results:
     """Respondents to ``question`` in the caller's cercles (one counted answer per person:
     the latest), in total and by up to two of ``by``; ``since <= time < until`` (ISO 8601;
     without an offset, UTC). Groups under ``GATEWAY_MIN_CELL`` respondents are marked
     ``small``; ``suppress=true`` gives the shared view, where they are hidden with their
-    complements."""
+    complements. ``wave``: only the answers given under that version of the poll's flow
+    (each published version of a poll starts a wave)."""
     values = _asked(rt, who, poll, question)
     fold_pending(rt.db)
     try:
         figures = _figures(conn, rt, settings, who, poll, question, values, by or [],
-                           since, until, suppress)
+                           since, until, suppress, wave)
     except BadQuery as exc:
         raise HTTPException(422, str(exc)) from None
     return Results.model_validate(figures)
@@ -161,8 +163,9 @@ def _asked(rt: Runtime, who: Principal, poll: str, question: str) -> tuple[str, 
 
 def _figures(conn: Connection, rt: Runtime, settings: Settings, who: Principal, poll: str,
              question: str, values: tuple[str, ...], by: Sequence[str],
-             since: datetime | None, until: datetime | None, suppress: bool) -> Figures:
+             since: datetime | None, until: datetime | None, suppress: bool,
+             wave: int | None = None) -> Figures:
     figures = results(conn, who=who, areas=Areas.of(rt.engine.content.communes), poll=poll,
                       question=question, values=values, by=by, since=since, until=until,
-                      suppress=suppress, k=settings.min_cell, fold_changes=False)
+                      suppress=suppress, k=settings.min_cell, fold_changes=False, wave=wave)
     return Results.model_validate(figures).model_dump(exclude_unset=True, mode="json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,7 @@ from starlette.responses import Response
 
 from gateway.operators.access import Forbidden, NotFound, OutOfScope
 from gateway.operators.api.deps import _record_out_of_scope as record_out_of_scope
-from gateway.operators.dashboard import auth, broadcasts, campaigns, home
+from gateway.operators.dashboard import auth, broadcasts, campaigns, flows, home
 from gateway.operators.dashboard.seams import NotReady, Seams
 from gateway.operators.dashboard.web import (
     PREFIX,
@@ -38,16 +39,18 @@ log = logging.getLogger("gateway.operators.dashboard")
 
 
 def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
-                  seams: Callable[[], Seams | None] = lambda: None) -> FastAPI:
+                  seams: Callable[[], Seams | None] = lambda: None,
+                  gateway: Callable[[], Any] = lambda: None) -> FastAPI:
     """The dashboard as an app of its own, to mount at ``/dashboard``. ``runtime`` is read
     per request (it exists once the gateway has started); ``seams``, when it gives some, is
     served instead of the domain modules (``wiring.default_seams``)."""
-    dash = Dashboard(settings, runtime, seams)
+    dash = Dashboard(settings, runtime, seams, gateway=gateway)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(auth.router(dash))
     app.include_router(home.router(dash))
     app.include_router(broadcasts.router(dash))
     app.include_router(campaigns.router(dash))
+    app.include_router(flows.router(dash))
 
     @app.get("/static/{name}")
     async def static(request: Request, name: str) -> Response:

@@ -245,6 +245,8 @@ class Dashboard:
     settings: Settings
     runtime: Callable[[], Runtime]
     overrides: Callable[[], Seams | None]
+    # The gateway's own ASGI app: the phone in the page posts to its USSD webhook.
+    gateway: Callable[[], Any] = lambda: None
     assets: Assets = field(default_factory=lambda: Assets(HERE / "static"))
     env: Environment = field(init=False)
     _areas: Areas | None = None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.routing import Mount
 
 from gateway import retention
@@ -172,6 +172,7 @@ def test_a_reviewer_sees_the_queue_of_their_cercles_only(
     assert item == {
         "id": konna.id, "channel": "ussd", "flow": "report", "status": "new",
         "assignee": None, "has_text": True, "text_erased": False, "redacted": False,
+        "reporter_week_count": 1,
         "answers": {
             "category": {"value": "extortion", "label": "Argent exigé"},
             "force": {"value": "gendarmerie", "label": "Gendarmerie"},
@@ -491,3 +492,51 @@ def test_the_place_is_kept_on_the_report_for_filtering(client: TestClient,
         areas = conn.execute(select(queries.reports.c.area)
                              .order_by(queries.reports.c.id)).scalars().all()
     assert areas == ["bankass", "youwarou-dirma"]
+
+
+# -- a queue nobody can flood ------------------------------------------------------------
+
+
+def test_the_queue_counts_each_reporters_week_never_who_they_are(
+        client: TestClient, runtime: Runtime, people: dict[str, Person]) -> None:
+    busy = file_report(client, runtime, text="Au barrage")
+    again = [file_report(client, runtime, number=busy.number) for _ in range(2)]
+    elsewhere = file_report(client, runtime, cercle="Koro", commune="Koro",
+                            number=busy.number)
+    once = file_report(client, runtime, commune="Sio")
+    old = file_report(client, runtime, commune="Sio", number=once.number)
+    with runtime.db.transaction() as conn:  # filed eight days ago
+        conn.execute(update(queries.reports).where(queries.reports.c.id == old.id)
+                     .values(created_at=utcnow() - timedelta(days=8)))
+        pseudonyms = set(conn.execute(select(queries.reports.c.pseudonym)).scalars())
+
+    def counts(person: Person) -> dict[int, int | None]:
+        response = client.get(f"{API}/reports", headers=person.auth)
+        assert response.status_code == 200, response.text
+        assert not any(p in response.text for p in pseudonyms if p)  # no stable reporter id
+        return {i["id"]: i["reporter_week_count"] for i in response.json()["items"]}
+
+    mopti = [busy.id, *(f.id for f in again)]
+    # Mariam (Mopti) counts the busy reporter's three Mopti reports: the Koro one is not
+    # hers to know of. The old report is outside the week; its reporter filed one since.
+    assert counts(people["mopti"]) == {**dict.fromkeys(mopti, 3), once.id: 1, old.id: 1}
+    assert counts(people["admin"]) == {**dict.fromkeys([*mopti, elsewhere.id], 4),
+                                       once.id: 1, old.id: 1}
+    page = client.get(f"{API}/reports/{busy.id}", headers=people["mopti"].auth).json()
+    assert page["reporter_week_count"] == 3
+
+    erase(client, busy.number)  # the link to the reporter goes with their data
+    assert counts(people["mopti"]) == {**dict.fromkeys(mopti, None), once.id: 1, old.id: 1}
+
+
+def test_reports_past_the_limit_are_counted_for_admins(
+        client: TestClient, runtime: Runtime, people: dict[str, Person]) -> None:
+    first = file_report(client, runtime)
+    for _ in range(5):  # the default limit: 5 an hour
+        file_report(client, runtime, number=first.number)
+    admin_page = client.get(f"{API}/reports", headers=people["admin"].auth).json()
+    assert len(admin_page["items"]) == 5  # the sixth was acknowledged, not kept
+    assert admin_page["limited"] == 1
+    assert {i["reporter_week_count"] for i in admin_page["items"]} == {5}
+    # A reviewer does not get the count: it is every region's.
+    assert client.get(f"{API}/reports", headers=people["mopti"].auth).json()["limited"] is None

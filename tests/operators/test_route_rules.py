@@ -29,7 +29,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
-from httpx import Response
+from httpx2 import Response
 from starlette.routing import BaseRoute, Mount
 
 from gateway.app import USSD_PATH, create_app

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from starlette.routing import Mount
 
 from gateway import retention
@@ -21,10 +21,12 @@ from gateway.operators import audit
 from gateway.operators.access import Role
 from gateway.operators.reports import MOVES, STATES
 from gateway.runtime import Runtime
+from gateway.settings import Settings
 from gateway.store import queries
 from gateway.store.models import utcnow
 from tests.operators.people import Person, cast, make
 from tests.operators.reporters import erase, file_report
+from tests.operators.test_audit import cli_verify
 
 API = "/api/v1"
 WEBHOOK = {"webhook_url": "http://127.0.0.1:9/hook", "secret": "s3cret-for-the-tests"}
@@ -540,3 +542,42 @@ def test_reports_past_the_limit_are_counted_for_admins(
     assert {i["reporter_week_count"] for i in admin_page["items"]} == {5}
     # A reviewer does not get the count: it is every region's.
     assert client.get(f"{API}/reports", headers=people["mopti"].auth).json()["limited"] is None
+
+
+# -- a trail nobody can quietly edit -----------------------------------------------------
+
+
+def _alter(runtime: Runtime, entry_id: int) -> None:
+    with runtime.db.transaction() as conn:  # someone with the database puts the blame on awa
+        conn.execute(update(audit.log_table).where(audit.log_table.c.id == entry_id)
+                     .values(actor="awa"))
+
+
+def _delete(runtime: Runtime, entry_id: int) -> None:
+    with runtime.db.transaction() as conn:  # or takes the view out of the log
+        conn.execute(delete(audit.log_table).where(audit.log_table.c.id == entry_id))
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (_alter, "its content does not match its hash (altered)"),
+    (_delete, "missing (deleted): the log goes from entry {before} to entry {after}"),
+], ids=["altered", "deleted"])
+def test_a_view_taken_out_of_the_audit_log_is_caught(
+        client: TestClient, runtime: Runtime, settings: Settings, people: dict[str, Person],
+        tamper: Callable[[Runtime, int], None], reason: str) -> None:
+    filed = file_report(client, runtime, text="Au barrage de Konna")
+    mariam, admin = people["mopti"], people["admin"]
+    assert client.get(f"{API}/reports/{filed.id}", headers=mariam.auth).status_code == 200
+    assert client.get(f"{API}/exports/reports.csv", headers=mariam.auth).status_code == 200
+    [view] = entries(runtime, "report.text_view")
+    assert client.get(f"{API}/audit/verify", headers=admin.auth).json()["intact"] is True
+
+    tamper(runtime, int(view.id))
+    found = client.get(f"{API}/audit/verify", headers=admin.auth).json()
+    expected = reason.format(before=view.id - 1, after=view.id + 1)
+    assert (found["intact"], found["reason"]) == (False, expected)
+    assert found["broken_entry"] == view.id
+    done = cli_verify(settings)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[0] == \
+        f"audit entry {view.id} does not verify: {expected}"

@@ -4,9 +4,11 @@ report and a partner, never get a 5xx. A bad request is a 4xx naming the problem
 
 Bounded: a fixed number of examples per generation mode, so a run takes well under a
 minute per database. Random on a developer's machine (each run explores further); the
-same examples every time in CI (``CI`` set), so CI fails for a change, not for luck. Left out: ``POST /auth/logout`` (it would revoke the token the run
-signs in with; its own tests are in test_api_auth.py) and Server-Sent Events streams
-(``…/stream``: they answer as long as the client listens).
+same examples every time in CI (``CI`` set), so CI fails for a change, not for luck.
+
+Left out: ``POST /auth/logout`` (it would revoke the token the run signs in with; its own
+tests are in test_api_auth.py) and Server-Sent Events streams (``…/stream``: they answer
+as long as the client listens).
 """
 
 from __future__ import annotations

@@ -7,14 +7,18 @@ credentials, with a bad token, as a disabled account and with a revoked token:
 - a route for some roles answers 401 to the four without valid credentials, 403 to the
   roles it does not name, and neither (nor a 5xx) to those it names;
 - a public route answers the same to everybody (an operator's token opens nothing more);
-- a webhook answers 403 to anybody without the webhook token, whatever else they carry.
+- a webhook answers 403 to anybody without the webhook token, whatever else they carry;
+- a dashboard page sends anybody without a live session to the sign-in page (an API token
+  is no dashboard credential), answers 403 to the roles it does not name, and neither to
+  those it names (signed in through a session, forms carrying its CSRF token).
 
 And on every route that takes an id: another cercle's record answers exactly like a
 missing one (same status, same body), and the attempt is audited.
 
 Adding a route: add its rule to ``RULES`` ("METHOD /path": who may call it, and what a
-valid call sends, so that a refusal is the role's and not the body's); a new path
-parameter also needs a sample in ``SAMPLES`` and a line in ``SCOPED`` or ``UNSCOPED``.
+valid call sends, so that a refusal is the role's and not the body's; ``page=True`` for
+the dashboard's); a new path parameter also needs a sample in ``SAMPLES`` and a line in
+``SCOPED`` or ``UNSCOPED``.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class World:
     client: TestClient
     runtime: Runtime
     people: dict[str, Person]
+    sessions: dict[str, accounts.NewSession] = field(default_factory=dict)
     made: dict[str, str] = field(default_factory=dict)
 
     def once(self, key: str, make: Callable[[], str]) -> str:
@@ -104,6 +109,27 @@ class World:
         return self.once(f"report:{cercle}", lambda: str(file_report(
             self.client, self.runtime, cercle=cercle, commune=commune, text="Au barrage",
             token=WEBHOOK_TOKEN).id))
+
+    def broadcast(self, cercle: str = "mopti") -> str:
+        def make() -> str:
+            response = self.client.post(
+                "/api/v1/broadcasts", headers={**self.people["admin"].auth,
+                                               "Idempotency-Key": f"rules-{cercle}"},
+                json={"messages": {"fr": "Réunion au marché jeudi."},
+                      "audience": {"cercles": [cercle]}})
+            assert response.status_code == 201, response.text
+            return str(response.json()["id"])
+
+        return self.once(f"broadcast:{cercle}", make)
+
+    def login_form(self) -> str:
+        """The sign-in form's token (its cookie stays with the client, as a browser's;
+        the session of a sign-in before is dropped, as after a sign-out)."""
+        self.client.cookies.clear()
+        page = self.client.get("/dashboard/login")
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert found, page.text
+        return found.group(1)
 
     def poll(self) -> dict[str, Any]:
         response = self.client.get("/api/v1/polls", headers=self.people["admin"].auth)
@@ -119,6 +145,7 @@ class Call:
     query: dict[str, str] = field(default_factory=dict)
     json: Any = None
     form: dict[str, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Send = Callable[[World], Call]
@@ -130,6 +157,7 @@ WEBHOOK: Literal["webhook"] = "webhook"  # a provider, with ?token=<GATEWAY_WEBH
 class Rule:
     who: frozenset[Role] | Literal["public", "webhook"]
     send: Send = lambda _w: Call()
+    page: bool = False  # a dashboard page: a session cookie, and a CSRF token in forms
 
 
 def roles(*who: Role) -> frozenset[Role]:
@@ -141,6 +169,11 @@ REVIEWERS = roles(Role.reviewer)
 OPERATORS = roles(Role.operator)
 SIGNED_IN = frozenset(Role)
 PARTNER = {"webhook_url": "http://127.0.0.1:9/hook", "secret": "s3cret-for-the-tests"}
+BROADCAST = {"messages": {"fr": "Réunion au marché jeudi."}, "audience": {"cercles": ["mopti"]}}
+
+
+def page(who: frozenset[Role], send: Send = lambda _w: Call()) -> Rule:
+    return Rule(who, send, page=True)
 
 # "METHOD /path" as the route table spells it -> who may call it, and a valid call.
 RULES: dict[str, Rule] = {
@@ -191,12 +224,41 @@ RULES: dict[str, Rule] = {
     "POST /api/v1/partners": Rule(ADMIN, lambda _w: Call(
         json={"name": "AMDH Mopti", **PARTNER})),
     "GET /api/v1/exports/reports.csv": Rule(REVIEWERS),
+    "POST /api/v1/broadcasts/preview": Rule(OPERATORS, lambda _w: Call(json=BROADCAST)),
+    "POST /api/v1/broadcasts": Rule(OPERATORS, lambda _w: Call(
+        json=BROADCAST, headers={"Idempotency-Key": "rules-new"})),
+    "GET /api/v1/broadcasts": Rule(OPERATORS),
+    "GET /api/v1/broadcasts/{broadcast_id}": Rule(OPERATORS),
+    "POST /api/v1/broadcasts/{broadcast_id}/cancel": Rule(OPERATORS),
+    # the dashboard
+    "GET /dashboard/login": Rule(PUBLIC),
+    "POST /dashboard/login": Rule(PUBLIC, lambda w: Call(
+        form={"csrf": w.login_form(), "username": "awa", "password": PASSWORD})),
+    "GET /dashboard/static/{name}": Rule(PUBLIC),
+    "POST /dashboard/logout": page(SIGNED_IN),
+    "GET /dashboard/": page(SIGNED_IN),
+    "GET /dashboard/broadcasts": page(OPERATORS),
+    "GET /dashboard/broadcasts/new": page(OPERATORS),
+    "POST /dashboard/broadcasts/new": page(OPERATORS, lambda _w: Call(
+        form={"message_fr": "Réunion au marché jeudi."})),
+    "GET /dashboard/broadcasts/recipients": page(OPERATORS, lambda _w: Call(
+        query={"cercle": "mopti"})),
+    "POST /dashboard/broadcasts/check": page(OPERATORS, lambda _w: Call(
+        form={"message_fr": "Réunion au marché jeudi.", "cercle": "mopti"})),
+    "POST /dashboard/broadcasts": page(OPERATORS, lambda _w: Call(
+        form={"message_fr": "Réunion au marché jeudi.", "cercle": "mopti", "key": "k1"})),
+    "GET /dashboard/broadcasts/{broadcast_id:int}": page(OPERATORS),
+    "GET /dashboard/broadcasts/{broadcast_id:int}/status": page(OPERATORS),
+    "GET /dashboard/broadcasts/{broadcast_id:int}/cancel": page(OPERATORS),
+    "POST /dashboard/broadcasts/{broadcast_id:int}/cancel": page(OPERATORS),
 }
 
 # A path parameter -> a value naming a record the Mopti accounts may see.
 SAMPLES: dict[str, Callable[[World], str]] = {
     "report_id": lambda w: w.report(),
     "poll": lambda w: str(w.poll()["poll"]),
+    "broadcast_id": lambda w: w.broadcast(),
+    "name": lambda _w: "app.css",
 }
 
 
@@ -212,10 +274,12 @@ class Scoped:
 # A path parameter naming a record with a place -> another region's and a missing one.
 SCOPED: dict[str, Scoped] = {
     "report_id": Scoped(lambda w: w.report("Koro", "Koro"), missing="2147483647"),
+    "broadcast_id": Scoped(lambda w: w.broadcast("koro"), missing="2147483647"),
 }
 # A path parameter naming something every cercle shares -> why no region owns it.
 UNSCOPED: dict[str, str] = {
     "poll": "a poll is the same in every cercle; its figures are filtered to the caller's",
+    "name": "a static file of the dashboard (CSS, JavaScript, icon): the same for everybody",
 }
 
 # Callers without valid credentials, and what they send.
@@ -225,6 +289,20 @@ NOBODY: dict[str, Callable[[dict[str, Person]], dict[str, str]]] = {
     "disabled account": lambda p: p["disabled"].auth,
     "revoked token": lambda p: p["revoked"].auth,
 }
+
+
+# Callers of a dashboard page without a live session, and the cookie or header they send.
+NO_SESSION: dict[str, Callable[[World], dict[str, str]]] = {
+    "no session": lambda _w: {},
+    "bad session": lambda _w: {"Cookie": f"{accounts.SESSION_COOKIE}=pas-une-session"},
+    "disabled account": lambda w: cookie(w.sessions["disabled"]),
+    "ended session": lambda w: cookie(w.sessions["ended"]),
+    "API token": lambda w: w.people["admin"].auth,  # not a dashboard credential
+}
+
+
+def cookie(session: accounts.NewSession) -> dict[str, str]:
+    return {"Cookie": f"{accounts.SESSION_COOKIE}={session.cookie}"}
 
 
 def rule_of(route: str) -> Rule:
@@ -275,22 +353,47 @@ def world(client: TestClient, runtime: Runtime) -> World:
         "disabled": make(runtime, "ancien", Role.admin),
         "revoked": make(runtime, "revoque", Role.admin),
     }
+    now = utcnow()
     with runtime.db.transaction() as conn:
-        accounts.disable(conn, name="ancien", actor="cli", now=utcnow())
-        accounts.revoke_tokens(conn, name="revoque", actor="cli", now=utcnow())
-    return World(client, runtime, people)
+        sessions = {name: accounts.create_session(
+            conn, account_id=person.principal.account_id, hours=1, now=now)
+            for name, person in people.items()}
+        sessions["ended"] = accounts.create_session(
+            conn, account_id=people["admin"].principal.account_id, hours=1, now=now)
+        accounts.end_session(conn, cookie=sessions["ended"].cookie, now=now)
+        accounts.disable(conn, name="ancien", actor="cli", now=now)
+        accounts.revoke_tokens(conn, name="revoque", actor="cli", now=now)
+    return World(client, runtime, people, sessions)
 
 
 def call(world: World, route: str, headers: dict[str, str], *, token: bool = False,
-         values: dict[str, str] | None = None) -> Response:
+         values: dict[str, str] | None = None, csrf: str | None = None) -> Response:
     rule = rule_of(route)
     sent = rule.send(world)
     method = route.split(" ", 1)[0]
     query = dict(sent.query)
     if token:
         query["token"] = WEBHOOK_TOKEN
+    form = sent.form
+    if rule.page and method == "POST":
+        form = {**(form or {}), "csrf": csrf or ""}
     return world.client.request(method, path_of(route, world, values), params=query,
-                                headers=headers, json=sent.json, data=sent.form)
+                                headers={**sent.headers, **headers}, json=sent.json,
+                                data=form, follow_redirects=False)
+
+
+def as_role(world: World, role: Role, rule: Rule) -> tuple[dict[str, str], str | None]:
+    """What ``role`` sends: its API token, or its dashboard session and CSRF token."""
+    if rule.page:
+        session = world.sessions[role.value]
+        return cookie(session), session.csrf_token
+    return world.people[role.value].auth, None
+
+
+def to_sign_in(response: Response) -> bool:
+    """Sent to sign in (not the sign-out's own way back to the sign-in page)."""
+    return response.status_code == 303 and \
+        response.headers.get("location", "").startswith("/dashboard/login?next=")
 
 
 # -- the tests ---------------------------------------------------------------------------
@@ -337,20 +440,31 @@ def test_route_by_role(world: World, route: str) -> None:
         assert with_token.status_code not in (401, 403), (route, with_token.text)
         assert with_token.status_code < 500, (route, with_token.text)
         return
-    for who, headers in NOBODY.items():
-        refused = call(world, route, headers(people))
-        assert refused.status_code == 401, (route, who, refused.text)
-        assert refused.headers["WWW-Authenticate"] == "Bearer", (route, who)
-        assert set(refused.json()) == {"detail"}, (route, who)
+    if rule.page:
+        for who, sends in NO_SESSION.items():
+            refused = call(world, route, sends(world))
+            assert to_sign_in(refused), (route, who, refused.status_code,
+                                         refused.headers.get("location"))
+    else:
+        for who, headers in NOBODY.items():
+            refused = call(world, route, headers(people))
+            assert refused.status_code == 401, (route, who, refused.text)
+            assert refused.headers["WWW-Authenticate"] == "Bearer", (route, who)
+            assert set(refused.json()) == {"detail"}, (route, who)
     for role in (Role.operator, Role.reviewer, Role.radio):
         if role in rule.who:
             continue
-        refused = call(world, route, people[role.value].auth)
+        headers, csrf = as_role(world, role, rule)
+        refused = call(world, route, headers, csrf=csrf)
         assert refused.status_code == 403, (route, role, refused.text)
-        assert refused.json() == {"detail": f"the {role} role may not do this"}, (route, role)
+        if not rule.page:
+            assert refused.json() == {"detail": f"the {role} role may not do this"}, (
+                route, role)
     for role in sorted(rule.who):
-        allowed = call(world, route, people[role.value].auth)
+        headers, csrf = as_role(world, role, rule)
+        allowed = call(world, route, headers, csrf=csrf)
         assert allowed.status_code not in (401, 403), (route, role, allowed.text)
+        assert not to_sign_in(allowed), (route, role, "sent to the sign-in page")
         assert allowed.status_code < 500, (route, role, allowed.text)
 
 
@@ -361,19 +475,22 @@ ID_ROUTES = [r for r in ROUTES if any(name in SCOPED for name in PARAM.findall(r
 def test_another_regions_record_answers_like_a_missing_one(world: World, route: str) -> None:
     rule = rule_of(route)
     assert isinstance(rule.who, frozenset), route
-    scoped_roles = sorted(rule.who - {Role.admin})  # admins have every region
+    scoped_roles = sorted(rule.who - {Role.admin, Role.radio})  # admins: every region
     assert scoped_roles, f"{route}: admins only, so no region to step out of"
     names = [n for n in PARAM.findall(route) if n in SCOPED]
     elsewhere = {n: SCOPED[n].elsewhere(world) for n in names}
     missing = {n: SCOPED[n].missing for n in names}
     for role in scoped_roles:
-        person = world.people[role.value]
+        headers, csrf = as_role(world, role, rule)
         before = len(out_of_scope(world))
-        other = call(world, route, person.auth, values=elsewhere)
+        other = call(world, route, headers, values=elsewhere, csrf=csrf)
         after_other = len(out_of_scope(world))
-        absent = call(world, route, person.auth, values=missing)
-        assert (other.status_code, other.json()) == (absent.status_code, absent.json()), (
-            route, role, other.text, absent.text)
+        absent = call(world, route, headers, values=missing, csrf=csrf)
+        # (a page names its own address, in its language switch: the ids aside)
+        ids = "|".join(re.escape(v) for v in (*elsewhere.values(), *missing.values()))
+        shown = [(r.status_code, re.sub(rf"/({ids})\b", "/{id}", r.text))
+                 for r in (other, absent)]
+        assert shown[0] == shown[1], (route, role, other.text, absent.text)
         assert other.status_code == 404, (route, role, other.text)
         assert after_other == before + 1, f"{route}: the out-of-scope attempt is not audited"
         assert len(out_of_scope(world)) == after_other, f"{route}: a missing one is audited"

@@ -446,8 +446,8 @@ def test_route_by_role(world: World, route: str) -> None:
             assert to_sign_in(refused), (route, who, refused.status_code,
                                          refused.headers.get("location"))
     else:
-        for who, headers in NOBODY.items():
-            refused = call(world, route, headers(people))
+        for who, nobody in NOBODY.items():
+            refused = call(world, route, nobody(people))
             assert refused.status_code == 401, (route, who, refused.text)
             assert refused.headers["WWW-Authenticate"] == "Bearer", (route, who)
             assert set(refused.json()) == {"detail"}, (route, who)

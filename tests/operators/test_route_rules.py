@@ -251,6 +251,21 @@ RULES: dict[str, Rule] = {
     "GET /dashboard/broadcasts/{broadcast_id:int}/status": page(OPERATORS),
     "GET /dashboard/broadcasts/{broadcast_id:int}/cancel": page(OPERATORS),
     "POST /dashboard/broadcasts/{broadcast_id:int}/cancel": page(OPERATORS),
+    "GET /dashboard/reports": page(REVIEWERS),
+    "GET /dashboard/reports/{report_id:int}": page(REVIEWERS),
+    "POST /dashboard/reports/{report_id:int}/transition": page(REVIEWERS, lambda _w: Call(
+        form={"to": "reviewed"})),
+    "POST /dashboard/reports/{report_id:int}/notes": page(REVIEWERS, lambda _w: Call(
+        form={"text": "Vu avec le comité."})),
+    "POST /dashboard/reports/{report_id:int}/redaction": page(REVIEWERS, lambda _w: Call(
+        form={"redacted_text": "Un barrage."})),
+    "POST /dashboard/reports/{report_id:int}/assignee": page(REVIEWERS, lambda _w: Call(
+        form={"assignee": ""})),
+    "POST /dashboard/reports/{report_id:int}/refer": page(REVIEWERS, lambda _w: Call(
+        form={"partner": "AMDH Mopti"})),
+    "POST /dashboard/reports/{report_id:int}/referrals": page(REVIEWERS, lambda _w: Call(
+        form={"partner": "AMDH Mopti"})),
+    "GET /dashboard/audit": page(ADMIN),
 }
 
 # A path parameter -> a value naming a record the Mopti accounts may see.

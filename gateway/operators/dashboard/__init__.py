@@ -2,8 +2,8 @@
 Dashboard): server-rendered pages (Jinja2, French first with a Bambara toggle), static files
 vendored in ``static/``, a strict CSP, CSRF tokens on every form.
 
-One page module per domain (``auth``, ``home``, ``broadcasts``); what they share is in
-``web``; what they need from the domain modules is in ``seams``.
+One page module per domain (``auth``, ``home``, ``broadcasts``, ``reports``, ``audit``);
+what they share is in ``web``; what they need from the domain modules is in ``seams``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from gateway.operators.access import Forbidden, NotFound, OutOfScope
 from gateway.operators.api.deps import _record_out_of_scope as record_out_of_scope
-from gateway.operators.dashboard import auth, broadcasts, home
+from gateway.operators.dashboard import audit, auth, broadcasts, home, reports
 from gateway.operators.dashboard.seams import NotReady, Seams
 from gateway.operators.dashboard.web import (
     PREFIX,
@@ -47,6 +47,8 @@ def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
     app.include_router(auth.router(dash))
     app.include_router(home.router(dash))
     app.include_router(broadcasts.router(dash))
+    app.include_router(reports.router(dash))
+    app.include_router(audit.router(dash))
 
     @app.get("/static/{name}")
     async def static(request: Request, name: str) -> Response:

@@ -77,19 +77,25 @@ def router(dash: Dashboard) -> APIRouter:
         session = await reviewer(request)
         who = session.principal
         typed = _filters(request)
+        if "limit" in request.query_params:  # kept from page to page
+            typed["limit"] = request.query_params["limit"][:3]
         cursor_text = request.query_params.get("cursor", "")
         cursor = int(cursor_text) if cursor_text.isdigit() and 0 < int(cursor_text) <= MAX_ID \
             else None
+        limit_text = request.query_params.get("limit", "")
+        limit = min(int(limit_text), reports.MAX_PAGE) if limit_text.isdigit() and \
+            int(limit_text) > 0 else reports.PAGE
         words = vocab()
         error = None
         try:
-            chosen = reports.filters(words, **typed)
+            chosen = reports.filters(words, **{k: v for k, v in typed.items()
+                                               if k != "limit"})
         except reports.Invalid as exc:
             chosen, error = reports.Filters(), str(exc)
 
         def read(conn: Any) -> tuple[reports.Page, int | None]:
             page = reports.queue(conn, who=who, vocab=words, chosen=chosen, cursor=cursor,
-                                 now=utcnow())
+                                 limit=limit, now=utcnow())
             return page, (reports.limited(conn) if who.everywhere else None)
 
         page, limited = await in_db(read)

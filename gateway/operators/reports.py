@@ -38,6 +38,7 @@ from gateway.operators.access import (
     Role,
     area_filter,
     check_area,
+    check_id,
     visible_areas,
 )
 from gateway.privacy.keys import KeyRing
@@ -341,6 +342,7 @@ def _get(conn: Connection, *, who: Principal, areas: Areas, report_id: int,
          lock: bool = False) -> Row[Any]:
     """The report row, if ``who`` may see it: NotFound when missing, OutOfScope (the
     same 404, audited) when it is another region's."""
+    check_id(report_id)
     query = select(reports).where(reports.c.id == report_id)
     if lock:
         query = query.with_for_update()

@@ -514,3 +514,31 @@ def test_another_regions_record_answers_like_a_missing_one(world: World, route: 
 def out_of_scope(world: World) -> list[audit.Entry]:
     with world.runtime.db.transaction() as conn:
         return audit.entries(conn, action="access.out_of_scope", limit=500).items
+
+
+BEYOND = ("2147483648", "99999999999999999999")  # past the database's 32-bit ids
+
+
+@pytest.mark.parametrize("route", ID_ROUTES)
+def test_an_id_past_the_databases_integers_is_refused_not_a_500(world: World,
+                                                                route: str) -> None:
+    rule = rule_of(route)
+    assert isinstance(rule.who, frozenset), route
+    headers, csrf = as_role(world, Role.admin, rule)
+    names = [n for n in PARAM.findall(route) if n in SCOPED]
+    for value in BEYOND:
+        answer = call(world, route, headers, values=dict.fromkeys(names, value), csrf=csrf)
+        assert answer.status_code in (404, 422), (route, value, answer.text[:300])
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/audit", "/api/v1/broadcasts", "/api/v1/reports", "/dashboard/reports",
+    "/dashboard/audit"])
+def test_a_cursor_past_the_databases_integers_is_refused_not_a_500(world: World,
+                                                                    path: str) -> None:
+    route = f"GET {path}"
+    rule = rule_of(route)
+    headers, _ = as_role(world, Role.admin, rule)
+    for value in BEYOND:
+        answer = world.client.get(path, params={"cursor": value}, headers=headers)
+        assert answer.status_code in (200, 422), (path, value, answer.text[:300])

@@ -12,13 +12,12 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.operators import referrals, reports
-from gateway.operators.access import require
+from gateway.operators.access import MAX_ID, require
 from gateway.operators.api.deps import Conn, CurrentPrincipal, Rt
 from gateway.store.models import utcnow
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 ReportId = Annotated[int, Path(ge=1, le=MAX_ID)]
 State = Literal["new", "reviewed", "referred", "closed"]
 

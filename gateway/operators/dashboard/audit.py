@@ -15,12 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.operators import audit
-from gateway.operators.access import Role, require
+from gateway.operators.access import MAX_ID, Role, require
 from gateway.operators.dashboard.web import PREFIX, Dashboard
 
 BASE = PREFIX + "/audit"
 PAGE = 100
-MAX_ID = 2**31 - 1
 
 
 def details_text(details: str) -> str:

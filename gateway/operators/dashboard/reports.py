@@ -25,13 +25,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.operators import accounts, referrals, reports
-from gateway.operators.access import Principal, Role, require, visible_areas
+from gateway.operators.access import MAX_ID, Principal, Role, require, visible_areas
 from gateway.operators.dashboard.seams import Session
 from gateway.operators.dashboard.web import PREFIX, Dashboard, check_csrf, read_form
 from gateway.store.models import utcnow
 
 BASE = PREFIX + "/reports"
-MAX_ID = 2**31 - 1
 T = TypeVar("T")
 
 

@@ -392,13 +392,14 @@ def _referrals(conn: Connection, report_id: int) -> list[dict[str, Any]]:
 
 
 def open_report(conn: Connection, *, who: Principal, vocab: Vocabulary, keys: KeyRing,
-                report_id: int, now: datetime) -> dict[str, Any]:
+                report_id: int, now: datetime, with_text: bool = True) -> dict[str, Any]:
     """One report for its own page: the queue's fields, the typed text opened for this
-    view (audited as ``report.text_view``; ``report.view`` when there is none to open),
-    the redacted text, notes, history and referrals."""
+    view (audited as ``report.text_view``; ``report.view`` when there is none to open, or
+    ``with_text`` is False: a page that does not show it), the redacted text, notes,
+    history and referrals."""
     row = _get(conn, who=who, areas=vocab.areas, report_id=report_id)
     listed = conn.execute(_LISTED.where(reports.c.id == report_id)).one()
-    text = _unseal(conn, keys, row)
+    text = _unseal(conn, keys, row) if with_text else None
     opened = text is not None
     audit.record(conn, actor=who.name, action="report.text_view" if opened else "report.view",
                  object_type="report", object_id=report_id, now=now)
@@ -408,8 +409,9 @@ def open_report(conn: Connection, *, who: Principal, vocab: Vocabulary, keys: Ke
     cercle, commune = vocab.place(row.area)
     out.update({
         "text": text,
-        "has_text": opened,
-        "text_erased": bool(row.had_text) and not opened,
+        "has_text": opened if with_text else bool(listed.has_text),
+        "text_erased": bool(row.had_text) and not (opened if with_text
+                                                   else listed.has_text),
         "redacted_text": row.redacted_text,
         "cercle": cercle, "commune": commune,
         "moves": list(MOVES.get(row.status, ())),

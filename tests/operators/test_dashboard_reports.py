@@ -139,8 +139,10 @@ def test_a_reviewer_works_a_report_through_to_a_referral(
     assert re.findall(r'name="to" value="(\w+)"', page) == ["referred", "closed"]
     assert '<option value="mariam" selected>' in page
 
+    opened = len(views(runtime))
     confirm = post(tab, f"{url}/refer", page, partner="AMDH Mopti")
     assert confirm.status_code == 200
+    assert len(views(runtime)) == opened  # the original is not on it: not opened
     shown = confirm.text
     assert "Transmettre le signalement n° " in shown and "AMDH Mopti" in shown
     assert "Un agent a pris 5000F." in shown and "Traoré" not in shown

@@ -204,7 +204,8 @@ def router(dash: Dashboard) -> APIRouter:
 
         def read(conn: Any) -> tuple[dict[str, Any], referrals.PartnerInfo | None]:
             found = reports.open_report(conn, who=who, vocab=vocab(), keys=rt.keys,
-                                        report_id=report_id, now=utcnow())
+                                        report_id=report_id, now=utcnow(),
+                                        with_text=False)  # not shown: not opened
             partner = next((p for p in referrals.list_partners(conn)
                             if p.name == name and not p.disabled), None)
             return found, partner

@@ -337,8 +337,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         done = await call(rt, lambda: rt.sms.opt_out(provider=at.NAME, phone=phone))
         return PlainTextResponse("OK" if done else "ignored: unreadable phoneNumber")
 
-    @app.api_route("/webhooks/kannel/sms", methods=["GET", "POST"],
-                   response_class=PlainTextResponse)
+    # Kannel's routes take GET or POST: one route per method, so that each has its own
+    # operation id in /openapi.json (one route with both gives both the same id).
+    @app.get("/webhooks/kannel/sms", response_class=PlainTextResponse)
+    @app.post("/webhooks/kannel/sms", response_class=PlainTextResponse)
     async def kannel_sms(request: Request) -> Response:
         rt = rt_of(request)
         message = kannel.parse_sms(await raw_form(request))
@@ -349,8 +351,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
 
     kannel_ussd = kannel.UssdConfig.from_settings(settings)
 
-    @app.api_route("/webhooks/kannel/ussd", methods=["GET", "POST"],
-                   response_class=PlainTextResponse)
+
+    @app.get("/webhooks/kannel/ussd", response_class=PlainTextResponse)
+    @app.post("/webhooks/kannel/ussd", response_class=PlainTextResponse)
     async def kannel_ussd_hop(request: Request) -> Response:
         """One USSD operation through Kannel; the screen goes back in the answer, with
         its operation and session in X-Kannel-Meta-Data. 200 whatever happens."""
@@ -374,8 +377,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         text, headers = kannel.ussd_reply(body, hop, kannel_ussd)
         return PlainTextResponse(text, headers=headers)
 
-    @app.api_route("/webhooks/kannel/delivery", methods=["GET", "POST"],
-                   response_class=PlainTextResponse)
+    @app.get("/webhooks/kannel/delivery", response_class=PlainTextResponse)
+    @app.post("/webhooks/kannel/delivery", response_class=PlainTextResponse)
     async def kannel_delivery(request: Request) -> Response:
         rt = rt_of(request)
         report = kannel.parse_delivery(await raw_form(request))

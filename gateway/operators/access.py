@@ -38,6 +38,16 @@ class OutOfScope(NotFound):
     """The record exists in another region: answered as :class:`NotFound`, and audited."""
 
 
+MAX_ID = 2**31 - 1  # record ids are 32-bit integers in the database
+
+
+def check_id(record_id: int) -> None:
+    """Raise :class:`NotFound` for an id no record can have (beyond the database's
+    integers: PostgreSQL and SQLite would refuse to compare with it, a 500)."""
+    if not 0 < record_id <= MAX_ID:
+        raise NotFound("not found")
+
+
 @dataclass(frozen=True)
 class Principal:
     """A signed-in account: its id and name (for the audit log), role and cercles."""

@@ -71,6 +71,7 @@ from gateway.operators.access import (
     Principal,
     Role,
     check_cercles,
+    check_id,
     require,
     visible_areas,
 )
@@ -596,6 +597,7 @@ def get(conn: Connection, *, who: Principal, broadcast_id: int) -> Broadcast:
     """One broadcast with its counts. ``NotFound`` when there is none, ``OutOfScope``
     (answered the same, and audited) when it reaches a cercle outside ``who``'s scope."""
     require(who, Role.operator)
+    check_id(broadcast_id)
     row = conn.execute(select(broadcasts).where(broadcasts.c.id == broadcast_id)).first()
     if row is None:
         raise NotFound("not found")

@@ -20,15 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, Table, and_, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, Table, and_, func, insert, select, update
 
 from gateway.content.catalogs import Content
 from gateway.content.flowdef import Action, InputStep, MenuStep
+from gateway.dialogue import limits
 from gateway.operators import audit
 from gateway.operators.access import (
     Areas,
@@ -37,6 +38,7 @@ from gateway.operators.access import (
     Role,
     area_filter,
     check_area,
+    check_id,
     visible_areas,
 )
 from gateway.privacy.keys import KeyRing
@@ -62,6 +64,7 @@ REVIEWERS = (Role.reviewer,)  # and admins (access.require lets them through)
 OTHER = "other"  # the "other / don't know" item of a list menu (dialogue.engine.OTHER)
 LABEL_LANGUAGE = "fr"
 PAGE = 50
+WEEK = timedelta(days=7)  # "this week" of a reporter's count: the seven days up to now
 MAX_PAGE = 200
 MAX_NOTE = 2000
 MAX_REDACTED = 1000
@@ -278,29 +281,58 @@ _LISTED = select(
     reports.c.status, reports.c.area, reports.c.text.is_not(None).label("has_text"),
     reports.c.had_text, (reports.c.redacted_text.is_not(None)).label("redacted"),
     accounts_table.c.name.label("assignee"),
+    reports.c.pseudonym,  # to count the reporter's week; never itself in an answer
 ).select_from(reports.outerjoin(accounts_table, accounts_table.c.id == reports.c.assignee_id))
 
 
-def _item(row: Row[Any], vocab: Vocabulary) -> dict[str, Any]:
+def _item(row: Row[Any], vocab: Vocabulary, week: Mapping[str, int]) -> dict[str, Any]:
     has_text = bool(row.has_text)
     return {
         "id": row.id, "created_at": iso_time(row.created_at), "channel": row.channel,
         "flow": row.flow, "answers": vocab.answers(row.flow, json.loads(row.answers)),
         "status": row.status, "assignee": row.assignee, "has_text": has_text,
         "text_erased": bool(row.had_text) and not has_text, "redacted": bool(row.redacted),
+        "reporter_week_count": None if row.pseudonym is None else week.get(row.pseudonym, 0),
     }
 
 
+def week_counts(conn: Connection, *, who: Principal, vocab: Vocabulary,
+                pseudonyms: Iterable[str | None], now: datetime) -> dict[str, int]:
+    """How many reports each of these reporters filed in the seven days up to ``now``,
+    counting only the reports ``who`` may see (a reviewer cannot learn from a count that
+    the same person reported in another region). Keyed by pseudonym for the caller to
+    look up; never passed on: the queue shows the count, not who."""
+    wanted = sorted({p for p in pseudonyms if p is not None})
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(reports.c.pseudonym, func.count()).where(
+            reports.c.pseudonym.in_(wanted), reports.c.created_at >= now - WEEK,
+            area_filter(who, vocab.areas, reports.c.area))
+        .group_by(reports.c.pseudonym)).all()
+    return {str(p): int(n) for p, n in rows}
+
+
 def queue(conn: Connection, *, who: Principal, vocab: Vocabulary, chosen: Filters,
-          cursor: int | None = None, limit: int = PAGE) -> Page:
-    """The reports ``who`` may review, newest first, ``limit`` at a time."""
+          now: datetime, cursor: int | None = None, limit: int = PAGE) -> Page:
+    """The reports ``who`` may review, newest first, ``limit`` at a time, each with its
+    reporter's count of reports this week (:func:`week_counts`)."""
     query = _LISTED.where(where(who, vocab, chosen)).order_by(reports.c.id.desc()) \
         .limit(min(limit, MAX_PAGE) + 1)
     if cursor is not None:
         query = query.where(reports.c.id < cursor)
     rows = conn.execute(query).all()
     kept = rows[:limit]
-    return Page([_item(r, vocab) for r in kept], kept[-1].id if len(rows) > limit else None)
+    week = week_counts(conn, who=who, vocab=vocab, pseudonyms=[r.pseudonym for r in kept],
+                       now=now)
+    return Page([_item(r, vocab, week) for r in kept],
+                kept[-1].id if len(rows) > limit else None)
+
+
+def limited(conn: Connection) -> int:
+    """Reports refused by the per-reporter limit since the gateway began (every cercle:
+    a refused report is not kept, so its place is unknown)."""
+    return queries.get_counter(conn, name=limits.COUNTERS[limits.REPORT]) or 0
 
 
 # -- one report ------------------------------------------------------------------------
@@ -310,6 +342,7 @@ def _get(conn: Connection, *, who: Principal, areas: Areas, report_id: int,
          lock: bool = False) -> Row[Any]:
     """The report row, if ``who`` may see it: NotFound when missing, OutOfScope (the
     same 404, audited) when it is another region's."""
+    check_id(report_id)
     query = select(reports).where(reports.c.id == report_id)
     if lock:
         query = query.with_for_update()
@@ -359,23 +392,26 @@ def _referrals(conn: Connection, report_id: int) -> list[dict[str, Any]]:
 
 
 def open_report(conn: Connection, *, who: Principal, vocab: Vocabulary, keys: KeyRing,
-                report_id: int, now: datetime) -> dict[str, Any]:
+                report_id: int, now: datetime, with_text: bool = True) -> dict[str, Any]:
     """One report for its own page: the queue's fields, the typed text opened for this
-    view (audited as ``report.text_view``; ``report.view`` when there is none to open),
-    the redacted text, notes, history and referrals."""
+    view (audited as ``report.text_view``; ``report.view`` when there is none to open, or
+    ``with_text`` is False: a page that does not show it), the redacted text, notes,
+    history and referrals."""
     row = _get(conn, who=who, areas=vocab.areas, report_id=report_id)
     listed = conn.execute(_LISTED.where(reports.c.id == report_id)).one()
-    text = _unseal(conn, keys, row)
+    text = _unseal(conn, keys, row) if with_text else None
     opened = text is not None
     audit.record(conn, actor=who.name, action="report.text_view" if opened else "report.view",
                  object_type="report", object_id=report_id, now=now)
-    out = _item(listed, vocab)
+    week = week_counts(conn, who=who, vocab=vocab, pseudonyms=[row.pseudonym], now=now)
+    out = _item(listed, vocab, week)
     history = _events(conn, report_id)
     cercle, commune = vocab.place(row.area)
     out.update({
         "text": text,
-        "has_text": opened,
-        "text_erased": bool(row.had_text) and not opened,
+        "has_text": opened if with_text else bool(listed.has_text),
+        "text_erased": bool(row.had_text) and not (opened if with_text
+                                                   else listed.has_text),
         "redacted_text": row.redacted_text,
         "cercle": cercle, "commune": commune,
         "moves": list(MOVES.get(row.status, ())),

@@ -462,4 +462,7 @@ def _utc(value: datetime | None) -> datetime | None:
     """Aware and in UTC; a time without an offset is taken as UTC (Mali's own time)."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise BadQuery(f"{value.isoformat()} is out of range") from None

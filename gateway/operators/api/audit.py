@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from gateway.operators import audit
-from gateway.operators.access import Role, require
+from gateway.operators.access import MAX_ID, Role, require
 from gateway.operators.api.deps import Conn, CurrentPrincipal
 
 router = APIRouter(prefix="/audit", tags=["audit"])
@@ -41,7 +41,7 @@ class Verification(BaseModel):
 
 @router.get("")
 def list_entries(who: CurrentPrincipal, conn: Conn,
-                 cursor: Annotated[int | None, Query(ge=1)] = None,
+                 cursor: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                  limit: Annotated[int, Query(ge=1, le=500)] = 100,
                  actor: str | None = None, action: str | None = None) -> AuditPage:
     """Every sign-in and failed sign-in, account change, out-of-scope attempt and audited

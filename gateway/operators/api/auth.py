@@ -46,6 +46,9 @@ def sign_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Requ
     """Form fields `username` and `password` -> a bearer token that lasts
     `GATEWAY_TOKEN_HOURS`. After 5 failures for one account or from one address within
     15 minutes: 429, even with the right password."""
+    for field, value in (("username", form.username), ("password", form.password)):
+        if "\x00" in value:  # PostgreSQL text cannot hold it: a 422 here, not a 500 there
+            raise HTTPException(422, f"{field}: a NUL character is not text")
     now = utcnow()
     try:
         who = accounts.sign_in(rt.db, name=form.username, password=form.password,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from gateway.operators import audit, broadcasts
-from gateway.operators.access import Principal
+from gateway.operators.access import MAX_ID, Principal
 from gateway.operators.api.deps import Conn, CurrentPrincipal, Rt, get_runtime
 from gateway.operators.broadcasts import (
     AudienceOutOfScope,
@@ -31,6 +31,7 @@ from gateway.store.models import utcnow
 log = logging.getLogger("gateway.operators.api.broadcasts")
 
 router = APIRouter(prefix="/broadcasts", tags=["broadcasts"])
+BroadcastId = Annotated[int, Path(ge=1, le=MAX_ID)]  # beyond: a 422, not a database error
 
 
 def get_rules(rt: Rt) -> Rules:
@@ -94,7 +95,7 @@ def send(body: BroadcastRequest, who: CurrentPrincipal, conn: Conn, rules: Broad
 
 @router.get("")
 def list_broadcasts(who: CurrentPrincipal, conn: Conn,
-                    cursor: Annotated[int | None, Query(ge=1)] = None,
+                    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
                     status: Annotated[list[str] | None, Query()] = None) -> Json:
     """The broadcasts in the caller's cercles, newest first, with their `status` and
@@ -108,7 +109,7 @@ def list_broadcasts(who: CurrentPrincipal, conn: Conn,
 
 
 @router.get("/{broadcast_id}")
-def one(broadcast_id: int, who: CurrentPrincipal, conn: Conn) -> Json:
+def one(broadcast_id: BroadcastId, who: CurrentPrincipal, conn: Conn) -> Json:
     """One broadcast: its `status` (`scheduled`, `sending`, `done`, `cancelled`) and its
     `counts` (`recipients`, `queued`, `sent`, `delivered`, `failed`, `expired`,
     `cancelled`), kept current by the delivery reports."""
@@ -117,7 +118,7 @@ def one(broadcast_id: int, who: CurrentPrincipal, conn: Conn) -> Json:
 
 @router.post("/{broadcast_id}/cancel", responses={
     409: {"description": "Already done: every message was handed over"}})
-def cancel(broadcast_id: int, who: CurrentPrincipal, conn: Conn) -> Json:
+def cancel(broadcast_id: BroadcastId, who: CurrentPrincipal, conn: Conn) -> Json:
     """Nothing of it not yet handed to the provider goes out."""
     now = utcnow()
     before = broadcasts.get(conn, who=who, broadcast_id=broadcast_id)

@@ -12,13 +12,12 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.operators import referrals, reports
-from gateway.operators.access import require
+from gateway.operators.access import MAX_ID, require
 from gateway.operators.api.deps import Conn, CurrentPrincipal, Rt
 from gateway.store.models import utcnow
 
 router = APIRouter(prefix="/reports", tags=["reports"])
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 ReportId = Annotated[int, Path(ge=1, le=MAX_ID)]
 State = Literal["new", "reviewed", "referred", "closed"]
 
@@ -64,11 +63,18 @@ class ReportItem(BaseModel):
     has_text: bool  # typed text is there to open (on the report's own page)
     text_erased: bool  # there was typed text; the reporter's erasure or retention took it
     redacted: bool  # a reviewer wrote the redacted text
+    # How many reports the same (pseudonymous) reporter filed in the last seven days, of
+    # those the caller may see; null once the reporter erased their data. Never who.
+    reporter_week_count: int | None
 
 
 class ReportPage(BaseModel):
     items: list[ReportItem]
     next: int | None  # pass as `cursor` for the next (older) page
+    # Admins: reports refused by the per-reporter limit (GATEWAY_REPORT_LIMIT_HOUR/_DAY),
+    # acknowledged and not kept, since the start; null for reviewers (a count of every
+    # region's).
+    limited: int | None = None
 
 
 class NoteOut(BaseModel):
@@ -166,8 +172,11 @@ def list_reports(who: CurrentPrincipal, conn: Conn, rt: Rt,
     with refusals():
         chosen = reports.filters(vocab, status=status, cercle=cercle, commune=commune,
                                  since=since, until=until)
-    page = reports.queue(conn, who=who, vocab=vocab, chosen=chosen, cursor=cursor, limit=limit)
-    return ReportPage.model_validate({"items": page.items, "next": page.next})
+    page = reports.queue(conn, who=who, vocab=vocab, chosen=chosen, cursor=cursor, limit=limit,
+                         now=utcnow())
+    return ReportPage.model_validate({
+        "items": page.items, "next": page.next,
+        "limited": reports.limited(conn) if who.everywhere else None})
 
 
 @router.get("/{report_id}")

@@ -2,8 +2,9 @@
 Dashboard): server-rendered pages (Jinja2, French first with a Bambara toggle), static files
 vendored in ``static/``, a strict CSP, CSRF tokens on every form.
 
-One page module per domain (``auth``, ``home``, ``broadcasts``, ``campaigns``); what they
-share is in ``web``; what they need from the domain modules is in ``seams``.
+One page module per domain (``auth``, ``home``, ``broadcasts``, ``campaigns``, ``flows``,
+``reports``, ``audit``); what they share is in ``web``; what they need from the domain
+modules is in ``seams``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from starlette.responses import Response
 
 from gateway.operators.access import Forbidden, NotFound, OutOfScope
 from gateway.operators.api.deps import _record_out_of_scope as record_out_of_scope
-from gateway.operators.dashboard import auth, broadcasts, campaigns, flows, home
+from gateway.operators.dashboard import (
+    audit,
+    auth,
+    broadcasts,
+    campaigns,
+    flows,
+    home,
+    reports,
+)
 from gateway.operators.dashboard.seams import NotReady, Seams
 from gateway.operators.dashboard.web import (
     PREFIX,
@@ -51,6 +60,8 @@ def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
     app.include_router(broadcasts.router(dash))
     app.include_router(campaigns.router(dash))
     app.include_router(flows.router(dash))
+    app.include_router(reports.router(dash))
+    app.include_router(audit.router(dash))
 
     @app.get("/static/{name}")
     async def static(request: Request, name: str) -> Response:

@@ -27,6 +27,7 @@ from gateway.operators.access import (
     Principal,
     Role,
     check_cercles,
+    check_id,
     require,
 )
 from gateway.operators.accounts import accounts_table
@@ -229,6 +230,7 @@ def _infos(conn: Connection, where: Any = None) -> list[CampaignInfo]:
 
 
 def _get(conn: Connection, campaign_id: int) -> CampaignInfo:
+    check_id(campaign_id)
     found = _infos(conn, campaigns_table.c.id == campaign_id)
     if not found:
         raise NotFound(f"no campaign {campaign_id}")

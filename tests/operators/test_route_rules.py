@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,6 +123,28 @@ class World:
 
         return self.once(f"broadcast:{cercle}", make)
 
+    def campaign(self, cercle: str = "mopti") -> str:
+        def make() -> str:
+            now = utcnow()
+            response = self.client.post(
+                "/api/v1/campaigns", headers=self.people["admin"].auth, json={
+                    "name": f"Débat {cercle}", "station": f"Radio {cercle}",
+                    "poll": "trust-fds", "question": "army", "keyword": f"Show{cercle}",
+                    "service_code": None, "hosts": [], "cercles": [cercle],
+                    "starts_at": (now - timedelta(hours=1)).isoformat(),
+                    "ends_at": (now + timedelta(hours=2)).isoformat()})
+            assert response.status_code == 201, response.text
+            return str(response.json()["id"])
+
+        return self.once(f"campaign:{cercle}", make)
+
+    def flow(self) -> dict[str, Any]:
+        """The poll flow as the API gives it: its published definition and messages."""
+        response = self.client.get("/api/v1/flows/poll", headers=self.people["admin"].auth)
+        assert response.status_code == 200, response.text
+        found: dict[str, Any] = response.json()
+        return found
+
     def login_form(self) -> str:
         """The sign-in form's token (its cookie stays with the client, as a browser's;
         the session of a sign-in before is dropped, as after a sign-out)."""
@@ -158,6 +181,10 @@ class Rule:
     who: frozenset[Role] | Literal["public", "webhook"]
     send: Send = lambda _w: Call()
     page: bool = False  # a dashboard page: a session cookie, and a CSRF token in forms
+    # A stream of Server-Sent Events: refusals are checked here; an allowed call would
+    # stream until its end, so the streams' own tests (tests/operators/test_live.py, two
+    # real processes) check that the allowed roles get their events.
+    stream: bool = False
 
 
 def roles(*who: Role) -> frozenset[Role]:
@@ -174,6 +201,14 @@ BROADCAST = {"messages": {"fr": "Réunion au marché jeudi."}, "audience": {"cer
 
 def page(who: frozenset[Role], send: Send = lambda _w: Call()) -> Rule:
     return Rule(who, send, page=True)
+
+
+HOSTS = roles(Role.operator, Role.radio)  # radio: only the campaigns it hosts
+
+
+def new_version(w: World) -> Call:
+    flow = w.flow()
+    return Call(json={"definition": flow["definition"], "messages": flow["messages"]})
 
 # "METHOD /path" as the route table spells it -> who may call it, and a valid call.
 RULES: dict[str, Rule] = {
@@ -208,6 +243,24 @@ RULES: dict[str, Rule] = {
     "GET /api/v1/polls": Rule(OPERATORS),
     "GET /api/v1/polls/{poll}/results": Rule(OPERATORS, lambda w: Call(
         query={"question": w.poll()["questions"][0]["question"]})),
+    "GET /api/v1/polls/{poll}/results/stream": Rule(OPERATORS, lambda w: Call(
+        query={"question": w.poll()["questions"][0]["question"]}), stream=True),
+    "POST /api/v1/campaigns": Rule(OPERATORS, lambda _w: Call(json={
+        "name": "Débat", "station": "Radio Kaoural", "poll": "trust-fds", "question": "army",
+        "keyword": "Kaoural", "hosts": [], "starts_at": "2026-01-01T10:00:00+00:00",
+        "ends_at": "2026-01-01T12:00:00+00:00"})),
+    "GET /api/v1/campaigns": Rule(HOSTS),
+    "GET /api/v1/campaigns/{campaign_id}": Rule(HOSTS),
+    "GET /api/v1/campaigns/{campaign_id}/onair": Rule(HOSTS),
+    "GET /api/v1/campaigns/{campaign_id}/onair/stream": Rule(HOSTS, stream=True),
+    "GET /api/v1/flows": Rule(OPERATORS),
+    "GET /api/v1/flows/{flow}": Rule(OPERATORS),
+    "GET /api/v1/flows/{flow}/diff": Rule(OPERATORS, lambda _w: Call(
+        query={"old": "1", "new": "1"})),
+    "POST /api/v1/flows/{flow}/check": Rule(OPERATORS, new_version),
+    "POST /api/v1/flows/{flow}/versions": Rule(OPERATORS, new_version),
+    "POST /api/v1/flows/{flow}/versions/{version}/publish": Rule(OPERATORS),
+    "POST /api/v1/flows/{flow}/trials": Rule(OPERATORS, lambda _w: Call(json={})),
     "GET /api/v1/reports": Rule(REVIEWERS),
     "GET /api/v1/reports/{report_id}": Rule(REVIEWERS),
     "POST /api/v1/reports/{report_id}/transitions": Rule(REVIEWERS, lambda _w: Call(
@@ -266,6 +319,22 @@ RULES: dict[str, Rule] = {
     "POST /dashboard/reports/{report_id:int}/referrals": page(REVIEWERS, lambda _w: Call(
         form={"partner": "AMDH Mopti"})),
     "GET /dashboard/audit": page(ADMIN),
+    "GET /dashboard/campaigns": page(HOSTS),
+    "POST /dashboard/campaigns": page(OPERATORS, lambda _w: Call(form={
+        "name": "Débat", "station": "Radio Kaoural", "keyword": "Kaoural", "hosts": ""})),
+    "GET /dashboard/onair/{campaign_id}": page(HOSTS),
+    "GET /dashboard/onair/{campaign_id}/stream": Rule(HOSTS, page=True, stream=True),
+    "GET /dashboard/flows": page(OPERATORS),
+    "GET /dashboard/flows/{flow}": page(OPERATORS),
+    "GET /dashboard/flows/{flow}/edit": page(OPERATORS),
+    "POST /dashboard/flows/{flow}/edit": page(OPERATORS, lambda w: Call(form={
+        "definition": w.flow()["definition"], "action": "check"})),
+    "GET /dashboard/flows/{flow}/diff": page(OPERATORS, lambda _w: Call(
+        query={"old": "1", "new": "1"})),
+    "GET /dashboard/flows/{flow}/publish/{version}": page(OPERATORS),
+    "POST /dashboard/flows/{flow}/publish/{version}": page(OPERATORS),
+    "GET /dashboard/flows/{flow}/phone": page(OPERATORS),
+    "POST /dashboard/flows/{flow}/phone": page(OPERATORS, lambda _w: Call(form={"input": ""})),
 }
 
 # A path parameter -> a value naming a record the Mopti accounts may see.
@@ -274,6 +343,9 @@ SAMPLES: dict[str, Callable[[World], str]] = {
     "poll": lambda w: str(w.poll()["poll"]),
     "broadcast_id": lambda w: w.broadcast(),
     "name": lambda _w: "app.css",
+    "campaign_id": lambda w: w.campaign(),
+    "flow": lambda _w: "poll",
+    "version": lambda _w: "1",
 }
 
 
@@ -290,11 +362,14 @@ class Scoped:
 SCOPED: dict[str, Scoped] = {
     "report_id": Scoped(lambda w: w.report("Koro", "Koro"), missing="2147483647"),
     "broadcast_id": Scoped(lambda w: w.broadcast("koro"), missing="2147483647"),
+    "campaign_id": Scoped(lambda w: w.campaign("koro"), missing="2147483647"),
 }
 # A path parameter naming something every cercle shares -> why no region owns it.
 UNSCOPED: dict[str, str] = {
     "poll": "a poll is the same in every cercle; its figures are filtered to the caller's",
     "name": "a static file of the dashboard (CSS, JavaScript, icon): the same for everybody",
+    "flow": "a flow is the same dialogue in every cercle (operators of any cercle edit it)",
+    "version": "a version of a flow, which no region owns either",
 }
 
 # Callers without valid credentials, and what they send.
@@ -475,6 +550,8 @@ def test_route_by_role(world: World, route: str) -> None:
         if not rule.page:
             assert refused.json() == {"detail": f"the {role} role may not do this"}, (
                 route, role)
+    if rule.stream:
+        return  # see Rule.stream
     for role in sorted(rule.who):
         headers, csrf = as_role(world, role, rule)
         allowed = call(world, route, headers, csrf=csrf)

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from gateway.content.versions import FlowText, parse
 from gateway.dialogue import trial
 from gateway.operators import flows
-from gateway.operators.access import NotFound
+from gateway.operators.access import NotFound, Role, require
 from gateway.operators.dashboard import strings
 from gateway.operators.dashboard.web import PREFIX, Dashboard, Form, check_csrf, read_form
 from gateway.operators.flow_diagram import layout, svg
@@ -236,6 +236,7 @@ def router(dash: Dashboard) -> APIRouter:
     @r.post("/flows/{flow}/phone")
     async def phone_post(request: Request, flow: str) -> Response:
         session = await dash.signed_in(request)
+        require(session.principal, Role.operator)
         form = await read_form(request)
         check_csrf(request, form, session.csrf_token)
         session_id = form.get("trial")

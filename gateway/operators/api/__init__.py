@@ -14,6 +14,7 @@ from gateway.operators.api import (
     audit,
     auth,
     broadcasts,
+    digest,
     exports,
     inclusion,
     partners,
@@ -40,6 +41,7 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     broadcasts.install(api)
     api.include_router(polls.router)
     api.include_router(inclusion.router)
+    api.include_router(digest.router)
     api.include_router(reports.router)
     api.include_router(partners.router)
     api.include_router(exports.router)

@@ -33,10 +33,10 @@ from gateway.content.catalogs import Content
 from gateway.operators.access import Areas, NotFound, Principal, Role, check_area, require
 from gateway.operators.reports import Vocabulary, iso_time
 from gateway.operators.results import BadQuery, Group, Poll, complementary, results, wilson
+from gateway.operators.trust import TRUSTING
 from gateway.store import queries
 
 PERIOD = timedelta(days=30)
-TRUSTING = ("somewhat", "a_lot")
 REPORT_QUESTIONS = ("category", "force")
 
 

@@ -4,7 +4,7 @@
 operator wants to be women, aged 15-24, displaced (gateway/operators/inclusion.py).
 
 Revision ID: d16e57000001
-Revises: c13a0b0c0005
+Revises: b11b0a0c0002
 Create Date: 2026-12-06 23:39:38.299931
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 
 
 revision: str = 'd16e57000001'
-down_revision: str | None = 'c13a0b0c0005'
+down_revision: str | None = 'b11b0a0c0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -61,7 +61,7 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _labels(content: Content, question: str) -> dict[str, dict[str, str]]:
+def report_labels(content: Content, question: str) -> dict[str, dict[str, str]]:
     """value -> language -> label of a report question, in every catalog's language."""
     out: dict[str, dict[str, str]] = {}
     for language in content.languages:
@@ -119,7 +119,7 @@ def digest(conn: Connection, *, who: Principal, areas: Areas, content: Content, 
         found = [r for r in figures["rows"] if r["group"]["commune"] == commune]
         return _shown(found[0] if found else None)
 
-    labels = {q: _labels(content, q) for q in REPORT_QUESTIONS}
+    labels = {q: report_labels(content, q) for q in REPORT_QUESTIONS}
     forces = labels["force"]
     actors: list[dict[str, Any]] = []
     for question in actor_questions(poll):

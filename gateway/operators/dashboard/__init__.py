@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from gateway.operators.access import Forbidden, NotFound, OutOfScope
 from gateway.operators.api.deps import _record_out_of_scope as record_out_of_scope
-from gateway.operators.dashboard import auth, broadcasts, home
+from gateway.operators.dashboard import auth, broadcasts, home, results
 from gateway.operators.dashboard.seams import NotReady, Seams
 from gateway.operators.dashboard.web import (
     PREFIX,
@@ -47,6 +47,7 @@ def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
     app.include_router(auth.router(dash))
     app.include_router(home.router(dash))
     app.include_router(broadcasts.router(dash))
+    app.include_router(results.router(dash))
 
     @app.get("/static/{name}")
     async def static(request: Request, name: str) -> Response:

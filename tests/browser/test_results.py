@@ -13,7 +13,14 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import Served, shoot, sign_in
 from tests.operators.dashboard_client import ADMIN
+from tests.operators.reporters import file_report
 from tests.operators.voters import cast_votes
+
+# Reports filed in Djenné in the digest's period: a category and force table of several
+# rows each, the fullest sheet the tests print.
+REPORTS = [("Menace ou insulte", "Police")] * 5 + [("Argent exigé", "Gendarmerie")] * 5 + [
+    ("Arrestation abusive", "Armée (FAMa)"), ("Vol ou confiscation", "Garde nationale"),
+    ("Aide ou protection", "Je ne sais pas"), ("Personne disparue", "Autre")]
 
 
 @pytest.fixture
@@ -80,6 +87,10 @@ def test_the_inclusion_page_names_the_cercles_lacking_womens_voices(page: Page,
                                                ("bm", "Dannaya")])
 def test_a_communes_digest_prints_on_one_page(page: Page, voted: Served, lang: str,
                                               heading: str) -> None:
+    with httpx.Client(base_url=voted.url) as phone_network:
+        for i, (category, force) in enumerate(REPORTS):
+            file_report(phone_network, voted.rt, cercle="Djenné", commune="Djenné",
+                        category=category, force=force, number=f"+2237654{i + 100:04d}")
     sign_in(page, ADMIN.name)
     page.goto(f"/dashboard/digest/trust-fds?lang={lang}")
     page.get_by_label("Komini" if lang == "bm" else "Commune").select_option("djenne-djenne")
@@ -89,6 +100,8 @@ def test_a_communes_digest_prints_on_one_page(page: Page, voted: Served, lang: s
     sheet = page.locator("article.sheet")
     expect(sheet.get_by_role("heading", name=heading)).to_be_visible()
     expect(sheet).to_contain_text("Djenné")
+    expect(sheet.locator(".big-s").nth(1)).to_have_text("14")  # reports received
+    expect(sheet.locator("table").nth(1).locator("tr")).to_have_count(6)  # 6 categories
     shoot(page, f"digest-{lang}")
     page.emulate_media(media="print")
     expect(page.locator("header.top")).to_be_hidden()

@@ -146,3 +146,16 @@ def test_the_first_poll_is_the_default(operator: TestClient) -> None:
     for page in ("results", "inclusion", "digest"):
         found = operator.get(f"/dashboard/{page}", follow_redirects=False)
         assert found.headers["location"] == f"/dashboard/{page}/trust-fds"
+
+
+def test_the_csv_link_exports_the_shared_view_with_the_session(operator: TestClient) -> None:
+    page = operator.get(PAGE, params={"question": "police"})
+    found = re.search(r'href="([^"]*/results\.csv[^"]*)"', page.text)
+    assert found is not None
+    export = operator.get(html.unescape(found.group(1)))
+    assert export.status_code == 200
+    assert export.headers["content-type"] == "text/csv; charset=utf-8"
+    lines = export.text.splitlines()
+    assert lines[0].startswith("level,commune,n,suppressed,")
+    assert lines[1].startswith("total,,7,false,")
+    assert lines[2].startswith("group,mopti-fatoma,,true")

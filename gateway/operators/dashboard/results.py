@@ -22,14 +22,14 @@ from fastapi import APIRouter
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
-from gateway.operators import audit, charts, digest, inclusion, trust
+from gateway.operators import audit, charts, digest, exports, inclusion, trust
 from gateway.operators.access import NotFound, Principal, Role, require
 from gateway.operators.dashboard import strings
 from gateway.operators.dashboard.seams import Session
 from gateway.operators.dashboard.web import PREFIX, Dashboard, check_csrf, read_form
-from gateway.operators.results import Poll, find_poll, polls
+from gateway.operators.results import Poll, find_poll, polls, results
 from gateway.operators.trust import Only, Share
 from gateway.store.models import utcnow
 
@@ -185,8 +185,36 @@ def router(dash: Dashboard) -> APIRouter:
             request, "results/page.html", session=session, poll=poll, actors=actors, q=q,
             found=found, inline=inline, label=label, only_choices=ONLY_CHOICES, scale=scale,
             k=dash.settings.min_cell, base=f"{BASE}/{poll.id}",
-            csv="/api/v1/exports/results.csv?" + urlencode(
-                {"poll": poll.id, "question": q.question, "by": "commune"}))
+            csv=f"{BASE}/{poll.id}/results.csv?{q.params()}")
+
+    @r.get("/results/{poll_id}/results.csv")
+    async def results_csv(request: Request, poll_id: str) -> Response:
+        """``results.csv`` of the page's question by commune (and by the page's group,
+        when it keeps to one), as the API's export: the shared view, audited."""
+        session = await dash.signed_in(request)
+        who = operator(session)
+        poll, actors = poll_of(poll_id)
+        q = Query.of(request, poll, actors)
+        dims = ["commune", *([q.only.dimension] if q.only else [])]
+
+        def read() -> dict[str, Any]:
+            with dash.runtime().db.transaction() as conn:
+                found = results(conn, who=who, areas=dash.areas, poll=poll.id,
+                                question=q.question,
+                                values=poll.question(q.question).value_ids, by=dims,
+                                since=q.start, until=q.end, suppress=True,
+                                k=dash.settings.min_cell)
+                audit.record(conn, actor=who.name, action="export.results",
+                             object_type="poll", object_id=poll.id, now=utcnow(), details={
+                                 "question": q.question, "by": dims,
+                                 "since": q.start.isoformat() if q.start else None,
+                                 "until": q.end.isoformat() if q.end else None})
+                return found
+
+        found = await run_in_threadpool(read)
+        return StreamingResponse(
+            exports.results_csv(found, dims), media_type=exports.MEDIA_TYPE,
+            headers={"Content-Disposition": 'attachment; filename="results.csv"'})
 
     @r.get("/results/{poll_id}/charts/{name}")
     async def download(request: Request, poll_id: str, name: str) -> Response:

@@ -3,7 +3,7 @@
 ``inclusion_target``: per poll and cercle, the share of respondents (whole percent) an
 operator wants to be women, aged 15-24, displaced (gateway/operators/inclusion.py).
 
-Revision ID: d16e57000001
+Revision ID: d16e5a000001
 Revises: b11b0a0c0002
 Create Date: 2026-12-06 23:39:38.299931
 """
@@ -15,7 +15,7 @@ import sqlmodel
 from alembic import op
 
 
-revision: str = 'd16e57000001'
+revision: str = 'd16e5a000001'
 down_revision: str | None = 'b11b0a0c0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

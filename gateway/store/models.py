@@ -231,6 +231,21 @@ class PollTally(SQLModel, table=True):
     n: int = 0
 
 
+class InclusionTarget(SQLModel, table=True):
+    """Who an operator wants a poll to hear in one cercle: the share of its respondents
+    (whole percent, 0-100) who are women, aged 15-24, displaced; None: no target."""
+
+    __tablename__ = "inclusion_target"
+
+    poll: str = Field(max_length=64, primary_key=True)
+    cercle: str = Field(max_length=64, primary_key=True)
+    women: int | None = None
+    young: int | None = None
+    displaced: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+    updated_by: str = Field(max_length=64)  # an account name
+
+
 class PollTallyChange(SQLModel, table=True):
     """A change to ``poll_tally`` not yet folded in, written by triggers only."""
 

@@ -245,6 +245,15 @@ RULES: dict[str, Rule] = {
         query={"question": w.poll()["questions"][0]["question"]})),
     "GET /api/v1/polls/{poll}/results/stream": Rule(OPERATORS, lambda w: Call(
         query={"question": w.poll()["questions"][0]["question"]}), stream=True),
+    "GET /api/v1/polls/{poll}/inclusion": Rule(OPERATORS),
+    "PUT /api/v1/polls/{poll}/inclusion/targets/{cercle}": Rule(OPERATORS, lambda _w: Call(
+        json={"women": 50, "young": 30, "displaced": 20})),
+    "GET /api/v1/polls/{poll}/digest": Rule(OPERATORS, lambda _w: Call(
+        query={"commune": "mopti-konna"})),
+    "GET /api/v1/exports/results.csv": Rule(OPERATORS, lambda w: Call(query={
+        "poll": str(w.poll()["poll"]), "question": w.poll()["questions"][0]["question"]})),
+    "GET /api/v1/exports/answers.csv": Rule(ADMIN, lambda w: Call(
+        query={"poll": str(w.poll()["poll"])})),
     "POST /api/v1/campaigns": Rule(OPERATORS, lambda _w: Call(json={
         "name": "Débat", "station": "Radio Kaoural", "poll": "trust-fds", "question": "army",
         "keyword": "Kaoural", "hosts": [], "starts_at": "2026-01-01T10:00:00+00:00",
@@ -319,6 +328,17 @@ RULES: dict[str, Rule] = {
     "POST /dashboard/reports/{report_id:int}/referrals": page(REVIEWERS, lambda _w: Call(
         form={"partner": "AMDH Mopti"})),
     "GET /dashboard/audit": page(ADMIN),
+    "GET /dashboard/results": page(OPERATORS),
+    "GET /dashboard/results/{poll_id}": page(OPERATORS),
+    "GET /dashboard/results/{poll_id}/results.csv": page(OPERATORS),
+    "GET /dashboard/results/{poll_id}/charts/{name}": page(OPERATORS),
+    "GET /dashboard/inclusion": page(OPERATORS),
+    "GET /dashboard/inclusion/{poll_id}": page(OPERATORS),
+    "POST /dashboard/inclusion/{poll_id}": page(OPERATORS, lambda _w: Call(
+        form={"women_mopti": "50"})),
+    "GET /dashboard/digest": page(OPERATORS),
+    "GET /dashboard/digest/{poll_id}": page(OPERATORS, lambda _w: Call(
+        query={"commune": "mopti-konna"})),
     "GET /dashboard/campaigns": page(HOSTS),
     "POST /dashboard/campaigns": page(OPERATORS, lambda _w: Call(form={
         "name": "Débat", "station": "Radio Kaoural", "keyword": "Kaoural", "hosts": ""})),
@@ -346,6 +366,8 @@ SAMPLES: dict[str, Callable[[World], str]] = {
     "campaign_id": lambda w: w.campaign(),
     "flow": lambda _w: "poll",
     "version": lambda _w: "1",
+    "poll_id": lambda w: str(w.poll()["poll"]),
+    "cercle": lambda _w: "mopti",
 }
 
 
@@ -363,6 +385,7 @@ SCOPED: dict[str, Scoped] = {
     "report_id": Scoped(lambda w: w.report("Koro", "Koro"), missing="2147483647"),
     "broadcast_id": Scoped(lambda w: w.broadcast("koro"), missing="2147483647"),
     "campaign_id": Scoped(lambda w: w.campaign("koro"), missing="2147483647"),
+    "cercle": Scoped(lambda _w: "koro", missing="atlantis"),
 }
 # A path parameter naming something every cercle shares -> why no region owns it.
 UNSCOPED: dict[str, str] = {
@@ -370,6 +393,7 @@ UNSCOPED: dict[str, str] = {
     "name": "a static file of the dashboard (CSS, JavaScript, icon): the same for everybody",
     "flow": "a flow is the same dialogue in every cercle (operators of any cercle edit it)",
     "version": "a version of a flow, which no region owns either",
+    "poll_id": "a poll is the same in every cercle; its figures are filtered to the caller's",
 }
 
 # Callers without valid credentials, and what they send.

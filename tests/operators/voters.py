@@ -60,19 +60,20 @@ class Clock:
 
 
 def vote(client: TestClient, clock: Clock, number: str, army: str, gender: str, age: str,
-         displaced: str, commune: str, when: datetime) -> None:
+         displaced: str, commune: str, when: datetime, *, prefix: str = "+22370000") -> None:
     """A resident dials the poll and answers every screen; the other actors get "a lot"."""
     clock.now = when
-    phone = Phone(client, f"+22370000{number}")
+    phone = Phone(client, f"{prefix}{number}")
     keys = ["1"] if phone.dial().text.startswith("Langue") else []  # a new phone: French
     keys += ["2", DIGITS["scale"][army], "4", "4", "4", DIGITS["gender"][gender],
              DIGITS["age_band"][age], DIGITS["displaced"][displaced], *PLACE[commune]]
     assert phone.press(*keys) == END("Merci, réponse recue.")
 
 
-def cast_votes(client: TestClient, runtime: Runtime) -> None:
-    """Every vote of ``VOTES`` then ``AGAIN``, each at its time."""
+def cast_votes(client: TestClient, runtime: Runtime, *, prefix: str = "+22370000") -> None:
+    """Every vote of ``VOTES`` then ``AGAIN``, each at its time, from numbers ``prefix``
+    followed by the keys of ``VOTES``."""
     clock = Clock()
     runtime.ussd.clock = clock
     for number, ballot in [*VOTES.items(), *AGAIN.items()]:
-        vote(client, clock, number, *ballot)
+        vote(client, clock, number, *ballot, prefix=prefix)

@@ -15,8 +15,10 @@ from gateway.operators.api import (
     auth,
     broadcasts,
     campaigns,
+    digest,
     exports,
     flows,
+    inclusion,
     partners,
     polls,
     reports,
@@ -42,6 +44,8 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     api.include_router(polls.router)
     api.include_router(campaigns.router)
     api.include_router(flows.router)
+    api.include_router(inclusion.router)
+    api.include_router(digest.router)
     api.include_router(reports.router)
     api.include_router(partners.router)
     api.include_router(exports.router)

@@ -30,6 +30,7 @@ from gateway.operators.dashboard import (
     flows,
     home,
     reports,
+    results,
 )
 from gateway.operators.dashboard.seams import NotReady, Seams
 from gateway.operators.dashboard.web import (
@@ -62,6 +63,7 @@ def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
     app.include_router(flows.router(dash))
     app.include_router(reports.router(dash))
     app.include_router(audit.router(dash))
+    app.include_router(results.router(dash))
 
     @app.get("/static/{name}")
     async def static(request: Request, name: str) -> Response:

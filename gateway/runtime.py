@@ -88,6 +88,7 @@ def build_runtime(settings: Settings) -> Runtime:
     sms_policy = SmsPolicy(
         default_region=settings.default_region, stop_words=words(settings.stop_words),
         start_words=words(settings.start_words), erase_words=words(settings.erase_words),
+        help_words=words(settings.help_words),
         yes_words=words(settings.yes_words), limits=limits(settings),
         help_interval=timedelta(minutes=settings.help_interval_minutes),
     )

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import signal
 import socket
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from gateway import retention
 from gateway.channels.base import Sender
@@ -33,6 +39,8 @@ from gateway.store.batches import Batches
 from gateway.store.db import Database
 from gateway.store.migrate import SchemaBehind, prepare_database
 from gateway.store.models import utcnow
+
+log = logging.getLogger("gateway.runtime")
 
 
 @dataclass
@@ -58,6 +66,15 @@ class Runtime:
             self.loop.call_soon_threadsafe(self.wake.set)
 
 
+def unwritable_sqlite(db: Database, exc: Exception) -> bool:
+    """Whether ``exc`` says that an SQLite file that exists cannot work now (its disk full,
+    most likely); a path that does not exist is a mistake to report, not to wait out."""
+    if not db.sqlite or not isinstance(exc, (OperationalError, sqlite3.OperationalError)):
+        return False
+    path = make_url(db.url).database
+    return bool(path) and os.path.exists(str(path))
+
+
 def build_runtime(settings: Settings) -> Runtime:
     """Open the database, load keys and content; refuse to start on what is unsafe."""
     problems = production_problems(settings)
@@ -81,6 +98,17 @@ def build_runtime(settings: Settings) -> Runtime:
     except SchemaBehind as exc:
         db.dispose()
         raise StartupError(str(exc)) from None
+    except Exception as exc:
+        if not unwritable_sqlite(db, exc):
+            db.dispose()
+            raise
+        # An existing SQLite file whose disk is full: serve anyway, answering "try again
+        # later" (503, the apology screen, /readyz false) until the first transaction that
+        # finds it writable runs the set-up it missed.
+        log.warning("the SQLite database cannot take a write at start (%s): serving anyway, "
+                    "answering 'try again later' until it can", exc.__class__.__name__)
+        db.pending_setup = functools.partial(prepare_database, db)
+        db.note_failure()
     ussd = ussd_service(settings, db=db, keys=keyring, content=content)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
                                  lease_seconds=settings.send_lease_seconds,

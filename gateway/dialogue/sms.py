@@ -138,8 +138,10 @@ class SmsService:
             stmt = queries._insert(conn, inbound).values(
                 provider=message.provider, external_id=message.external_id,
                 pseudonym=pseudonym, received_at=now,
-            ).on_conflict_do_nothing()
-            if not conn.execute(stmt).rowcount:
+            ).on_conflict_do_nothing().returning(inbound.c.id)
+            # RETURNING, not rowcount: on PostgreSQL SQLAlchemy reports -1 for this insert
+            # (it returns the new id), which would take every copy for a first.
+            if conn.execute(stmt).first() is None:
                 return "duplicate"
             contact = queries.touch_contact(conn, pseudonym=pseudonym,
                                           pseudonym_version=self.keys.pseudonym_version, now=now)

@@ -121,7 +121,9 @@ class Claimed:
 # --- writing -------------------------------------------------------------------------
 
 
-_ENQUEUE = queries._Prepared(lambda insert: insert(outbox).on_conflict_do_nothing())
+# RETURNING tells a first from a copy on both databases (PostgreSQL's rowcount is -1 here).
+_ENQUEUE = queries._Prepared(
+    lambda insert: insert(outbox).on_conflict_do_nothing().returning(outbox.c.id))
 
 
 def enqueue(
@@ -141,7 +143,7 @@ def enqueue(
         "valid_until": valid_until or now + policy.valid_for.get(kind, timedelta(hours=2)),
         "broadcast_id": broadcast_id, "created_at": now, "updated_at": now,
     })
-    return bool(result.rowcount)
+    return result.first() is not None
 
 
 def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,

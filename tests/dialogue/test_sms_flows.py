@@ -316,10 +316,14 @@ def test_a_stopped_contact_can_still_erase(handset: Handset) -> None:
 
 
 def test_a_repeated_message_is_handled_once(handset: Handset, runtime: Runtime) -> None:
-    handset.deliver("SONDAGE", message_id="ATXid_same")
-    handset.deliver("SONDAGE", message_id="ATXid_same")
+    assert handset.deliver("SONDAGE", message_id="ATXid_same") == "accepted"
+    assert handset.deliver("SONDAGE", message_id="ATXid_same") == "duplicate"
     assert len(handset.inbox()) == 1
-    assert len(outbox_rows(runtime)) == 1
+    handset.deliver("1", message_id="ATXid_yes")
+    assert handset.deliver("1", message_id="ATXid_yes") == "duplicate"  # not a second answer
+    assert handset.inbox() == [ARMY_FR]
+    assert handset.send("4")[0].startswith("Faites-vous confiance à la gendarmerie?")
+    assert len(outbox_rows(runtime)) == 3
 
 
 def test_bambara_stop_answers_in_bambara(handset: Handset) -> None:

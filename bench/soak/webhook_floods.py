@@ -146,7 +146,7 @@ async def row16(client: httpx.AsyncClient, args: argparse.Namespace, url: str,
     accepted: Counter[str] = Counter()
     times: list[float] = []
     retries = 0
-    ready: Counter[int] = Counter()
+    ready: Counter[int | str] = Counter()
     done = asyncio.Event()
 
     async def send(i: int) -> None:
@@ -171,8 +171,10 @@ async def row16(client: httpx.AsyncClient, args: argparse.Namespace, url: str,
 
     async def readiness() -> None:
         while not done.is_set():
-            response = await client.get("/readyz")
-            ready[response.status_code] += 1
+            try:
+                ready[(await client.get("/readyz")).status_code] += 1
+            except httpx.TransportError as exc:
+                ready[type(exc).__name__] += 1
             await asyncio.sleep(1.0)
 
     sampler = asyncio.create_task(readiness())

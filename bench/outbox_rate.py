@@ -236,7 +236,7 @@ def run_once(args: argparse.Namespace, work: Path, receiver: subprocess.Popen[by
     try:
         env = clean_env(GATEWAY_DATABASE_URL=url, GATEWAY_KEY_FILE=str(work / "gateway.keys"),
                         GATEWAY_CONTENT_DIR=str(REPO), GATEWAY_FAKE_SMSC_URL=receiver_url,
-                        GATEWAY_SEND_RATE=f"{cap:g}")
+                        GATEWAY_SEND_RATE=f"{cap:g}", GATEWAY_QUIET_HOURS="")
         if pg is not None:
             run_gateway(["migrate"], env=env, cwd=work)
         enqueue_s = enqueue(url, work, count)

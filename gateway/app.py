@@ -31,6 +31,7 @@ from gateway.dialogue.ussd import HopJobs, InThread
 from gateway.dialogue.ussd_process import DbWorker
 from gateway.logs import configure_logging
 from gateway.operators.api import build_api
+from gateway.operators.dashboard import dashboard_app
 from gateway.outbox import outbox
 from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
@@ -209,6 +210,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     if runtime is not None:
         app.state.runtime = runtime
     app.mount("/api/v1", build_api(settings, runtime=lambda: app.state.runtime))
+    app.state.dashboard_seams = None  # None: the domain modules (tests may give others)
+    app.mount("/dashboard", dashboard_app(settings, runtime=lambda: app.state.runtime,
+                                          seams=lambda: app.state.dashboard_seams))
 
     def rt_of(request: Request) -> Runtime:
         rt: Runtime = request.app.state.runtime

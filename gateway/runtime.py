@@ -29,7 +29,8 @@ from gateway.dialogue.sms import SmsPolicy, SmsService, words
 from gateway.dialogue.ussd import HopJobs, UssdService
 from gateway.dialogue.validate import check_content, errors
 from gateway.errors import StartupError
-from gateway.operators import referrals
+from gateway.operators import broadcasts, referrals
+from gateway.operators.live import Hub
 from gateway.operators.reports import vocabulary
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.outbox.worker import Progress, Worker
@@ -59,6 +60,13 @@ class Runtime:
     loop: asyncio.AbstractEventLoop | None = None
     batches: Batches | None = None  # PostgreSQL, while the app runs: USSD hops' jobs...
     hop_jobs: HopJobs | None = None  # ... given to these (InThread(batches), or DbWorker)
+    live: Hub | None = None  # live figures (API and dashboard streams), made on first use
+
+    def live_hub(self) -> Hub:
+        """The process's one hub of live figures, shared by the API and the dashboard."""
+        if self.live is None:
+            self.live = Hub(self.db)
+        return self.live
 
     def notify(self) -> None:
         """Wake the worker: a message was queued (safe from any thread)."""
@@ -112,7 +120,7 @@ def build_runtime(settings: Settings) -> Runtime:
     ussd = ussd_service(settings, db=db, keys=keyring, content=content)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
                                  lease_seconds=settings.send_lease_seconds,
-                                 send_timeout=settings.send_timeout)
+                                 send_timeout=settings.send_timeout, quiet=settings.quiet)
     sms_policy = SmsPolicy(
         default_region=settings.default_region, stop_words=words(settings.stop_words),
         start_words=words(settings.start_words), erase_words=words(settings.erase_words),
@@ -131,25 +139,28 @@ def build_runtime(settings: Settings) -> Runtime:
 
 def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worker:
     """The outbox worker over the runtime's parts; it runs the retention purge (a job over
-    every layer, so scheduled from here) through its daily hook, and the referrals'
-    delivery to partners (operators) through its jobs hook."""
+    every layer, so scheduled from here) through its daily hook, and through its jobs hook
+    the broadcasts' expansion into outbox messages and the referrals' delivery to partners
+    (operators), one step of each per call."""
 
     def purge(now: datetime) -> str:
         done = retention.purge(rt.db, retention=retention.Retention.of(rt.settings), now=now,
                                key_file=rt.settings.key_file)
         return str(done)
 
+    rules = broadcasts.Rules.of(rt.settings, rt.engine.content)
     mail = referrals.Mail.of(rt.settings)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-    def deliver(now: datetime) -> Progress:
+    def jobs(now: datetime) -> Progress:
+        expanded = broadcasts.run_due(rt.db, policy=rt.outbox_policy, rules=rules, now=now)
         _, more = referrals.deliver_due(rt.db, keys=rt.keys,
                                         vocab=vocabulary(rt.engine.content), mail=mail,
                                         owner=owner, now=now)
-        return Progress(more=more)
+        return Progress(queued=expanded.queued, more=expanded.more or more)
 
     return Worker(db=rt.db, keys=rt.keys, sender=rt.sender, policy=rt.outbox_policy,
-                  wake=lambda: rt.wake, daily=purge, jobs=deliver, clock=clock)
+                  wake=lambda: rt.wake, daily=purge, jobs=jobs, clock=clock)
 
 
 async def run_worker(rt: Runtime, stop: asyncio.Event | None = None) -> None:

@@ -9,11 +9,14 @@ Every field here is a documented setting: the README's settings table lists each
 
 from __future__ import annotations
 
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.outbox.quiet import QuietHours
 
 
 class Environment(StrEnum):
@@ -202,6 +205,22 @@ class Settings(BaseSettings):
         description="How long a dashboard sign-in lasts, in hours.",
     )
 
+    # Broadcasts.
+    sms_price: Decimal = Field(
+        Decimal(0), ge=0,
+        description="Price of one SMS segment, for the cost a broadcast's preview shows "
+        "(0: unknown, no cost shown).",
+    )
+    currency: str = Field("XOF", description="Currency of `GATEWAY_SMS_PRICE`.")
+    quiet_hours: str = Field(
+        "21:00-07:00",
+        description="Daily period (`HH:MM-HH:MM`, in `GATEWAY_TIMEZONE`) when broadcasts wait "
+        "in the queue; empty for none. Direct replies to a resident are never held.",
+    )
+    timezone: str = Field(
+        "Africa/Bamako", description="IANA time zone of `GATEWAY_QUIET_HOURS`."
+    )
+
     # Poll results.
     min_cell: int = Field(
         5, ge=1,
@@ -302,6 +321,16 @@ class Settings(BaseSettings):
         if not codes or not all(c.isdigit() and int(c) <= 255 for c in codes):
             raise ValueError("USSD operations are comma-separated numbers from 0 to 255")
         return value
+
+    @model_validator(mode="after")
+    def _quiet_hours(self) -> Settings:
+        QuietHours.parse(self.quiet_hours, self.timezone)  # raises ValueError naming the fault
+        return self
+
+    @property
+    def quiet(self) -> QuietHours | None:
+        """The quiet hours, parsed (None: none)."""
+        return QuietHours.parse(self.quiet_hours, self.timezone)
 
     @model_validator(mode="after")
     def _distinct_navigation(self) -> Settings:

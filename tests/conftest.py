@@ -162,6 +162,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         key_file=tmp_path / "gateway.keys",
         content_dir=REPO,
         send_rate=1000.0,
+        quiet_hours="",  # broadcasts are not held whatever the hour the tests run at
     )
 
 

@@ -478,6 +478,7 @@ def gateway_env(database_url: str, key_file: Path, **extra: str) -> dict[str, st
         "GATEWAY_DATABASE_URL": database_url,
         "GATEWAY_KEY_FILE": str(key_file),
         "GATEWAY_CONTENT_DIR": str(REPO),
+        "GATEWAY_QUIET_HOURS": "",  # broadcasts go out whatever the hour
         **extra,
     })
     return env

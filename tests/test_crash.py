@@ -46,6 +46,7 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
         "GATEWAY_DATABASE_URL": settings.database_url,
         "GATEWAY_KEY_FILE": str(settings.key_file),
         "GATEWAY_CONTENT_DIR": str(REPO),
+        "GATEWAY_QUIET_HOURS": "",  # broadcasts go out whatever the hour
         **extra,
     })
     return env

@@ -78,6 +78,10 @@ class State:
     results: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     ended: bool = False
     suspended: State | None = None  # a dropped dialogue offered for resuming
+    # Opened by a radio campaign's code or keyword: the flow a language choice leads to
+    # instead of the main menu, and the campaign the dialogue's answers count for.
+    entry: str | None = None
+    campaign: int | None = None
 
     def but(self, **changes: Any) -> State:
         """A copy with ``changes``: ``dataclasses.replace`` without its per-call field
@@ -103,6 +107,8 @@ class State:
             "results": {k: dict(v) for k, v in self.results.items()},
             "ended": self.ended,
             "suspended": self.suspended.to_dict() if self.suspended else None,
+            **({"entry": self.entry} if self.entry else {}),
+            **({"campaign": self.campaign} if self.campaign is not None else {}),
         }
 
     @classmethod
@@ -117,6 +123,8 @@ class State:
             results={k: dict(v) for k, v in data.get("results", {}).items()},
             ended=bool(data.get("ended", False)),
             suspended=cls.from_dict(suspended) if suspended else None,
+            entry=data.get("entry") or None,
+            campaign=int(data["campaign"]) if data.get("campaign") is not None else None,
         )
 
     def dumps(self) -> str:
@@ -146,6 +154,7 @@ class Effect:
     results: Mapping[str, str]
     sensitive: frozenset[str] = frozenset()
     poll: str | None = None
+    campaign: int | None = None  # the radio campaign whose code or keyword opened it
 
 
 @dataclass(frozen=True)
@@ -175,13 +184,18 @@ class Engine:
 
     # --- public API ---------------------------------------------------------------
 
-    def begin(self, flow_id: str, lang: str, *, suspended: State | None = None) -> Turn:
-        """A new dialogue at the start of ``flow_id``; with ``suspended``, the resume offer."""
+    def begin(self, flow_id: str, lang: str, *, suspended: State | None = None,
+              entry: str | None = None, campaign: int | None = None) -> Turn:
+        """A new dialogue at the start of ``flow_id``; with ``suspended``, the resume offer.
+        ``entry``: the flow the language flow leads to instead of the main menu (and that
+        "start again" begins), for a dialogue a radio campaign opened; ``campaign``: the
+        campaign its answers count for."""
         if suspended is not None:
-            state = State(lang=lang, flow="", step="", suspended=suspended)
+            state = State(lang=lang, flow="", step="", suspended=suspended, entry=entry,
+                          campaign=campaign)
             return Turn(self._resume_screen(state), state)
         state = State(lang=lang, flow=flow_id, step=self.flow(flow_id).start,
-                      results={flow_id: {}})
+                      results={flow_id: {}}, entry=entry, campaign=campaign)
         return self._settle(state, ())
 
     def advance(self, state: State, raw: str) -> Turn:
@@ -361,6 +375,9 @@ class Engine:
         history = (*state.history, Frame(state.flow, state.step, state.page))[-MAX_HISTORY:]
         if is_flow_target(target):
             flow_id = flow_of_target(target)
+            if state.entry and state.flow == LANGUAGE_FLOW and flow_id == MAIN_FLOW:
+                flow_id = state.entry  # a campaign's poll, once the language is chosen
+                state = state.but(entry=None)
             state = state.but(flow=flow_id, step=self.flow(flow_id).start, page=0,
                             history=history, results={**state.results, flow_id: {}})
         else:
@@ -398,7 +415,7 @@ class Engine:
                 if isinstance(s, InputStep) and s.sensitive
             )
         return Effect(action, flow.flow, flow.version, dict(state.flow_results()),
-                      sensitive, flow.poll)
+                      sensitive, flow.poll, state.campaign)
 
     # --- resuming a dropped dialogue ---------------------------------------------
 
@@ -419,6 +436,6 @@ class Engine:
         if value == "1":
             resumed = suspended.but(lang=state.lang, suspended=None)
             return Turn(self.render(resumed), resumed)
-        if value == "2":
-            return self.begin(MAIN_FLOW, state.lang)
+        if value == "2":  # start again: the campaign's poll when a campaign opened it
+            return self.begin(state.entry or MAIN_FLOW, state.lang, campaign=state.campaign)
         return Turn(self._resume_screen(state, self.say(state.lang, "error-choice")), state)

@@ -54,6 +54,6 @@ def ussd_service(settings: Settings, *, db: Database, keys: KeyRing,
     policy = UssdPolicy(default_region=settings.default_region,
                         resume_minutes=settings.ussd_resume_minutes,
                         line_timeout_seconds=settings.kannel_ussd_timeout,
-                        limits=limits(settings))
+                        limits=limits(settings), code=settings.ussd_code)
     return UssdService(db=db, keys=keys, engine=Engine(content, engine_rules(settings)),
                        policy=policy)

@@ -40,7 +40,7 @@ from gateway.content.flowdef import InputStep
 from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import MAIN_FLOW, Engine, State, Turn
 from gateway.dialogue.limits import Limits
-from gateway.dialogue.ussd import apply_effects
+from gateway.dialogue.ussd import apply_effects, poll_flows
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.privacy.keys import KeyRing
@@ -53,6 +53,8 @@ from gateway.text.encoding import fold, transliterate
 log = logging.getLogger("gateway.dialogue.sms")
 
 CONFIRMED = "confirmed"  # a conversation whose no-trace warning was confirmed
+MAX_CAMPAIGN_KEYWORD = 32  # characters, folded (models.Campaign.keyword)
+
 inbound = queries._t(InboundMessage)
 conversations = queries._t(SmsConversation)
 
@@ -98,6 +100,7 @@ class SmsService:
         self.clock = clock
         self.notify = notify
         self.keywords = self._keyword_index()
+        self.poll_flows = poll_flows(engine.content)
         self.languages = engine.content.languages
         self.default_language = "fr" if "fr" in self.languages else self.languages[0]
 
@@ -181,6 +184,8 @@ class _Reply:
         self.now = now
         self.folded = fold(message.text)
         self.sent = 0
+        self._looked_up = False  # the campaign keyword lookup, done once
+        self._opened: queries.CampaignEntry | None = None
 
     @property
     def language(self) -> str:
@@ -225,7 +230,7 @@ class _Reply:
                 queries.erase_contact(self.conn, pseudonym=self.pseudonym, now=self.now)
                 self._send("control", self.s.engine.say(language, "sms-erased"))
                 return self.sent
-            if keyword is None and not asks_help:
+            if not asks_help and not self._is_keyword():
                 self._send("control", self._say("sms-erase-cancelled"))
                 return self.sent
             conversation = None  # nothing erased; the keyword is honoured below
@@ -240,18 +245,39 @@ class _Reply:
                 self._help(state.lang)  # the conversation waits where it was
                 return self.sent
             if conversation.waiting == "confirm":
-                if keyword is None:
+                if not self._is_keyword():
                     return self._confirm(state)
-            elif keyword is None or (isinstance(self.s.engine.step(state), InputStep)
-                                     and keyword.flow not in policy.global_flows):
+            elif not self._is_keyword() or (
+                    isinstance(self.s.engine.step(state), InputStep)
+                    and (keyword is None or keyword.flow not in policy.global_flows)):
                 self._answer(self.s.engine.advance(state, self.message.text),
                              confirmed=conversation.waiting == CONFIRMED)
                 return self.sent
         if keyword is not None:
             self._start(keyword)
             return self.sent
+        opened = self._campaign()
+        if opened is not None:
+            self._open_campaign(opened)
+            return self.sent
         self._help()
         return self.sent
+
+    def _is_keyword(self) -> bool:
+        return self.folded in self.s.keywords or self._campaign() is not None
+
+    def _campaign(self) -> queries.CampaignEntry | None:
+        """The radio campaign whose keyword this message is (a campaign keyword is one
+        word with a letter in it, so answers such as "2" are not looked up)."""
+        word = self.folded
+        if not word or len(word) > MAX_CAMPAIGN_KEYWORD or " " in word or word.isdigit():
+            return None
+        if not self._looked_up:
+            self._looked_up = True
+            found = queries.find_campaign(queries.Driver(self.conn), keyword=word, now=self.now)
+            self._opened = found if found is not None and found.poll in self.s.poll_flows \
+                else None
+        return self._opened
 
     # --- steps -----------------------------------------------------------------------
 
@@ -260,6 +286,14 @@ class _Reply:
         if lang not in keyword.languages:
             lang = "fr" if "fr" in keyword.languages else keyword.languages[0]
         self._answer(self.s.engine.begin(keyword.flow, lang), confirmed=False)
+
+    def _open_campaign(self, opened: queries.CampaignEntry) -> None:
+        """A radio campaign's keyword: its poll, whose answers count for the campaign
+        while it runs."""
+        flow = self.s.poll_flows[opened.poll]
+        self._answer(self.s.engine.begin(flow, self.language,
+                                         campaign=opened.id if opened.active else None),
+                     confirmed=False)
 
     def _confirm(self, state: State) -> int:
         if self.folded in self.s.policy.yes_words:

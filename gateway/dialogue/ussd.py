@@ -40,10 +40,12 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway.channels.base import UssdEnded, UssdTurn
+from gateway.content.catalogs import Content
 from gateway.content.flowdef import Action
 from gateway.dialogue import limits as flood
 from gateway.dialogue.engine import LANGUAGE_FLOW, MAIN_FLOW, OTHER, Effect, Engine, State, Turn
 from gateway.dialogue.limits import Limits
+from gateway.outbox import outbox
 from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.privacy.phone import normalise
 from gateway.store import queries
@@ -70,6 +72,7 @@ class UssdPolicy:
     # later answer on its line is not for it.
     line_timeout_seconds: int = 180
     limits: Limits = field(default_factory=Limits)  # reports per contact
+    code: str = "*123#"  # the main code: dialling it opens no radio campaign
 
 
 class UssdService:
@@ -88,6 +91,7 @@ class UssdService:
         self._pseudonyms: OrderedDict[str, str] = OrderedDict()
         self._pseudonyms_lock = threading.Lock()  # PostgreSQL hops run on a thread pool
         self.recent = RecentSessions()
+        self.poll_flows = poll_flows(engine.content)
 
     def apology(self, lang: str | None = None) -> str:
         return self._apologies.get(lang or self.default_language,
@@ -357,13 +361,23 @@ class UssdService:
             provider=turn.provider)
         lang = language or self.default_language
         dropped = self._dropped(old)
+        opened, deep = self._campaign(db, turn, now)
+        entry = campaign = None
+        if opened is not None:
+            entry = self.poll_flows[opened.poll]
+            campaign = opened.id if opened.active else None
         if dropped is not None:
-            result = self.engine.begin("", lang, suspended=dropped[1])
+            result = self.engine.begin("", lang, suspended=dropped[1], entry=entry,
+                                       campaign=campaign)
+        elif entry is not None and language:
+            result = self.engine.begin(entry, lang, campaign=campaign)
+        elif entry is not None:  # a new phone chooses its language, then the poll
+            result = self.engine.begin(LANGUAGE_FLOW, lang, entry=entry, campaign=campaign)
         else:
             result = self.engine.begin(MAIN_FLOW if language else LANGUAGE_FLOW, lang)
         effects: list[Effect] = []
-        if turn.text:  # a deep dial (*code*1*2#) or a session first seen mid-way
-            for part in turn.text.split("*")[:MAX_DEEP_DIAL]:
+        if deep:  # a deep dial (*code*1*2#) or a session first seen mid-way
+            for part in deep.split("*")[:MAX_DEEP_DIAL]:
                 effects.extend(result.effects)
                 if result.state.ended:
                     break
@@ -384,6 +398,19 @@ class UssdService:
             )
             self._apply(conn, turn, pseudonym, result, now)
         return body, row._replace(id=pk), bool(result.effects)
+
+    def _campaign(self, db: queries.Driver, turn: UssdTurn,
+                  now: datetime) -> tuple[queries.CampaignEntry | None, str]:
+        """The radio campaign the dialled code names (None: none, or its poll is not in
+        the flows), and the inputs dialled after its code (a deep dial)."""
+        if turn.text == "" and turn.service_code == self.policy.code:
+            return None, turn.text  # the main code: no query
+        codes = dialled_codes(turn.service_code, turn.text)
+        found = queries.find_campaign(db, service_codes=[c for c, _ in codes], now=now) \
+            if codes else None
+        if found is None or found.poll not in self.poll_flows:
+            return None, turn.text
+        return found, dict(codes)[found.matched]
 
     def _dropped(self, old: queries.Resumable | None) -> tuple[int, State] | None:
         """The session this phone dropped within the window (``queries.find_resumable``)
@@ -593,6 +620,29 @@ def earlier_screen(history: str, text_mac: str) -> str | None:
     return None
 
 
+def poll_flows(content: Content) -> dict[str, str]:
+    """Each poll and the flow that asks it (of several, the first by name): what a radio
+    campaign's code or keyword opens."""
+    found: dict[str, str] = {}
+    for name in sorted(content.flows):
+        poll = content.flows[name].poll
+        if poll:
+            found.setdefault(poll, name)
+    return found
+
+
+def dialled_codes(service_code: str, text: str) -> list[tuple[str, str]]:
+    """The codes a first hop may have dialled, longest first, each with the inputs dialled
+    after it: Africa's Talking sends ``*123#`` and ``5*1`` for ``*123*5*1#`` (its code and
+    the rest), Kannel the whole string. Nothing for what is not a ``*…#`` code."""
+    code = service_code.strip()
+    if len(code) < 3 or not code.startswith("*") or not code.endswith("#"):
+        return []
+    parts = code[1:-1].split("*") + (text.split("*")[:MAX_DEEP_DIAL] if text else [])
+    return [("*" + "*".join(parts[:i]) + "#", "*".join(parts[i:]))
+            for i in range(len(parts), 0, -1)]
+
+
 def area_of(coded: Mapping[str, str]) -> str | None:
     """The place a dialogue's answers give: the commune, else the cercle (the commune was
     "other / don't know"), else None."""
@@ -649,7 +699,8 @@ def apply_effects(
             assert effect.poll is not None
             respondent = queries.Respondent(
                 area=area_of(coded), gender=coded.get("gender"),
-                age_band=coded.get("age_band"), displaced=coded.get("displaced"))
+                age_band=coded.get("age_band"), displaced=coded.get("displaced"),
+                campaign=effect.campaign)
             queries.upsert_poll_answers(conn, poll=effect.poll, pseudonym=pseudonym,
                                       answers=coded, flow_version=effect.version, now=now,
                                       respondent=respondent)
@@ -663,5 +714,7 @@ def apply_effects(
         elif effect.action is Action.unsubscribe:
             queries.update_contact(conn, pseudonym=pseudonym, subscribed=False, area=None)
             queries.delete_vault(conn, pseudonym=pseudonym)
+            # Broadcasts already queued for them go no further.
+            outbox.cancel_for(conn, pseudonym=pseudonym, now=now, kinds=("broadcast",))
         elif effect.action is Action.erase:
             queries.erase_contact(conn, pseudonym=pseudonym, now=now)

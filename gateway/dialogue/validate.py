@@ -46,6 +46,8 @@ SMS_KEYS = (
     "sms-help", "sms-stopped", "sms-started", "sms-erase-confirm", "sms-erased",
     "sms-erase-cancelled", "sms-cancelled",
 )
+# Keys of the pages a radio studio shows (the on-air page: gateway.operators.campaigns).
+PAGE_KEY_PREFIX = "onair-"
 ERROR_KEYS = ("error-too-long", "error-too-short", "error-digits", "error-not-digits",
               "error-empty")
 
@@ -104,7 +106,7 @@ def _check_catalogs(content: Content) -> Iterable[Problem]:
                               "(the gateway shows it outside any flow)")
     used = in_flows | set(SYSTEM_KEYS) | set(SMS_KEYS)
     for key in all_keys:
-        if key not in used:
+        if key not in used and not key.startswith(PAGE_KEY_PREFIX):
             lang = next(lang for lang in languages if key in catalogs[lang].messages)
             yield Problem(catalogs[lang].files[key], f"key '{key}' is not used by any flow",
                           warning=True)

@@ -44,6 +44,7 @@ from gateway.content.catalogs import Content
 from gateway.content.flowdef import MenuStep
 from gateway.dialogue.engine import OTHER
 from gateway.operators.access import Areas, NotFound, Principal, Role, area_filter, require
+from gateway.store.db import Database
 from gateway.store.models import PollAnswer, PollTally, PollTallyChange
 
 DIMENSIONS = ("cercle", "commune", "gender", "age_band", "displaced", "week", "campaign")
@@ -184,6 +185,17 @@ def fold(conn: Connection) -> None:
     conn.execute(_changes.delete().where(_changes.c.id <= top))
 
 
+def fold_pending(db: Database) -> None:
+    """Fold the pending tally changes in a short write transaction of its own (only when
+    there are some), so that the results read after it can run in a read-only one
+    (``Database.reading``) and never hold SQLite's write lock for its whole length."""
+    with db.reading() as conn:
+        if conn.execute(select(_changes.c.id).limit(1)).first() is None:
+            return
+    with db.transaction() as conn:
+        fold(conn)
+
+
 def _day(conn: Connection) -> ColumnElement[Any]:
     """The UTC day of an answer's time (Mali keeps UTC all year): a date on PostgreSQL,
     YYYY-MM-DD text on SQLite, which stores times as UTC text."""
@@ -224,6 +236,24 @@ def _count_answers(conn: Connection, who: Principal, areas: Areas, poll: str, qu
     if until is not None:
         stmt = stmt.where(t.c.updated_at < until)
     return stmt
+
+
+def campaign_counts(conn: Connection, *, poll: str, question: str,
+                    campaign: int) -> Counter[str]:
+    """Respondents per answer among those whose latest answer to ``question`` came
+    through radio campaign ``campaign`` (tally plus pending changes; no scope: a
+    campaign's figures are shared suppressed, whatever cercle its listeners are in)."""
+    def part(table: Table) -> Select[Any]:
+        return select(table.c.answer, table.c.n).where(
+            table.c.poll == poll, table.c.question == question, table.c.campaign == campaign)
+
+    both = union_all(part(_tally), part(_changes)).subquery()
+    found: Counter[str] = Counter()
+    for answer, n in conn.execute(select(both.c.answer, func.sum(both.c.n))
+                                  .group_by(both.c.answer)):
+        if int(n) > 0:
+            found[str(answer)] = int(n)
+    return found
 
 
 def _group_value(dim: str, raw: Any, areas: Areas) -> str | int | None:
@@ -346,6 +376,7 @@ def results(
     conn: Connection, *, who: Principal, areas: Areas, poll: str, question: str,
     values: Sequence[str] = (), by: Sequence[str] = (), since: datetime | None = None,
     until: datetime | None = None, suppress: bool = False, k: int = 5,
+    fold_changes: bool = True,
 ) -> dict[str, Any]:
     """The answers to ``question`` of ``poll`` within ``who``'s scope, in total and per
     group of the dimensions ``by`` (at most two of ``DIMENSIONS``), answered in
@@ -356,16 +387,18 @@ def results(
     their complements; a total under ``k`` hidden too); otherwise exact figures with
     ``small`` marking the groups the shared view would hide. Raises :class:`BadQuery` for
     an unknown or repeated dimension, more than two, or ``k`` < 1; ``Forbidden`` for a
-    role other than operator or admin.
+    role other than operator or admin. ``fold_changes``: fold the pending tally changes
+    first, in ``conn`` (False for a read-only transaction: see :func:`fold_pending`).
     """
     require(who, Role.operator)
-    dims = _checked(by, k)
+    dims = check_dimensions(by, k)
     since, until = _utc(since), _utc(until)
     columns = _columns_of(dims)
     if since is not None or until is not None or "week" in dims:
         stmt = _count_answers(conn, who, areas, poll, question, columns, since, until)
     else:
-        fold(conn)
+        if fold_changes:
+            fold(conn)
         stmt = _count_tally(who, areas, poll, question, columns)
 
     groups: dict[Group, Counter[str]] = defaultdict(Counter)
@@ -407,7 +440,7 @@ def results(
     return {"poll": poll, "question": question, "k": k, "total": shown_total, "rows": rows}
 
 
-def _checked(by: Iterable[str], k: int) -> list[str]:
+def check_dimensions(by: Iterable[str], k: int) -> list[str]:
     dims = list(by)
     unknown = [d for d in dims if d not in DIMENSIONS]
     if unknown:

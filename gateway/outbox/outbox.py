@@ -25,20 +25,36 @@ that on PostgreSQL), the order of the ``ix_outbox_due`` index: a claim reads a b
 of index entries however long the queue. A claim never hands out a message past its
 validity or one for a stopped contact, so a worker may tidy the queue (``housekeeping``:
 mark those, recover dead leases) every few seconds rather than at every claim, which would
-scan every queued row. On PostgreSQL that plan needs the table's statistics to be current:
-a broadcast of many thousand rows makes them stale at once, so the worker refreshes them
-(``analyze_if_stale``) when autovacuum has not.
+scan every queued row. During quiet hours (``OutboxPolicy.quiet``) a claim takes only
+messages of a higher priority than broadcasts: the index range stops before them, and they
+wait in the queue until the quiet period ends. On PostgreSQL that plan needs the table's
+statistics to be current: a broadcast of many thousand rows makes them stale at once, so
+the worker refreshes them (``analyze_if_stale``) when autovacuum has not.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Executable,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from gateway.channels.base import (
     DeliveryReport,
@@ -47,6 +63,7 @@ from gateway.channels.base import (
     SendResult,
     send_slots,
 )
+from gateway.outbox.quiet import QuietHours
 from gateway.privacy.keys import KeyRing
 from gateway.store import queries
 from gateway.store.models import Outbox, PendingReport, RateBucket
@@ -58,6 +75,7 @@ buckets = queries._t(RateBucket)
 counters = queries.counters
 
 PRIORITY = {"control": 0, "ack": 1, "reply": 1, "help": 2, "broadcast": 5}
+ANY_PRIORITY = 1_000  # above every priority: nothing is held back
 RETRY_WHEN_AMBIGUOUS = frozenset({"broadcast"})
 RANK = {
     "queued": 0, "sending": 1, "sent": 2, "unknown": 2,
@@ -93,6 +111,7 @@ class OutboxPolicy:
         "reply": timedelta(hours=2), "help": timedelta(hours=2),
         "broadcast": timedelta(hours=24),
     })
+    quiet: QuietHours | None = None  # broadcasts wait while it holds
 
     @property
     def burst(self) -> float:
@@ -105,6 +124,13 @@ class OutboxPolicy:
             return max(1, self.max_in_flight)
         return send_slots(self.rate, self.send_timeout)
 
+    def below(self, now: datetime) -> int:
+        """Claims take messages of a priority below this: during quiet hours, everything
+        but broadcasts."""
+        if self.quiet is not None and self.quiet.holds(now):
+            return PRIORITY["broadcast"]
+        return ANY_PRIORITY
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -116,6 +142,9 @@ class Claimed:
     text: str
     encoding: str
     attempts: int
+    # The contact's wrapped data key, for a recipient copied from the vault
+    # (``to_contacts``); None for one sealed for the outbox.
+    data_key: str | None = None
 
 
 # --- writing -------------------------------------------------------------------------
@@ -146,12 +175,88 @@ def enqueue(
     return result.first() is not None
 
 
+def copied_from_vault(recipient: str) -> bool:
+    """Whether an outbox recipient is a vault entry copied as it is (sealed with the
+    contact's own data key: ``to_contacts``) rather than sealed for the outbox."""
+    return recipient.startswith("n")
+
+
+@dataclass(frozen=True)
+class ToContacts:
+    """An INSERT ... SELECT that queues a message to each contact a WHERE selects (see
+    ``to_contacts``): built once, run many times with the time and the WHERE's parameters."""
+
+    statement: Executable
+
+    def run(self, conn: Connection, *, now: datetime, valid_until: datetime,
+            **params: Any) -> int:
+        """Queue them; how many were queued (a contact already queued is skipped)."""
+        values = {"now_": now, "valid_until_": valid_until, **params}
+        return len(conn.execute(self.statement, values).all())
+
+
+def to_contacts(
+    conn: Connection, *, policy: OutboxPolicy, kind: str, where: Sequence[ColumnElement[bool]],
+    texts: Mapping[str, str], default_language: str, dedupe_prefix: str,
+    broadcast_id: int | None = None,
+) -> ToContacts:
+    """Queue one message to each contact ``where`` selects (clauses on ``contact``) who has
+    a number in the vault and has not stopped: the text of the contact's language in
+    ``texts`` (exactly as it goes over the air), else that of ``default_language``; a
+    contact with neither is skipped. The number is copied from the vault as it is, still
+    sealed with the contact's own data key, so queueing opens and seals nothing, and an
+    erasure (which shreds that key) leaves the queued copy unreadable too; the worker opens
+    it when it sends. Dedupe key: ``dedupe_prefix`` + pseudonym, so running it twice queues
+    nothing twice."""
+    c, v = queries.contacts.c, queries.vault.c
+    languages = sorted(texts)
+    costs = {lang: sms_cost(texts[lang]) for lang in languages}
+    fallback = texts.get(default_language)
+
+    def by_language(values: Mapping[str, Any], otherwise: Any) -> Any:
+        return case(*((c.language == lang, literal(values[lang])) for lang in languages),
+                    else_=literal(otherwise))
+
+    text_of = by_language(texts, fallback)
+    chosen = default_language if fallback is not None else None
+    now = bindparam("now_", type_=outbox.c.created_at.type)
+    columns = {
+        "dedupe_key": literal(dedupe_prefix) + c.pseudonym,
+        "kind": literal(kind),
+        "pseudonym": c.pseudonym,
+        "recipient": v.number,
+        "text": text_of,
+        "encoding": by_language({k: x.encoding for k, x in costs.items()},
+                                costs[chosen].encoding if chosen else None),
+        "segments": by_language({k: x.segments for k, x in costs.items()},
+                                costs[chosen].segments if chosen else None),
+        "provider": literal(policy.provider),
+        "priority": literal(PRIORITY.get(kind, 5)),
+        "status": literal("queued"),
+        "attempts": literal(0),
+        "next_attempt_at": now,
+        "valid_until": bindparam("valid_until_", type_=outbox.c.valid_until.type),
+        "broadcast_id": literal(broadcast_id, outbox.c.broadcast_id.type),
+        "created_at": now,
+        "updated_at": now,
+    }
+    rows = (select(*(expr.label(name) for name, expr in columns.items()))
+            .select_from(queries.contacts.join(queries.vault, v.pseudonym == c.pseudonym))
+            .where(*where, c.stopped.is_(False), v.number.like("n%"), text_of.is_not(None)))
+    stmt = queries._insert(conn, outbox).from_select(list(columns), rows) \
+        .on_conflict_do_nothing().returning(outbox.c.id)  # rowcount: -1 with psycopg here
+    return ToContacts(stmt)
+
+
 def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
-               now: datetime) -> int:
-    """Cancel what is queued for a contact who stopped or erased their data."""
+               now: datetime, kinds: Sequence[str] | None = None) -> int:
+    """Cancel what is queued for a contact who stopped or erased their data (with
+    ``kinds``, only messages of those kinds: broadcasts, for one who unsubscribed)."""
     where = and_(outbox.c.pseudonym == pseudonym, outbox.c.status == "queued")
     if keep_control:
         where = and_(where, outbox.c.kind != "control")
+    if kinds is not None:
+        where = and_(where, outbox.c.kind.in_(list(kinds)))
     result = conn.execute(update(outbox).where(where).values(status="cancelled",
                                                                   updated_at=now))
     return int(result.rowcount)
@@ -250,17 +355,18 @@ def route(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> tuple[flo
     return _rate(policy, row, now), _paused(row, now)
 
 
-def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> None:
-    """Expire stale messages, cancel those for stopped contacts, recover dead leases."""
+def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime,
+                 stopped: bool = True) -> None:
+    """Expire stale messages, recover dead leases, and (``stopped``) cancel those for
+    stopped contacts. The last reads every queued message (a broadcast's hundred thousand):
+    the worker does it every few minutes, not every few seconds, since a claim never hands
+    one out anyway."""
     mine = outbox.c.provider == policy.provider
     conn.execute(update(outbox).where(
-        mine, outbox.c.status == "queued", outbox.c.valid_until < now,
+        outbox.c.status == "queued", outbox.c.valid_until < now, mine,
     ).values(status="expired", updated_at=now))
-    stopped = select(queries.contacts.c.pseudonym).where(queries.contacts.c.stopped.is_(True))
-    conn.execute(update(outbox).where(
-        mine, outbox.c.status == "queued", outbox.c.kind != "control",
-        outbox.c.pseudonym.in_(stopped),
-    ).values(status="cancelled", updated_at=now))
+    if stopped:
+        cancel_stopped(conn, policy=policy, now=now)
     # A "sending" row whose lease ran out: its worker died mid-send. Ambiguous.
     dead = and_(mine, outbox.c.status == "sending", outbox.c.lease_until < now)
     conn.execute(update(outbox).where(
@@ -273,28 +379,53 @@ def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> No
         updated_at=now))
 
 
-# A message for a contact who sent STOP: only its control answers still go.
-_STOPPED = exists().where(queries.contacts.c.pseudonym == outbox.c.pseudonym,
-                          queries.contacts.c.stopped.is_(True))
+def cancel_stopped(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> int:
+    """Cancel what is queued for stopped contacts but their control answers (STOP cancels
+    their queue at once; this catches whatever was queued in a race with it)."""
+    stopped = select(queries.contacts.c.pseudonym).where(queries.contacts.c.stopped.is_(True))
+    return int(conn.execute(update(outbox).where(
+        outbox.c.provider == policy.provider, outbox.c.status == "queued",
+        outbox.c.kind != "control", outbox.c.pseudonym.in_(stopped),
+    ).values(status="cancelled", updated_at=now)).rowcount)
+
+
+def _due(*, fenced: bool) -> Select[Any]:
+    """Due messages in claim order. A message for a contact who sent STOP is not due: only
+    its control answers still go. PostgreSQL (``fenced``): the OFFSET 0 keeps that test a
+    probe of the contact's unique index for each message read; unfenced, the planner made it
+    a join that read every stopped contact, scanning the whole contact table at every
+    claim (100,000 contacts: 10-20 ms each)."""
+    c = queries.contacts.c
+    stopped = select(literal(1)).where(c.pseudonym == outbox.c.pseudonym, c.stopped.is_(True),
+                                       outbox.c.kind != "control")
+    if fenced:
+        stopped = stopped.offset(0)
+    return (
+        select(outbox.c.id)
+        .where(outbox.c.provider == bindparam("provider"), outbox.c.status == "queued",
+               outbox.c.priority < bindparam("below"),
+               outbox.c.next_attempt_at <= bindparam("now"),
+               outbox.c.valid_until >= bindparam("now"),
+               ~stopped.exists())
+        # The index's own order: no sort, and no reading every message of a broadcast
+        # queued at one instant to order them by id.
+        .order_by(outbox.c.priority, outbox.c.next_attempt_at)
+        .limit(bindparam("n"))
+    )
+
+
 _CLAIM_ORDER = (outbox.c.priority, outbox.c.next_attempt_at, outbox.c.id)
-_DUE = (
-    select(outbox.c.id)
-    .where(outbox.c.provider == bindparam("provider"), outbox.c.status == "queued",
-           outbox.c.next_attempt_at <= bindparam("now"), outbox.c.valid_until >= bindparam("now"),
-           or_(outbox.c.kind == "control", ~_STOPPED))
-    # The index's own order: no sort, and no reading every message of a broadcast queued
-    # at one instant to order them by id.
-    .order_by(outbox.c.priority, outbox.c.next_attempt_at)
-    .limit(bindparam("n"))
-)
+_DUE = {"sqlite": _due(fenced=False), "postgresql": _due(fenced=True)}
 # Count first so tokens are only spent on messages that exist.
-_DUE_COUNT = select(func.count()).select_from(_DUE.subquery())
-_DUE_LOCKED = _DUE.with_for_update(skip_locked=True)
+_DUE_COUNT = {name: select(func.count()).select_from(stmt.subquery())
+              for name, stmt in _DUE.items()}
+_DUE_LOCKED = _DUE["postgresql"].with_for_update(skip_locked=True)
 _MARK = update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(
     status="sending", lease_owner=bindparam("owner_"), lease_until=bindparam("lease_"),
     attempts=outbox.c.attempts + 1, updated_at=bindparam("now_"))
-_CLAIMED = select(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))) \
-    .order_by(*_CLAIM_ORDER)
+_CLAIMED = select(outbox, queries.contacts.c.data_key).select_from(
+    outbox.outerjoin(queries.contacts, queries.contacts.c.pseudonym == outbox.c.pseudonym),
+).where(outbox.c.id.in_(bindparam("ids", expanding=True))).order_by(*_CLAIM_ORDER)
 
 
 def claim(
@@ -305,19 +436,19 @@ def claim(
 
     With ``tidy`` (the default) the queue is tidied first (``housekeeping``); a worker that
     tidies on its own schedule passes False. Either way nothing expired, and nothing for a
-    stopped contact but a control message, is claimed.
+    stopped contact but a control message, is claimed; during quiet hours, no broadcast.
     """
     if tidy:
         housekeeping(conn, policy=policy, now=now)
     want = min(limit or policy.batch, policy.batch)
-    due = {"provider": policy.provider, "now": now}
-    count = int(conn.execute(_DUE_COUNT, {**due, "n": want}).scalar_one())
+    due = {"provider": policy.provider, "now": now, "below": policy.below(now)}
+    count = int(conn.execute(_DUE_COUNT[conn.dialect.name], {**due, "n": want}).scalar_one())
     if count == 0:
         return []
     taken = _take_tokens(conn, policy=policy, now=now, want=count)
     if taken == 0:
         return []
-    stmt = _DUE_LOCKED if conn.dialect.name == "postgresql" else _DUE
+    stmt = _DUE_LOCKED if conn.dialect.name == "postgresql" else _DUE["sqlite"]
     ids = [int(i) for i in conn.execute(stmt, {**due, "n": taken}).scalars()]
     if not ids:
         return []
@@ -325,7 +456,7 @@ def claim(
     conn.execute(_MARK, {"ids": ids, "owner_": owner, "lease_": lease_until, "now_": now})
     rows = conn.execute(_CLAIMED, {"ids": ids}).all()
     return [Claimed(r.id, r.kind, r.pseudonym, r.recipient, r.dedupe_key, r.text, r.encoding,
-                    r.attempts) for r in rows]
+                    r.attempts, r.data_key) for r in rows]
 
 
 def renew(conn: Connection, *, ids: Sequence[int], owner: str, until: datetime) -> None:
@@ -338,6 +469,11 @@ def renew(conn: Connection, *, ids: Sequence[int], owner: str, until: datetime) 
 
 
 def open_recipient(keys: KeyRing, claimed: Claimed) -> str:
+    """The number a claimed message goes to. Raises ``KeyGone`` when it cannot be read:
+    for a copy of the vault, its contact was erased (``DataKeyShredded``)."""
+    if copied_from_vault(claimed.recipient):
+        return keys.open_number(claimed.data_key, claimed.recipient,
+                                pseudonym=claimed.pseudonym)
     return keys.open_text(claimed.recipient, aad=f"outbox:{claimed.dedupe_key}")
 
 
@@ -512,18 +648,18 @@ def queue_depth(conn: Connection) -> int:
 
 
 _STALE = text(
-    "SELECT n_mod_since_analyze > 1000 + 0.1 * n_live_tup FROM pg_stat_user_tables "
+    "SELECT n_mod_since_analyze > 1000 + :fraction * n_live_tup FROM pg_stat_user_tables "
     "WHERE relid = CAST(:table AS regclass)")
 
 
-def analyze_if_stale(conn: Connection) -> bool:
-    """PostgreSQL: refresh the outbox's planner statistics when a tenth of it changed since
-    they were taken (autovacuum's own rule, should autovacuum be off or not there yet).
-    Without them, right after a large broadcast, every claim sorts the whole queue. True
-    when it analyzed; nothing to do on SQLite."""
+def analyze_if_stale(conn: Connection, *, fraction: float = 0.1) -> bool:
+    """PostgreSQL: refresh the outbox's planner statistics when a tenth of it (``fraction``)
+    changed since they were taken (autovacuum's own rule, should autovacuum be off or not
+    there yet). Without them, right after a large broadcast, every claim sorts the whole
+    queue. True when it analyzed; nothing to do on SQLite."""
     if conn.dialect.name != "postgresql":
         return False
-    if not conn.execute(_STALE, {"table": outbox.name}).scalar():
+    if not conn.execute(_STALE, {"table": outbox.name, "fraction": fraction}).scalar():
         return False
     conn.exec_driver_sql(f"ANALYZE {outbox.name}")
     return True
@@ -531,7 +667,8 @@ def analyze_if_stale(conn: Connection) -> bool:
 
 def any_due(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> bool:
     """Whether a message ``claim`` would take is waiting (one index probe)."""
-    due = conn.execute(_DUE, {"provider": policy.provider, "now": now, "n": 1}).first()
+    due = conn.execute(_DUE[conn.dialect.name], {"provider": policy.provider, "now": now, "n": 1,
+                              "below": policy.below(now)}).first()
     return due is not None
 
 

@@ -15,7 +15,8 @@ the lease renewed, so no other worker takes it for dead.
 On SIGTERM it stops claiming, lets what is in flight finish (each send is bounded by its
 deadline), records it, and returns: it only ever holds messages it is sending.
 
-Beside the sending it runs the composition's background ``jobs`` (the referrals' delivery
+Beside the sending it runs the composition's background ``jobs`` (the broadcasts'
+expansion into outbox rows, the referrals' delivery
 to partners): one bounded step at a time, on a thread, paced so that a job never holds
 the database for long stretches, and waking the sending loop when it queued something.
 """
@@ -45,7 +46,7 @@ from gateway.store.models import utcnow
 log = logging.getLogger("gateway.outbox.worker")
 
 IDLE_SECONDS = 0.5  # nothing due: look again after this (retries fall due unannounced)
-TIDY_SECONDS = 5.0  # outbox housekeeping (expiry, stopped contacts, dead leases), at most
+TIDY_SECONDS = 5.0  # outbox housekeeping (expiry, dead leases), at most
 RECORD_GROUP = 25  # finished sends written in one transaction ...
 RECORD_WAIT = 0.1  # ... or fewer, once the oldest has waited this many seconds
 DEADLINE_GRACE = 2.0  # the worker's deadline on a send, past the sender's own timeout
@@ -53,7 +54,7 @@ DB_RETRY_SECONDS = 1.0  # the database failed: wait this long before trying agai
 FINAL_WRITE_ATTEMPTS = 5  # at shutdown, tries to write what was sent
 PENDING_REPORTS_KEPT = timedelta(hours=48)
 BUDGET_USE_KEPT = timedelta(days=1)
-HOUSEKEEPING_EVERY = timedelta(minutes=10)
+HOUSEKEEPING_EVERY = timedelta(minutes=10)  # and stopped contacts' queue, unmatched reports
 PURGE_EVERY = timedelta(days=1)
 PURGE_COUNTER = "retention_last_run"  # seconds since the epoch
 JOBS_IDLE_SECONDS = 1.0  # how often the background jobs look for work when they had none
@@ -87,7 +88,7 @@ class Worker:
     message is queued; ``daily`` is called about once a day from the housekeeping (the
     composition hands it the retention purge); ``jobs`` is called over and over beside
     the sending loop, on a thread, one bounded step each time (the composition hands it
-    the referrals' delivery)."""
+    the broadcasts' expansion and the referrals' delivery)."""
 
     def __init__(self, *, db: Database, keys: KeyRing, sender: Sender, policy: OutboxPolicy,
                  wake: Callable[[], asyncio.Event],
@@ -342,6 +343,9 @@ class Worker:
         try:
             to = outbox.open_recipient(self.keys, claimed)
         except KeyGone:
+            if outbox.copied_from_vault(claimed.recipient):
+                # The contact was erased (their data key shredded) after it was queued.
+                return SendResult(SendOutcome.failed, code="key-gone")
             # A shred sealed the row again under a new master key after this worker read
             # it: nothing left, so it is simply tried again (and read again) shortly.
             return SendResult(SendOutcome.retry, code="key-gone", retry_after=1.0)
@@ -394,13 +398,17 @@ class Worker:
 
     def _tidy(self, now: datetime) -> None:
         with self.db.transaction() as conn:
-            outbox.housekeeping(conn, policy=self.policy, now=now)
+            outbox.housekeeping(conn, policy=self.policy, now=now, stopped=False)
         with self.db.transaction() as conn:
             if outbox.analyze_if_stale(conn):
                 log.info("worker: outbox statistics refreshed")
 
     def _housekeeping(self, now: datetime) -> bool:
-        """Expire stale delivery reports; whether the daily job is due."""
+        """Cancel what is queued for stopped contacts (a broadcast's hundred thousand are
+        read, so not every few seconds), expire stale delivery reports; whether the daily
+        job is due."""
+        with self.db.transaction() as conn:
+            outbox.cancel_stopped(conn, policy=self.policy, now=now)
         with self.db.transaction() as conn:
             expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
             # What the flood limits (dialogue/limits.py) no longer count: a day old.

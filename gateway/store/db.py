@@ -2,7 +2,8 @@
 
 Every transaction that may write starts with ``BEGIN IMMEDIATE`` on SQLite, so a read
 that later writes never fails with SQLITE_BUSY (reference/security-and-reliability.md
-§3.3, rule 10). On PostgreSQL rows are locked explicitly where a race matters.
+§3.3, rule 10); one that only reads (``Database.reading``) starts with a plain ``BEGIN``
+and takes no write lock. On PostgreSQL rows are locked explicitly where a race matters.
 
 When the database stalls (an SQLite file locked by another process, a full disk,
 PostgreSQL unreachable) requests must answer at once rather than queue: ``waiting`` bounds
@@ -41,6 +42,7 @@ PG_CONNECT_TIMEOUT = 5  # seconds: never hang on an unreachable server
 RETRY_AFTER_SECONDS = 1.0  # after a failure, the database is left alone this long
 MIN_FREE_BYTES = 1 << 20  # readiness: an SQLite file's disk needs at least this much free
 _WAIT: ContextVar[float | None] = ContextVar("gateway_db_wait", default=None)
+_DEFERRED: ContextVar[bool] = ContextVar("gateway_db_deferred", default=False)
 
 
 class DatabaseBusy(Exception):
@@ -137,7 +139,7 @@ def _configure_sqlite(engine: Engine) -> None:
     def _begin_immediate(dbapi_conn: Any) -> None:
         cursor = dbapi_conn.cursor()
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN" if _DEFERRED.get() else "BEGIN IMMEDIATE")
         finally:
             cursor.close()
 
@@ -169,21 +171,86 @@ class Database:
         # run by the first transaction, once, under ``_setup_lock``.
         self.pending_setup: Callable[[], None] | None = None
         self._setup_lock = threading.Lock()
+        # SQLite: this process's writers take turns here before BEGIN IMMEDIATE. Waiting
+        # on SQLite's own lock means its busy handler's sleeps (growing to 100 ms each), so
+        # a USSD hop behind a background job's transaction (a broadcast being queued) could
+        # sleep through several turns; this lock hands over the moment a transaction ends.
+        # The time spent here counts against the wait the context allows. (Other processes
+        # still meet at SQLite's lock.)
+        self._writers = threading.RLock() if self.sqlite else None
+
+    @contextmanager
+    def _turn(self) -> Iterator[float | None]:
+        """Take this process's writing turn (SQLite); yields what is left of the wait this
+        context allows (None: the default). Not had in time: ``DatabaseBusy`` without a
+        wait, ``DatabaseUnavailable`` after one."""
+        wait = _WAIT.get()
+        if self._writers is None:
+            yield wait
+            return
+        started = time.monotonic()
+        if wait is None:
+            mine = self._writers.acquire(timeout=BUSY_TIMEOUT_MS / 1000)
+        elif wait <= 0:
+            mine = self._writers.acquire(blocking=False)
+        else:
+            mine = self._writers.acquire(timeout=wait)
+        if not mine:
+            if wait is not None and wait <= 0:
+                raise DatabaseBusy()
+            if wait is not None:
+                raise DatabaseUnavailable()
+        try:
+            yield None if wait is None else max(0.0, wait - (time.monotonic() - started))
+        finally:
+            if mine:
+                self._writers.release()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""
         if self.pending_setup is not None:
             self._set_up()
+        with self._turn() as left:
+            conn = self._take(self._kept) or self.engine.connect()
+            wait = self._set_wait(conn, left) if self.sqlite else None
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException as exc:
+                if wait == 0 and _busy(exc):
+                    conn.close()  # nothing wrong with the database: someone holds the lock
+                    raise DatabaseBusy() from None
+                self._drop(conn, exc)
+                raise
+            self._keep(conn, self._kept)
+            self.failed_at = None
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A transaction that only reads. On SQLite a deferred one (``BEGIN``): it takes
+        no write lock, so a long read (poll results over a million answers) never holds
+        up a USSD hop, and in WAL mode the hops' writes do not wait for it either. Writing
+        in it is a mistake (it would fail when a writer got in first). On PostgreSQL, an
+        ordinary transaction."""
+        if not self.sqlite:
+            with self.transaction() as conn:
+                yield conn
+            return
+        if self.pending_setup is not None:
+            self._set_up()
+        # No writing turn (Database._turn): a read waits for no writer, and none for it.
         conn = self._take(self._kept) or self.engine.connect()
-        wait = self._set_wait(conn) if self.sqlite else None
+        self._set_wait(conn, _WAIT.get())
         try:
-            with conn.begin():
+            token = _DEFERRED.set(True)
+            try:
+                transaction = conn.begin()  # sends BEGIN now (_begin_immediate)
+            finally:
+                _DEFERRED.reset(token)
+            with transaction:
                 yield conn
         except BaseException as exc:
-            if wait == 0 and _busy(exc):
-                conn.close()  # nothing wrong with the database: someone holds the lock
-                raise DatabaseBusy() from None
             self._drop(conn, exc)
             raise
         self._keep(conn, self._kept)
@@ -214,10 +281,11 @@ class Database:
             return None
         return stat.f_bavail * stat.f_frsize
 
-    def _set_wait(self, conn: Connection) -> float | None:
-        """Give an SQLite connection the busy timeout this context asks for."""
+    def _set_wait(self, conn: Connection, left: float | None) -> float | None:
+        """Give an SQLite connection the busy timeout this context asks for (``left``: what
+        remains of it after this process's writing turn); the wait asked for."""
         wait = _WAIT.get()
-        ms = BUSY_TIMEOUT_MS if wait is None else max(0, int(wait * 1000))
+        ms = BUSY_TIMEOUT_MS if left is None else max(0, int(left * 1000))
         info = conn.connection.info
         if info.get("busy_ms") != ms:
             raw: Any = conn.connection.driver_connection

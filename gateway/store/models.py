@@ -248,6 +248,42 @@ class PollTallyChange(SQLModel, table=True):
     n: int  # +1 or -1 (several netted on PostgreSQL)
 
 
+class Campaign(SQLModel, table=True):
+    """A radio show's campaign (gateway/operators/campaigns.py): its USSD service code and
+    neutral SMS keyword open its poll directly, and the answers that arrive that way while
+    it runs carry its id (``poll_answer.campaign``). ``keyword`` is as announced,
+    ``keyword_folded`` as inbound text is matched (case, accents, spelling variants
+    folded); ``cercles``: the cercle ids it serves, comma-separated and sorted (operators
+    see the campaigns within their cercles)."""
+
+    __table_args__ = (Index("ix_campaign_keyword_folded", "keyword_folded"),
+                      Index("ix_campaign_service_code", "service_code"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=128)
+    station: str = Field(max_length=128)
+    poll: str = Field(max_length=64)
+    question: str = Field(max_length=64)
+    keyword: str | None = Field(default=None, max_length=32)
+    keyword_folded: str | None = Field(default=None, max_length=32)
+    service_code: str | None = Field(default=None, max_length=32)
+    cercles: str = Field(default="", sa_column=Column(Text, nullable=False))
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CampaignHost(SQLModel, table=True):
+    """An account of role ``radio`` that hosts a campaign: it sees that campaign's on-air
+    tally, and no other."""
+
+    __tablename__ = "campaign_host"
+
+    campaign_id: int = Field(foreign_key="campaign.id", primary_key=True)
+    account_id: int = Field(foreign_key="account.id", primary_key=True, index=True)
+
+
 class Outbox(SQLModel, table=True):
     """Every outbound SMS, written in the same transaction as what caused it.
 
@@ -260,6 +296,11 @@ class Outbox(SQLModel, table=True):
     __table_args__ = (
         Index("ix_outbox_due", "status", "priority", "next_attempt_at"),
         Index("ix_outbox_provider_id", "provider", "provider_message_id"),
+        # A broadcast's counts (grouped by status) and whether any of it is still queued.
+        Index("ix_outbox_broadcast", "broadcast_id", "status"),
+        # The messages past their validity, without reading every queued one (a broadcast
+        # queues a hundred thousand).
+        Index("ix_outbox_expiry", "status", "valid_until"),
         # Ids go into Kannel's dlr-url: never reuse one, even after rows are deleted.
         {"sqlite_autoincrement": True},
     )
@@ -282,9 +323,46 @@ class Outbox(SQLModel, table=True):
     valid_until: datetime
     provider_message_id: str | None = Field(default=None, max_length=128)
     last_error: str | None = Field(default=None, max_length=64)  # a code, never text
-    broadcast_id: int | None = Field(default=None, index=True)
+    broadcast_id: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
     sent_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Broadcast(SQLModel, table=True):
+    """An awareness broadcast (gateway/operators/broadcasts.py). Its messages are outbox
+    rows with its ``broadcast_id``, made in the background from ``cursor`` on (the last
+    contact id queued); its counts are those rows' statuses.
+
+    ``messages`` holds the texts as the operator wrote them and ``texts`` as they go over
+    the air (JSON, language -> text); ``audience`` the request's cercles, communes and
+    languages; ``target`` what they resolved to when it was made (area values or null for
+    every contact, cercles for scoping, languages or null for all).
+    """
+
+    __table_args__ = (
+        # One Idempotency-Key per account.
+        UniqueConstraint("created_by", "idempotency_key"),
+        Index("ix_broadcast_status", "status", "send_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(default="", max_length=200)
+    messages: str = Field(sa_column=Column(Text, nullable=False))  # JSON
+    texts: str = Field(sa_column=Column(Text, nullable=False))  # JSON, over the air
+    audience: str = Field(sa_column=Column(Text, nullable=False))  # JSON, as requested
+    target: str = Field(sa_column=Column(Text, nullable=False))  # JSON, resolved
+    created_by: str = Field(max_length=64)  # the account's name
+    idempotency_key: str = Field(max_length=200)
+    request_hash: str = Field(max_length=64)  # SHA-256 of the canonical request
+    status: str = Field(default="scheduled", max_length=16)  # scheduled|sending|done|cancelled
+    send_at: datetime
+    valid_until: datetime
+    expected: int = 0  # recipients counted when it was made
+    cursor: int = 0  # the last contact id queued
+    expanded: int = 0  # contacts queued so far
+    expanded_at: datetime | None = None  # every recipient queued (or too late to)
+    created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
 

@@ -15,7 +15,7 @@ times the statement itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -106,6 +106,14 @@ class Driver:
 
     def run(self, sql: str, params: tuple[Any, ...]) -> Any:
         return self.raw.execute(sql if self.sqlite else _pg_sql(sql), params)
+
+    def run_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """One statement for many rows of parameters (executemany)."""
+        cursor = self.raw.cursor()
+        try:
+            cursor.executemany(sql if self.sqlite else _pg_sql(sql), rows)
+        finally:
+            cursor.close()
 
     def when(self, value: datetime) -> Any:
         if not self.sqlite:
@@ -503,6 +511,46 @@ def upsert_poll_answers(
         params += (poll, pseudonym, question, answer, flow_version, when, *respondent)
     if params:
         db.run(_upsert_poll_answers(len(answers)), tuple(params))
+
+
+class CampaignEntry(NamedTuple):
+    """A radio campaign a code or keyword names: its id, its poll, the code (or keyword)
+    matched, and whether it runs now (only then do answers count for it)."""
+
+    id: int
+    poll: str
+    matched: str
+    active: bool
+
+
+_CAMPAIGN_BY: dict[tuple[str, int], str] = {}
+
+
+def _campaigns_by(column: str, count: int) -> str:
+    sql = _CAMPAIGN_BY.get((column, count))
+    if sql is None:
+        marks = ", ".join(["?"] * count)
+        sql = _CAMPAIGN_BY[(column, count)] = (
+            f"SELECT id, poll, {column}, CASE WHEN starts_at <= ? AND ends_at > ? "  # noqa: S608 - a column name from this module, and placeholders
+            f"THEN 1 ELSE 0 END FROM campaign WHERE {column} IN ({marks})")
+    return sql
+
+
+def find_campaign(db: Driver, *, service_codes: Sequence[str] = (),
+                  keyword: str | None = None, now: datetime) -> CampaignEntry | None:
+    """The campaign one of ``service_codes`` (the longest that matches) or ``keyword``
+    (folded) names: among several with that code, the one running now, else the latest
+    made."""
+    column, values = ("keyword_folded", [keyword]) if keyword is not None else \
+        ("service_code", list(dict.fromkeys(service_codes)))
+    if not values:
+        return None
+    when = db.when(now)
+    rows = db.run(_campaigns_by(column, len(values)), (when, when, *values)).fetchall()
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: (len(r[2]), r[3], r[0]))
+    return CampaignEntry(int(best[0]), str(best[1]), str(best[2]), bool(best[3]))
 
 
 def upsert_vault(conn: Connection, *, pseudonym: str, number: str, now: datetime) -> None:

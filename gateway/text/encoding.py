@@ -212,6 +212,21 @@ def outbound(text: str, language: Language, *, transliterate_text: bool = True) 
     return transliterate(text, language) if transliterate_text else text
 
 
+def client_rules() -> dict[str, object]:
+    """The rules above as plain data (JSON-ready), for a counter that runs in the operator's
+    browser: the GSM-7 tables, the segment sizes and the transliteration tables. The
+    dashboard renders them into the compose page, so its counter cannot drift from here."""
+    return {
+        "basic": "".join(sorted(GSM7_BASIC)),
+        "extension": "".join(sorted(GSM7_EXTENSION)),
+        "single": {"GSM-7": GSM7_SINGLE, "UCS-2": UCS2_SINGLE},
+        "part": {"GSM-7": GSM7_PART, "UCS-2": UCS2_PART},
+        "common": dict(_COMMON_MAP),
+        "languages": {"bm": {"map": dict(_BAMBARA_MAP), "drop": sorted(_TONE_MARKS)}},
+        "numero": {"pattern": _NUMERO.pattern, "replacement": "No "},
+    }
+
+
 # --- inbound keyword folding ---------------------------------------------------------
 
 _FOLD_LETTERS = {"ɛ": "e", "ɔ": "o", "ɲ": "ny", "ñ": "ny", "ŋ": "ng", "œ": "oe", "æ": "ae",

@@ -387,7 +387,8 @@ def test_the_worker_keeps_sending_when_its_purge_meets_a_restored_erased_contact
 
     # `gateway serve` on the restored database: its worker, as the runtime builds it.
     restored = build_runtime(Settings(_env_file=None, database_url=restored_url,
-                                      key_file=settings.key_file, content_dir=REPO))
+                                      key_file=settings.key_file, content_dir=REPO,
+                                      quiet_hours=""))  # broadcasts go whatever the hour
     try:
         with restored.db.transaction() as conn:  # the purge is due (last run long ago)
             queries.set_counter(conn, name=PURGE_COUNTER, value=0, now=utcnow())

@@ -10,7 +10,16 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from gateway.operators.api import audit, auth, exports, partners, polls, reports
+from gateway.operators.api import (
+    audit,
+    auth,
+    broadcasts,
+    campaigns,
+    exports,
+    partners,
+    polls,
+    reports,
+)
 from gateway.operators.api.deps import install_error_handlers
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -28,7 +37,9 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     install_error_handlers(api)
     api.include_router(auth.router)
     api.include_router(audit.router)
+    broadcasts.install(api)
     api.include_router(polls.router)
+    api.include_router(campaigns.router)
     api.include_router(reports.router)
     api.include_router(partners.router)
     api.include_router(exports.router)

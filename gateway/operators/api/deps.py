@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.operators import accounts, audit
 from gateway.operators.access import Forbidden, NotFound, OutOfScope, Principal
+from gateway.operators.live import Hub
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.models import utcnow
@@ -60,6 +61,14 @@ Rt = Annotated[Runtime, Depends(get_runtime)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 
 
+async def get_live(rt: Rt) -> Hub:
+    """The process's live-figures hub (``gateway.operators.live``), made on first use."""
+    return rt.live_hub()
+
+
+Live = Annotated[Hub, Depends(get_live)]
+
+
 def get_conn(rt: Rt) -> Iterator[Connection]:
     with rt.db.transaction() as conn:
         yield conn
@@ -67,6 +76,16 @@ def get_conn(rt: Rt) -> Iterator[Connection]:
 
 # scope="function": the transaction commits before the response goes out.
 Conn = Annotated[Connection, Depends(get_conn, scope="function")]
+
+
+def get_read_conn(rt: Rt) -> Iterator[Connection]:
+    with rt.db.reading() as conn:
+        yield conn
+
+
+# A read-only transaction (Database.reading): on SQLite it holds no write lock, so a long
+# results query never holds up a USSD hop. Endpoints that only read use it with Reader.
+ReadConn = Annotated[Connection, Depends(get_read_conn, scope="function")]
 
 
 def unauthorized(detail: str) -> HTTPException:
@@ -77,6 +96,17 @@ def current_principal(request: Request, conn: Conn,
                       token: Annotated[str | None, Depends(bearer)]) -> Principal:
     """The caller: from ``Authorization: Bearer <token>`` when given, else from the
     dashboard's session cookie. Resolved again on every request."""
+    return _resolve(request, conn, token)
+
+
+def current_reader(request: Request, conn: ReadConn,
+                   token: Annotated[str | None, Depends(bearer)]) -> Principal:
+    """``current_principal`` for an endpoint that only reads (resolving the caller reads
+    only), in its read-only transaction."""
+    return _resolve(request, conn, token)
+
+
+def _resolve(request: Request, conn: Connection, token: str | None) -> Principal:
     now = utcnow()
     if token is not None or "authorization" in request.headers:
         who = accounts.resolve_token(conn, token=token or "", now=now)
@@ -98,6 +128,7 @@ def current_principal(request: Request, conn: Conn,
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+Reader = Annotated[Principal, Depends(current_reader)]
 
 
 def client_address(request: Request) -> str:

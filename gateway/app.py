@@ -50,6 +50,7 @@ USSD_PATH = "/webhooks/africastalking/ussd"
 GRACE_SECONDS = 0.25  # beyond the database wait: a job queued for a thread, the hand-back
 READY_SECONDS = 0.8  # /readyz answers within a second
 READY_WAIT_SECONDS = 0.5  # ... of which its probe waits this long for SQLite's lock
+READY_CACHE_SECONDS = 0.5  # a probe's answer serves the /readyz requests this long after it
 RETRY_AFTER_SECONDS = 5  # told to providers with a 503
 DB_PROCESS_START_SECONDS = 60  # the start waits this long for the USSD database process
 RESTART_SECONDS = 6.0  # a hop's patience while that process is replaced (AT allows 10 s)
@@ -85,6 +86,42 @@ def probe(rt: Runtime) -> int:
     to be sent."""
     with waiting(READY_WAIT_SECONDS):
         return rt.db.probe()
+
+
+class Readiness:
+    """The readiness probe (a committed write), run by one request at a time, its answer
+    kept ``READY_CACHE_SECONDS`` unless the database failed since: a load balancer probing
+    often costs one small write a moment, and requests arriving during a probe share its
+    answer."""
+
+    def __init__(self) -> None:
+        self.at = -READY_CACHE_SECONDS
+        self.depth: int | None = None
+        self.running: asyncio.Future[int | None] | None = None
+
+    async def queue_depth(self, rt: Runtime) -> int | None:
+        """The messages waiting to be sent; None when the database cannot take a write."""
+        failed = rt.db.failed_at
+        if time.monotonic() - self.at < READY_CACHE_SECONDS and (
+                failed is None or failed < self.at):
+            return self.depth
+        if self.running is None or self.running.done():
+            self.running = asyncio.ensure_future(self._probe(rt))
+        return await asyncio.shield(self.running)
+
+    async def _probe(self, rt: Runtime) -> int | None:
+        depth = None
+        if rt.db.available():
+            try:
+                depth = await asyncio.wait_for(run_in_threadpool(probe, rt),
+                                               timeout=READY_SECONDS)
+            except TimeoutError:
+                rt.db.note_failure()
+            except Exception as exc:
+                log.warning("readyz: the database cannot take a write (%s)",
+                            exc.__class__.__name__)
+        self.depth, self.at = depth, time.monotonic()
+        return depth
 
 
 def _within(fn: Callable[..., Any], args: tuple[Any, ...], deadline: float) -> Any:
@@ -390,21 +427,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    readiness = Readiness()
+
     @app.get("/readyz")
     async def readyz(request: Request) -> Response:
-        """Whether the database takes a write (a real one, committed), the keys are
-        loaded and the queue is within bounds; 503 within a second otherwise."""
+        """Whether the database takes a write (a real one, committed, on a disk with room),
+        the keys are loaded and the queue is within bounds; 503 within a second
+        otherwise."""
         rt = rt_of(request)
-        depth = None
-        if rt.db.available():
-            try:
-                depth = await asyncio.wait_for(run_in_threadpool(probe, rt),
-                                               timeout=READY_SECONDS)
-            except TimeoutError:
-                rt.db.note_failure()
-            except Exception as exc:
-                log.warning("readyz: the database cannot take a write (%s)",
-                            exc.__class__.__name__)
+        depth = await readiness.queue_depth(rt)
         checks = {
             "database": depth is not None,
             "keys": True,

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from gateway import retention
 from gateway.channels.base import Sender
@@ -75,6 +80,15 @@ class Runtime:
             self.loop.call_soon_threadsafe(self.wake.set)
 
 
+def unwritable_sqlite(db: Database, exc: Exception) -> bool:
+    """Whether ``exc`` says that an SQLite file that exists cannot work now (its disk full,
+    most likely); a path that does not exist is a mistake to report, not to wait out."""
+    if not db.sqlite or not isinstance(exc, (OperationalError, sqlite3.OperationalError)):
+        return False
+    path = make_url(db.url).database
+    return bool(path) and os.path.exists(str(path))
+
+
 def build_runtime(settings: Settings) -> Runtime:
     """Open the database, load keys and content; refuse to start on what is unsafe."""
     problems = production_problems(settings)
@@ -98,13 +112,36 @@ def build_runtime(settings: Settings) -> Runtime:
     except SchemaBehind as exc:
         db.dispose()
         raise StartupError(str(exc)) from None
+    except Exception as exc:
+        if not unwritable_sqlite(db, exc):
+            db.dispose()
+            raise
+        # An existing SQLite file whose disk is full: serve anyway, answering "try again
+        # later" (503, the apology screen, /readyz false) until the first transaction that
+        # finds it writable runs the set-up it missed.
+        log.warning("the SQLite database cannot take a write at start (%s): serving anyway, "
+                    "answering 'try again later' until it can", exc.__class__.__name__)
+        db.pending_setup = functools.partial(prepare_database, db)
+        db.note_failure()
     library = Library(db, content, poll_seconds=settings.flows_poll_seconds)
-    try:
+
+    def import_flows() -> None:
         for line in import_files(db, library, root=root, now=utcnow()):
             log.info("flows: %s", line)
-    except Exception:
-        db.dispose()
-        raise
+
+    migrate = db.pending_setup
+    if migrate is not None:  # a full disk: the flows' files are imported with the rest
+        def set_up() -> None:
+            migrate()
+            import_flows()
+
+        db.pending_setup = set_up
+    else:
+        try:
+            import_flows()
+        except Exception:
+            db.dispose()
+            raise
     ussd = ussd_service(settings, db=db, keys=keyring, content=content, library=library)
     outbox_policy = OutboxPolicy(provider=sender.name, rate=settings.send_rate,
                                  lease_seconds=settings.send_lease_seconds,
@@ -112,6 +149,7 @@ def build_runtime(settings: Settings) -> Runtime:
     sms_policy = SmsPolicy(
         default_region=settings.default_region, stop_words=words(settings.stop_words),
         start_words=words(settings.start_words), erase_words=words(settings.erase_words),
+        help_words=words(settings.help_words),
         yes_words=words(settings.yes_words), limits=limits(settings),
         help_interval=timedelta(minutes=settings.help_interval_minutes),
     )

@@ -123,11 +123,17 @@ class Settings(BaseSettings):
         description="Comma-separated words that stop all messages (case and accents folded).",
     )
     start_words: str = Field("START", description="Words that undo a stop.")
+    help_words: str = Field(
+        "AIDE,HELP,DƐMƐ,BALLAL",
+        description="Words that ask for the help message, honoured at any point of an SMS "
+        "dialogue (case and accents folded; Bambara and Fulfulde to be reviewed by a native "
+        "speaker).",
+    )
     erase_words: str = Field(
         "SUPPRIMER", description="Words that ask to erase the sender's data (confirmed first)."
     )
     yes_words: str = Field(
-        "OUI,1,OWO,ƆWƆ,AWO,YES", description="Words that confirm a question by SMS."
+        "OUI,1,OWO,ƆWƆ,AWO,EEY,YES", description="Words that confirm a question by SMS."
     )
 
     # Outbound messages.

@@ -1,7 +1,8 @@
 """A handset that texts the gateway as Africa's Talking delivers SMS, and reads what the
 outbox sends back through the fake provider.
 
-    handset.send("D2")  -> ["Faites-vous confiance à l'armée (FAMa)?\\n1. Pas du tout..."]
+    handset.send("D2")  -> ["Attention: les SMS restent dans le téléphone. ... 1 Oui, 2 Non"]
+    handset.send("1")   -> ["Faites-vous confiance à l'armée (FAMa)?\\n1. Pas du tout..."]
 """
 
 from __future__ import annotations

@@ -44,6 +44,12 @@ class Strict(BaseModel):
 
 class Option(Strict):
     label: str = Field(description="message key of the option's text")
+    sms_label: str | None = Field(
+        None,
+        description="message key shown instead of `label` over SMS, where the inbox keeps "
+        "the menu: neutral words (no force, category or abuse) for an entry whose USSD "
+        "label names one",
+    )
     value: str | None = Field(None, description="saved under the step's save_as")
     next: str | None = Field(None, description="target; defaults to the step's next")
 
@@ -155,7 +161,9 @@ def step_targets(step: MenuStep | InputStep | BranchStep | EndStep) -> list[str]
 def step_keys(step: MenuStep | InputStep | BranchStep | EndStep) -> list[str]:
     """Every message key a step shows."""
     if isinstance(step, MenuStep):
-        return [step.prompt, *(opt.label for opt in step.options)]
+        labels = [opt.label for opt in step.options]
+        labels += [opt.sms_label for opt in step.options if opt.sms_label]
+        return [step.prompt, *labels]
     if isinstance(step, InputStep | EndStep):
         return [step.prompt]
     return []

@@ -24,6 +24,7 @@ from gateway.content.flowdef import (
     Flow,
     InputStep,
     MenuStep,
+    Option,
     flow_of_target,
     is_flow_target,
 )
@@ -46,6 +47,11 @@ class Rules:
     home_key: str = "00"
     transliterate: bool = True
     params: Mapping[str, str] = field(default_factory=dict)  # global placeholder values
+    sms: bool = False  # menus show their options' ``sms_label`` where one is given
+
+    def label(self, option: Option) -> str:
+        """The message key an option shows on this channel."""
+        return option.sms_label if self.sms and option.sms_label else option.label
 
     @property
     def option_digits(self) -> tuple[str, ...]:
@@ -293,7 +299,7 @@ class Engine:
     def _make_choices(self, state: State, step: MenuStep) -> list[_Choice]:
         lang = state.lang
         if not step.options_from:
-            return [_Choice(self.say(lang, o.label), o.value, o.next or step.next)
+            return [_Choice(self.say(lang, self.rules.label(o)), o.value, o.next or step.next)
                     for o in step.options]
         communes = self.content.communes
         if step.options_from == "cercles":

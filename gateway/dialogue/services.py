@@ -36,6 +36,7 @@ def sms_rules(settings: Settings) -> Rules:
         back_key=settings.ussd_back,
         home_key=settings.ussd_home,
         transliterate=settings.transliterate,
+        sms=True,
         params={"minutes": str(settings.ussd_resume_minutes), "ussd_code": settings.ussd_code},
     )
 

@@ -3,12 +3,20 @@
 Per inbound message, in one transaction with its deduplication row:
 1. stop, start and erase words, before anything else (a stopped contact gets nothing but
    the direct answers to these);
-2. an open conversation: its answer (a keyword interrupts it, except where the step
-   waits for typed text); an expired conversation is dropped silently;
-3. a keyword starts its flow; a flow with ``sms_confirm`` (reports) first warns that SMS
-   stay in the inbox while USSD leaves no trace, and waits for a yes;
-4. anything else gets one neutral help message, at most once an hour
+2. an open conversation: its answer. The global words (help, and the keywords of the main
+   menu and of the information messages: MENU, INFO...) are honoured at any point; another
+   flow's keyword interrupts it too, except where the step waits for typed text. An
+   expired conversation is dropped silently;
+3. a keyword starts its flow;
+4. anything else, and the help words, get one neutral help message, at most once an hour
    (``GATEWAY_HELP_INTERVAL_MINUTES``).
+
+Nothing in the inbox names a force, a category or an abuse before the resident has
+confirmed the no-trace warning in that conversation: a flow with ``sms_confirm`` (the
+report, the poll) first warns that SMS stay in the inbox while USSD leaves no trace and
+waits for a yes, whether it starts from its keyword or from the menu; the menu shows its
+options' neutral ``sms_label``. A conversation remembers the confirmation (``waiting`` is
+``confirmed``) until it ends; a keyword starts a new one.
 
 Every reply is an outbox row written in the same transaction, within the contact's reply
 budget (``limits``): past it the message is still handled, and nothing is sent back. The
@@ -30,7 +38,7 @@ from sqlalchemy import Connection, Row, delete, select
 from gateway.channels.base import InboundSms
 from gateway.content.flowdef import InputStep
 from gateway.dialogue import limits as flood
-from gateway.dialogue.engine import Engine, State, Turn
+from gateway.dialogue.engine import MAIN_FLOW, Engine, State, Turn
 from gateway.dialogue.library import Engines
 from gateway.dialogue.limits import Limits
 from gateway.dialogue.ussd import apply_effects, poll_flows
@@ -41,10 +49,11 @@ from gateway.privacy.phone import normalise
 from gateway.store import queries
 from gateway.store.db import Database
 from gateway.store.models import InboundMessage, SmsConversation, utcnow
-from gateway.text.encoding import fold
+from gateway.text.encoding import fold, transliterate
 
 log = logging.getLogger("gateway.dialogue.sms")
 
+CONFIRMED = "confirmed"  # a conversation whose no-trace warning was confirmed
 MAX_CAMPAIGN_KEYWORD = 32  # characters, folded (models.Campaign.keyword)
 
 inbound = queries._t(InboundMessage)
@@ -62,8 +71,12 @@ class SmsPolicy:
     stop_words: frozenset[str] = field(default_factory=lambda: words("STOP,ARRET,DABILA"))
     start_words: frozenset[str] = field(default_factory=lambda: words("START"))
     erase_words: frozenset[str] = field(default_factory=lambda: words("SUPPRIMER"))
-    yes_words: frozenset[str] = field(default_factory=lambda: words("OUI,1,OWO,AWO,YES"))
-    bambara_words: frozenset[str] = field(default_factory=lambda: words("DABILA,JOSI"))
+    yes_words: frozenset[str] = field(default_factory=lambda: words("OUI,1,OWO,AWO,EEY,YES"))
+    help_words: frozenset[str] = field(default_factory=lambda: words("AIDE,HELP,DƐMƐ,BALLAL"))
+    bambara_words: frozenset[str] = field(default_factory=lambda: words("DABILA,JOSI,DƐMƐ"))
+    fulfulde_words: frozenset[str] = field(default_factory=lambda: words("BALLAL"))
+    # Flows whose keywords are honoured even where a step waits for typed text.
+    global_flows: frozenset[str] = frozenset({MAIN_FLOW, "subscribe"})
     limits: Limits = field(default_factory=Limits)
     help_interval: timedelta = timedelta(hours=1)
 
@@ -130,7 +143,9 @@ class SmsService:
             listed = flow.keywords.get(language, ())
             if listed and listed[0].upper() not in seen:
                 seen.append(listed[0].upper())
-        return ", ".join(engine.name(w) for w in seen)
+        if engine.rules.transliterate:  # in capitals: Ɲ makes NY, not Ny
+            seen = [transliterate(w, language).upper() for w in seen]
+        return ", ".join(seen)
 
     # --- receiving -------------------------------------------------------------------
 
@@ -147,8 +162,10 @@ class SmsService:
             stmt = queries._insert(conn, inbound).values(
                 provider=message.provider, external_id=message.external_id,
                 pseudonym=pseudonym, received_at=now,
-            ).on_conflict_do_nothing()
-            if not conn.execute(stmt).rowcount:
+            ).on_conflict_do_nothing().returning(inbound.c.id)
+            # RETURNING, not rowcount: on PostgreSQL SQLAlchemy reports -1 for this insert
+            # (it returns the new id), which would take every copy for a first.
+            if conn.execute(stmt).first() is None:
                 return "duplicate"
             contact = queries.touch_contact(conn, pseudonym=pseudonym,
                                           pseudonym_version=self.keys.pseudonym_version, now=now)
@@ -200,6 +217,8 @@ class _Reply:
             return str(lang)
         if self.folded in self.s.policy.bambara_words and "bm" in self.s.languages:
             return "bm"
+        if self.folded in self.s.policy.fulfulde_words and "ff" in self.s.languages:
+            return "ff"
         return self.s.default_language
 
     def handle(self) -> int:
@@ -223,6 +242,8 @@ class _Reply:
             self._keep(state, waiting="erase", minutes=60)
             self._send("control", self._say("sms-erase-confirm"))
             return self.sent
+        keyword = self.keywords.get(self.folded)
+        asks_help = self.folded in policy.help_words
         if conversation is not None and conversation.waiting == "erase":
             self._drop_conversation()
             if self.folded in policy.yes_words:
@@ -231,9 +252,11 @@ class _Reply:
                 language = self.language
                 queries.erase_contact(self.conn, pseudonym=self.pseudonym, now=self.now)
                 self._send("control", self.engine.say(language, "sms-erased"))
-            else:
+                return self.sent
+            if not asks_help and not self._is_keyword():
                 self._send("control", self._say("sms-erase-cancelled"))
-            return self.sent
+                return self.sent
+            conversation = None  # nothing erased; the keyword is honoured below
         if self.contact.stopped:
             return self.sent  # nothing but the answers to STOP, START and SUPPRIMER
         if conversation is not None and conversation.expires_at <= self.now:
@@ -242,13 +265,18 @@ class _Reply:
         if conversation is not None:
             state = State.loads(self.s.keys.open_text(conversation.state, aad=self._aad))
             begun_on = self.s.engines.get(state.gen, self.conn)  # it finishes on it
-            if conversation.waiting == "confirm":
-                return self._confirm(state, begun_on)
-            waits_for_text = isinstance(begun_on.step(state), InputStep)
-            if waits_for_text or not self._is_keyword():
-                self._answer(begun_on.advance(state, self.message.text), begun_on)
+            if asks_help:
+                self._help(state.lang)  # the conversation waits where it was
                 return self.sent
-        keyword = self.keywords.get(self.folded)
+            if conversation.waiting == "confirm":
+                if not self._is_keyword():
+                    return self._confirm(state, begun_on)
+            elif not self._is_keyword() or (
+                    isinstance(begun_on.step(state), InputStep)
+                    and (keyword is None or keyword.flow not in policy.global_flows)):
+                self._answer(begun_on.advance(state, self.message.text), begun_on,
+                             confirmed=conversation.waiting == CONFIRMED)
+                return self.sent
         if keyword is not None:
             self._start(keyword)
             return self.sent
@@ -282,13 +310,7 @@ class _Reply:
         if lang not in keyword.languages:
             lang = "fr" if "fr" in keyword.languages else keyword.languages[0]
         engine = self.engine
-        flow = engine.flow(keyword.flow)
-        turn = engine.begin(keyword.flow, lang)
-        if flow.sms_confirm:
-            self._keep(turn.state, waiting="confirm", minutes=flow.expires_after_minutes)
-            self._send("reply", engine.say(lang, flow.sms_confirm))
-            return
-        self._answer(turn, engine)
+        self._answer(engine.begin(keyword.flow, lang), engine, confirmed=False)
 
     def _open_campaign(self, opened: queries.CampaignEntry) -> None:
         """A radio campaign's keyword: its poll, whose answers count for the campaign
@@ -296,17 +318,21 @@ class _Reply:
         flow = self.s.poll_flows[opened.poll]
         engine = self.engine
         self._answer(engine.begin(flow, self.language,
-                                  campaign=opened.id if opened.active else None), engine)
+                                  campaign=opened.id if opened.active else None), engine,
+                     confirmed=False)
 
     def _confirm(self, state: State, engine: Engine) -> int:
         if self.folded in self.s.policy.yes_words:
-            self._answer(Turn(engine.render(state), state), engine)
+            self._answer(Turn(engine.render(state), state), engine, confirmed=True)
         else:
             self._drop_conversation()
             self._send("reply", engine.say(state.lang, "sms-cancelled"))
         return self.sent
 
-    def _answer(self, turn: Turn, engine: Engine) -> None:
+    def _answer(self, turn: Turn, engine: Engine, *, confirmed: bool) -> None:
+        """Carry out a turn's effects and send its screen (``engine``: the content the
+        conversation runs on); a flow with ``sms_confirm`` reached in a conversation that
+        has not confirmed the warning gets the warning instead, and waits for a yes."""
         state = turn.state
         source = f"sms:{self.message.provider}:{self.message.external_id}"
         apply_effects(self.conn, self.s.keys, turn.effects, pseudonym=self.pseudonym,
@@ -317,14 +343,19 @@ class _Reply:
             self._send("ack", turn.screen.text)
             return
         flow = engine.flow(state.flow)
-        self._keep(state, waiting="flow", minutes=flow.expires_after_minutes)
+        if flow.sms_confirm and not confirmed:
+            self._keep(state, waiting="confirm", minutes=flow.expires_after_minutes)
+            self._send("reply", engine.say(state.lang, flow.sms_confirm))
+            return
+        self._keep(state, waiting=CONFIRMED if confirmed else "flow",
+                   minutes=flow.expires_after_minutes)
         self._send("reply", turn.screen.text)
 
-    def _help(self) -> None:
+    def _help(self, language: str | None = None) -> None:
         last = self.contact.help_sent_at
         if last is not None and self.now - last < self.s.policy.help_interval:
             return
-        lang = self.language
+        lang = language or self.language
         if self._send("help", self.engine.say(lang, "sms-help",
                                               keywords=self.s.keyword_list(lang, self.engine))):
             queries.update_contact(self.conn, pseudonym=self.pseudonym, help_sent_at=self.now)

@@ -315,5 +315,8 @@ def _label_sets(engine: Engine, step: MenuStep, lang: str) -> list[list[str]]:
         sets = [[engine.name(m.name) for m in c.communes] + [other]
                 for c in engine.content.communes.cercles]
         return sets or [[other]]
-    return [[engine.say(lang, o.label) for o in step.options]]
+    sets = [[engine.say(lang, o.label) for o in step.options]]
+    if any(o.sms_label for o in step.options):  # the SMS menu's neutral entries
+        sets.append([engine.say(lang, o.sms_label or o.label) for o in step.options])
+    return sets
 

@@ -150,7 +150,9 @@ class Claimed:
 # --- writing -------------------------------------------------------------------------
 
 
-_ENQUEUE = queries._Prepared(lambda insert: insert(outbox).on_conflict_do_nothing())
+# RETURNING tells a first from a copy on both databases (PostgreSQL's rowcount is -1 here).
+_ENQUEUE = queries._Prepared(
+    lambda insert: insert(outbox).on_conflict_do_nothing().returning(outbox.c.id))
 
 
 def enqueue(
@@ -170,7 +172,7 @@ def enqueue(
         "valid_until": valid_until or now + policy.valid_for.get(kind, timedelta(hours=2)),
         "broadcast_id": broadcast_id, "created_at": now, "updated_at": now,
     })
-    return bool(result.rowcount)
+    return result.first() is not None
 
 
 def copied_from_vault(recipient: str) -> bool:

@@ -12,14 +12,21 @@ how long the transactions of the current context wait for SQLite's write lock (n
 that says the database is unavailable, ``available`` is False for a moment, so that
 requests answer "try again later" without touching it until one of them (or a readiness
 probe) finds it writable again.
+
+A full disk: the readiness probe also fails while the SQLite file's disk has less than
+``MIN_FREE_BYTES`` free (``DiskFull``), even when its write went through (SQLite reuses the
+space of its write-ahead log, so a small write may still fit when nothing else will). An
+SQLite database that cannot be opened for writing at start (its disk full) gets its set-up
+(``pending_setup``: the migrations) run by the first transaction that finds it writable.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -33,6 +40,7 @@ from gateway.store.models import utcnow
 BUSY_TIMEOUT_MS = 10_000  # background work (the worker, the purge, commands)
 PG_CONNECT_TIMEOUT = 5  # seconds: never hang on an unreachable server
 RETRY_AFTER_SECONDS = 1.0  # after a failure, the database is left alone this long
+MIN_FREE_BYTES = 1 << 20  # readiness: an SQLite file's disk needs at least this much free
 _WAIT: ContextVar[float | None] = ContextVar("gateway_db_wait", default=None)
 _DEFERRED: ContextVar[bool] = ContextVar("gateway_db_deferred", default=False)
 
@@ -72,6 +80,10 @@ class WritersTurn:
     def release(self) -> None:
         self._owner = None
         self._lock.release()
+
+
+class DiskFull(DatabaseUnavailable):
+    """The SQLite file's disk has (almost) no space left."""
 
 
 @contextmanager
@@ -182,6 +194,10 @@ class Database:
         self._kept: list[tuple[Connection, float]] = []
         self._kept_autocommit: list[tuple[Connection, float]] = []  # PostgreSQL USSD hops
         self.failed_at: float | None = None  # time.monotonic() of the last failure
+        # Set-up the database still needs (the migrations it could not take at start):
+        # run by the first transaction, once, under ``_setup_lock``.
+        self.pending_setup: Callable[[], None] | None = None
+        self._setup_lock = threading.Lock()
         # SQLite: this process's writers take turns here before BEGIN IMMEDIATE. Waiting
         # on SQLite's own lock means its busy handler's sleeps (growing to 100 ms each), so
         # a USSD hop behind a background job's transaction (a broadcast being queued) could
@@ -223,6 +239,8 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A transaction committed when the block ends, rolled back if it raises."""
+        if self.pending_setup is not None:
+            self._set_up()
         with self._turn() as left:
             conn = self._take(self._kept) or self.engine.connect()
             wait = self._set_wait(conn, left) if self.sqlite else None
@@ -249,6 +267,8 @@ class Database:
             with self.transaction() as conn:
                 yield conn
             return
+        if self.pending_setup is not None:
+            self._set_up()
         # No writing turn (Database._turn): a read waits for no writer, and none for it.
         conn = self._take(self._kept) or self.engine.connect()
         self._set_wait(conn, _WAIT.get())
@@ -265,6 +285,32 @@ class Database:
             raise
         self._keep(conn, self._kept)
         self.failed_at = None
+
+    def _set_up(self) -> None:
+        with self._setup_lock:
+            setup = self.pending_setup
+            if setup is None:
+                return
+            self.pending_setup = None  # the set-up's own transactions must not run it again
+            try:
+                setup()
+            except Exception:
+                self.pending_setup = setup
+                self.note_failure()
+                raise
+
+    def free_bytes(self) -> int | None:
+        """Free space on the SQLite file's disk (None: PostgreSQL, or not known)."""
+        if not self.sqlite:
+            return None
+        path = make_url(self.url).database
+        if not path or path == ":memory:":
+            return None
+        try:
+            stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
 
     def _set_wait(self, conn: Connection, left: float | None) -> float | None:
         """Give an SQLite connection the busy timeout this context asks for (``left``: what
@@ -290,9 +336,13 @@ class Database:
 
     def probe(self) -> int:
         """A real write, committed (the readiness check): raises if the database cannot
-        take one. Returns the messages waiting to be sent."""
+        take one, or ``DiskFull`` if its disk is (almost) full. Returns the messages
+        waiting to be sent."""
         from gateway.store import queries  # queries is above this module
 
+        free = self.free_bytes()
+        if free is not None and free < MIN_FREE_BYTES:
+            raise DiskFull(f"{free} bytes free on the database's disk")
         with self.transaction() as conn:
             queries.set_counter(conn, name="readiness_probe", value=int(time.time()),
                                 now=utcnow())

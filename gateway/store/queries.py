@@ -353,8 +353,8 @@ def record_ussd_event(
     stmt = _insert(conn, events).values(
         provider=provider, session_id=session_id, status=status, hops=hops_count,
         duration_ms=duration_ms, received_at=now,
-    ).on_conflict_do_nothing()
-    if not conn.execute(stmt).rowcount:
+    ).on_conflict_do_nothing().returning(events.c.id)
+    if conn.execute(stmt).first() is None:  # rowcount is -1 here on PostgreSQL
         return
     changes: dict[str, Any] = {
         "end_status": status, "end_hops": hops_count, "end_duration_ms": duration_ms,

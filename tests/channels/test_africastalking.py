@@ -343,7 +343,7 @@ def test_a_reply_goes_out_through_africastalking_and_its_report_delivers_it(
         assert drain(at_runtime) == 1
         [request] = fake.received
         assert (request.form["to"], request.form["from"]) == (NUMBER, "36123")
-        assert request.form["message"].startswith("Faites-vous confiance à l'armée (FAMa)?\n")
+        assert request.form["message"].startswith("Attention: les SMS restent dans le")
         message_id = request.answer["SMSMessageData"]["Recipients"][0]["messageId"]
         row = outbox_row(at_runtime)
         assert (row["status"], row["provider"], row["provider_message_id"]) == (

@@ -174,7 +174,7 @@ def test_a_reply_goes_out_through_kannel_and_its_delivery_report_comes_back(
         assert "STOP" in help_sms.text
         assert {m.sender for m in s.kannel.messages()} == {SHORT_CODE}
 
-        s.kannel.inject(PHONE, "SONDAGE")  # a keyword: the flow's first question
+        s.kannel.inject(PHONE, "SONDAGE")  # a keyword: the flow's no-trace warning
         question = s.kannel.wait_for_sms(2)[1]
         rows = s.wait_delivered(2)
         assert rows[1].kind == "reply"
@@ -200,12 +200,13 @@ def test_bambara_text_goes_both_ways_as_ucs2_and_arrives_intact(
         binaries: Binaries, settings: Settings, tmp_path: Path) -> None:
     with stack(binaries, settings, tmp_path) as s:
         # A phone writing Ɲ sends UCS-2; smsbox recodes it (mo-recode) so the keyword is
-        # recognised: the reply is the poll's first question, not the help message.
+        # recognised: the reply is the poll's no-trace warning, not the help message.
         s.kannel.inject(PHONE, "ƝININKALI", ucs2=True)
-        [question] = s.kannel.wait_for_sms(1)
+        [warning] = s.kannel.wait_for_sms(1)
         [row] = s.wait_delivered(1)
         assert (row.kind, row.encoding) == ("reply", "GSM-7")  # transliterated: the default
-        assert question == Sms(PHONE, row.text, ucs2=False, parts=row.segments)
+        assert warning == Sms(PHONE, row.text, ucs2=False, parts=row.segments)
+        assert warning.text.startswith("Aw ye a lajè:")
 
         # Text with letters GSM-7 lacks goes out as UCS-2: one SMS, then several.
         short = "I ni ce! Kunnafoni bɛɛ sɔrɔla."
@@ -234,8 +235,8 @@ def test_without_mo_recode_a_stop_word_typed_with_its_accent_still_stops(
         assert (row.kind, answer.text) == ("control", row.text)
         assert answer.text.startswith("Vous ne recevrez plus")
         s.kannel.inject(PHONE2, "ƝININKALI ", ucs2=True)  # the trailing space byte is lost
-        question = only(s.kannel.wait_for_sms(2), PHONE2)[0]
-        assert question.text.startswith("I da bè sòròdasiw (FAMa) la wa?")
+        warning = only(s.kannel.wait_for_sms(2), PHONE2)[0]
+        assert warning.text.startswith("Aw ye a lajè: SMS bè to telefòni kònò.")
 
 
 TOKEN = "s3cr+t/&=%x y"  # every character that needs escaping in a URL
@@ -539,8 +540,8 @@ def test_a_ucs2_keyword_starts_its_flow(client: TestClient, runtime: Runtime) ->
     raw = "%01%9D%00I%00N%00I%00N%00K%00A%00L%00I"  # ƝININKALI, as the phone sent it
     client.get(f"/webhooks/kannel/sms?from=%2B22370000101&to=36123&id=k-9&text={raw}"
                "&coding=2&charset=UTF-16BE")
-    [question] = handset.inbox()
-    assert question.startswith(runtime.engine.say("bm", "poll-trust-army")), question
+    [warning] = handset.inbox()  # the poll's no-trace warning, in Bambara
+    assert warning == runtime.sms.engine.say("bm", "sms-report-warning"), warning
 
 
 # --- USSD: the get-url's operations, and the answers -----------------------------------

@@ -1,7 +1,7 @@
 """Everything the gateway sends outside a resident's own open dialogue names no category,
 no force and no abuse: acknowledgements (every flow's end screen, which SMS leaves in the
 inbox), the answers to STOP, START and SUPPRIMER, the help with the keywords it
-advertises, and the warning sent before an SMS report starts.
+advertises, the warning sent before an SMS report or poll starts, and the menu over SMS.
 """
 
 from __future__ import annotations
@@ -12,27 +12,14 @@ from pathlib import Path
 import pytest
 
 from gateway.content.catalogs import Content, load
-from gateway.content.flowdef import EndStep, MenuStep
-from gateway.dialogue.engine import Engine, Rules
+from gateway.content.flowdef import EndStep
+from gateway.dialogue.engine import MAIN_FLOW, Engine, Rules
 from gateway.dialogue.sms import SmsPolicy, SmsService
 from gateway.dialogue.validate import SMS_KEYS
 from gateway.text.encoding import fold
+from tests.content.neutral_words import FORBIDDEN, report_labels
 
 REPO = Path(__file__).resolve().parents[2]
-
-# Folded (case, accents and Bambara spellings collapsed by gateway.text.fold).
-FORBIDDEN = {
-    "signalement", "signaler", "signale", "plainte", "denonciation", "temoignage",
-    "police", "policier", "polisi", "gendarmerie", "gendarme", "zandaramu", "zandarameri",
-    "armee", "militaire", "soldat", "sorodasi", "fama", "fds", "garde", "garadi", "milice",
-    "dozo", "donso", "kelebolo", "kelejama", "larame",
-    "abus", "violence", "arrestation", "detention", "racket", "extorsion", "torture",
-    "disparu", "disparition", "menace", "insulte", "vol", "confiscation", "gosili",
-    "mine", "minèni", "sonyali", "jiji", "neni", "toro", "barrage", "barazi",
-    # Fulfulde (folded: ɓ ɗ ƴ as b d y)
-    "sordaasiibe", "sordaasi", "sanndarmaaji", "poliis", "konu", "fedde",
-    "piyol", "torra", "nanngol", "huli", "kuddi", "wujjo", "yettugol", "majjudo",
-}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +32,7 @@ def content() -> Content:
 def neutral_messages(content: Content) -> list[tuple[str, str, str]]:
     """(language, key, text as sent) for every message sent outside an open dialogue."""
     engine = Engine(content, Rules(params={"ussd_code": "*123#", "minutes": "5"}))
+    over_sms = Engine(content, Rules(params={"ussd_code": "*123#"}, sms=True))
     sms = SmsService(db=None, keys=None, engine=engine, policy=SmsPolicy(),  # type: ignore[arg-type]
                      outbox_policy=None)  # type: ignore[arg-type]
     found = []
@@ -59,23 +47,9 @@ def neutral_messages(content: Content) -> list[tuple[str, str, str]]:
             if flow.sms_confirm:
                 found.append((lang, flow.sms_confirm, engine.say(lang, flow.sms_confirm)))
         found.append((lang, "resume-offer", engine.say(lang, "resume-offer")))
+        # The menu over SMS stays in the inbox: its entries are neutral.
+        found.append((lang, "main-menu (SMS)", over_sms.begin(MAIN_FLOW, lang).screen.text))
     return found
-
-
-def report_labels(content: Content) -> set[str]:
-    """The report flow's own words for what happened and who did it, in every language."""
-    report = content.flows["report"]
-    labels = set()
-    for name in ("category", "force"):
-        step = report.steps[name]
-        assert isinstance(step, MenuStep)
-        for option in step.options:
-            for lang in content.languages:
-                text = fold(content.text(lang, option.label))
-                if text not in {"autre", "were", "ko were", "je ne sais pas", "n t a don",
-                                "goddum", "goddo", "mi anndaa"}:
-                    labels.add(text)
-    return labels
 
 
 def test_there_are_neutral_messages_to_check(content: Content) -> None:

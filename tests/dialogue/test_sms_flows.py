@@ -28,6 +28,29 @@ WARNING_FR = (
     "Attention: les SMS restent dans le téléphone. Le menu *123# ne laisse aucune trace. "
     "Continuer par SMS? 1 Oui, 2 Non"
 )
+WARNING_BM = (
+    "Aw ye a lajè: SMS bè to telefòni kònò. *123# tè foyi to a la. Ka taa a fè SMS fè? "
+    "1 Owò, 2 Ayi"
+)
+WARNING_FF = (
+    "Reentu: SMS ina heddoo e telefon. *123# accataa hay huunde. Jokkude e SMS? 1 Eey, 2 Alaa"
+)
+MENU_FR = """\
+Dannaya, service anonyme
+1. Raconter un fait
+2. Sondage: confiance
+3. Messages d'info
+4. A propos
+5. Effacer mes données
+6. Langue / Kan"""
+ARMY_FR = """\
+Faites-vous confiance à l'armée (FAMa)?
+1. Pas du tout
+2. Juste un peu
+3. Partiellement
+4. Beaucoup
+5. Je ne sais pas
+6. Préfère ne pas répondre"""
 
 
 def lines(text: str) -> str:
@@ -123,7 +146,8 @@ def test_a_poll_by_sms_in_bambara_with_any_spelling_of_the_keyword(
         6. N t'a fè ka jaabi
     """)
     for spelling in ("Ɲininkali", "nyininkali", "GNININKALI", "ñininkali"):
-        assert handset.send(spelling) == [first], spelling
+        assert handset.send(spelling) == [WARNING_BM], spelling  # each starts again
+    assert handset.send("Ɔwɔ") == [first]
     assert handset.send("4")[0].startswith("I da bè zandaramuw la wa?\n")
     handset.send("4")
     handset.send("4")
@@ -170,7 +194,8 @@ def test_a_poll_by_sms_in_fulfulde(handset: Handset, runtime: Runtime) -> None:
         6. Mi yidaa jaabaade
     """)
     for spelling in ("NAAMNAL", "naamnal", "Naamnal "):
-        assert handset.send(spelling) == [first], spelling
+        assert handset.send(spelling) == [WARNING_FF], spelling
+    assert handset.send("Eey") == [first]
     assert handset.send("3")[0].startswith("Ada hoolii sanndarmaaji?\n")
     handset.send("3")
     handset.send("3")
@@ -191,15 +216,17 @@ def test_the_fulfulde_keyword_for_information_messages(handset: Handset) -> None
 
 
 def test_an_invalid_answer_repeats_the_question_with_the_error(handset: Handset) -> None:
-    handset.send("SONDAGE")
+    assert handset.send("SONDAGE") == [WARNING_FR]
+    assert handset.send("1") == [ARMY_FR]
     [again] = handset.send("12")
     assert again.startswith("Choix invalide.\nFaites-vous confiance à l'armée (FAMa)?\n")
 
 
 def test_a_keyword_interrupts_a_question_but_not_typed_text(handset: Handset,
                                                           runtime: Runtime) -> None:
-    handset.send("sondage")
-    assert handset.send("D1") == [WARNING_FR]  # a keyword restarts
+    assert handset.send("sondage") == [WARNING_FR]
+    assert handset.send("1") == [ARMY_FR]
+    assert handset.send("D1") == [WARNING_FR]  # a keyword restarts, warned again
     handset.send("1")
     for answer in ("1", "1", "1", "7", "1"):
         handset.send(answer)
@@ -236,7 +263,7 @@ def test_stop_is_handled_before_any_flow_and_silences_everything(
     assert handset.send("start") == [
         "Vous recevrez de nouveau nos SMS. Pour arreter, envoyez STOP."
     ]
-    assert handset.send("SONDAGE")[0].startswith("Faites-vous confiance")
+    assert handset.send("SONDAGE") == [WARNING_FR]
 
 
 @pytest.mark.parametrize("word", ["STOP", "stop", "ARRET", "arrêt", "Dabila", "DABILA."])
@@ -261,7 +288,7 @@ def test_a_stopped_contact_gets_no_broadcast(handset: Handset, runtime: Runtime)
 
 def test_erase_by_sms_asks_first_then_erases(handset: Handset, runtime: Runtime) -> None:
     handset.send("SONDAGE")
-    for answer in ("1", "1", "1", "1", "3", "5", "3", "7"):
+    for answer in ("oui", "1", "1", "1", "1", "3", "5", "3", "7"):
         handset.send(answer)
     assert poll_answers(runtime) != {}
     assert handset.send("supprimer") == [
@@ -289,10 +316,14 @@ def test_a_stopped_contact_can_still_erase(handset: Handset) -> None:
 
 
 def test_a_repeated_message_is_handled_once(handset: Handset, runtime: Runtime) -> None:
-    handset.deliver("SONDAGE", message_id="ATXid_same")
-    handset.deliver("SONDAGE", message_id="ATXid_same")
+    assert handset.deliver("SONDAGE", message_id="ATXid_same") == "accepted"
+    assert handset.deliver("SONDAGE", message_id="ATXid_same") == "duplicate"
     assert len(handset.inbox()) == 1
-    assert len(outbox_rows(runtime)) == 1
+    handset.deliver("1", message_id="ATXid_yes")
+    assert handset.deliver("1", message_id="ATXid_yes") == "duplicate"  # not a second answer
+    assert handset.inbox() == [ARMY_FR]
+    assert handset.send("4")[0].startswith("Faites-vous confiance à la gendarmerie?")
+    assert len(outbox_rows(runtime)) == 3
 
 
 def test_bambara_stop_answers_in_bambara(handset: Handset) -> None:
@@ -329,7 +360,8 @@ def test_with_transliteration_off_sms_goes_out_as_written_and_ussd_stays_gsm7(
     try:
         with TestClient(create_app(unchanged, runtime=runtime)) as client:
             handset = Handset(client, runtime, "+22370000009")
-            question = handset.send("ɲininkali")[0]
+            assert handset.send("ɲininkali")[0].startswith("Aw ye a lajɛ: SMS bɛ to")
+            question = handset.send("1")[0]
             assert question.startswith("I da bɛ sɔrɔdasiw (FAMa) la wa?\n")
             sender = runtime.sender
             assert isinstance(sender, FakeSender)
@@ -341,3 +373,117 @@ def test_with_transliteration_off_sms_goes_out_as_written_and_ussd_stays_gsm7(
             assert encoding_of(screen.text) == "GSM-7"
     finally:
         runtime.db.dispose()
+
+
+# --- nothing in the inbox names a force before the warning (issue 17, item 4) -----------
+
+
+def test_the_sms_menu_names_nothing_and_its_report_entry_warns_first(
+        handset: Handset, runtime: Runtime) -> None:
+    assert handset.send("MENU") == [MENU_FR]
+    assert handset.send("1") == [WARNING_FR]
+    assert handset.send("1")[0].startswith(
+        "Qu'avez-vous vécu avec les FDS?\n1. Aide ou protection\n")
+    assert handset.send("0") == [MENU_FR]  # back to the menu
+    # This conversation confirmed the warning: the poll's question comes at once.
+    assert handset.send("2") == [ARMY_FR + "\n0. Retour"]
+
+
+def test_the_poll_from_the_sms_menu_warns_first_and_no_starts_nothing(
+        handset: Handset, runtime: Runtime) -> None:
+    assert handset.send("Dannaya") == [MENU_FR]
+    assert handset.send("2") == [WARNING_FR]
+    assert handset.send("2") == ["C'est noté."]
+    assert handset.send("1") == [HELP_FR]  # the conversation is over
+    assert poll_answers(runtime) == {}
+
+
+def test_the_sms_menu_in_bambara_and_fulfulde_names_nothing(handset: Handset) -> None:
+    handset.send("MENU")
+    assert handset.send("6") == ["Langue / Kan / Demngal:\n1. Francais\n2. Bamanankan\n"
+                                 "3. Fulfulde\n0. Retour"]
+    assert handset.send("2") == [lines("""
+        Dannaya, i tògò tè fò
+        1. Ko dò lakali
+        2. Nyininkali: dannaya
+        3. Kunnafoni cikanw
+        4. Dannaya ko
+        5. N ka kunnafoniw jòsi
+        6. Kan / Langue
+        0. Segin
+    """)]
+    assert handset.send("1") == [WARNING_BM]
+    assert handset.send("MENU")[0].startswith("Dannaya, i tògò tè fò\n1. Ko dò lakali\n")
+    handset.send("6")
+    assert handset.send("3") == [lines("""
+        Dannaya, innde maa wiyetaake
+        1. Humpito huunde
+        2. Naamnal: hoolaare
+        3. Kabaruuji SMS
+        4. Badte Dannaya
+        5. Momtu kabaruuji am
+        6. Demngal / Langue
+        0. Rutto
+    """)]
+    assert handset.send("2") == [WARNING_FF]
+
+
+def test_help_in_the_middle_of_a_dialogue_is_answered_and_the_question_waits(
+        handset: Handset) -> None:
+    handset.send("SONDAGE")
+    handset.send("1")
+    assert handset.send("AIDE") == [HELP_FR]  # not "Choix invalide."
+    assert handset.send("4")[0].startswith("Faites-vous confiance à la gendarmerie?\n")
+
+
+def test_help_at_the_warning_is_answered_and_the_warning_waits(handset: Handset) -> None:
+    assert handset.send("D1") == [WARNING_FR]
+    assert handset.send("help") == [HELP_FR]
+    assert handset.send("1")[0].startswith("Qu'avez-vous vécu avec les FDS?\n")
+
+
+def test_help_in_bambara_answers_in_bambara(handset: Handset) -> None:
+    assert handset.send("dèmè") == ["Dannaya: DANNAYA, NYININKALI, D1, KUNNAFONI ci. "
+                                    "Ka dabila: STOP."]
+
+
+def to_typed_text(handset: Handset) -> None:
+    """A report by SMS, up to the question that waits for typed text."""
+    assert handset.send("D1") == [WARNING_FR]
+    for answer in ("1", "3", "6", "3", "7"):
+        handset.send(answer)
+    assert handset.send("1") == [
+        "Votre message, 120 signes au plus. Aucun nom, aucun numéro:\n0. Retour"]
+
+
+@pytest.mark.parametrize("word, answer", [
+    ("MENU", MENU_FR),
+    ("Dannaya", MENU_FR),
+    ("INFO", "Messages d'information par SMS:\n1. Les recevoir\n2. Ne plus les recevoir"),
+    ("Aide", HELP_FR),
+    ("STOP", "Vous ne recevrez plus de SMS. Pour reprendre, envoyez START."),
+])
+def test_global_words_are_honoured_even_where_typed_text_is_awaited(
+        word: str, answer: str, handset: Handset, runtime: Runtime) -> None:
+    to_typed_text(handset)
+    assert handset.send(word) == [answer]
+    assert reports(runtime) == []  # the word was not taken for the report's text
+
+
+def test_a_keyword_while_erasure_waits_for_its_yes_erases_nothing(
+        handset: Handset, runtime: Runtime) -> None:
+    handset.send("SONDAGE")
+    for answer in ("1", "1", "1", "1", "1", "3", "5", "3", "7"):
+        handset.send(answer)
+    assert handset.send("SUPPRIMER") == [
+        "Effacer toutes vos données? Répondez OUI pour confirmer."]
+    assert handset.send("menu") == [MENU_FR]
+    assert handset.send("oui") == ["Choix invalide.\n" + MENU_FR]  # not a yes to erasing
+    assert poll_answers(runtime) != {}
+
+
+def test_stop_at_the_warning_stops(handset: Handset, runtime: Runtime) -> None:
+    assert handset.send("SONDAGE") == [WARNING_FR]
+    assert handset.send("Dabila") == ["SMS si tèna ci i ma tugun. Ka segin a ma, START ci."]
+    assert handset.send("1") == []
+    assert poll_answers(runtime) == {}

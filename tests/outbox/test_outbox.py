@@ -27,10 +27,10 @@ def policy() -> OutboxPolicy:
 
 
 def put(rt: Runtime, policy: OutboxPolicy, key: str, *, kind: str = "ack",
-        now: datetime | None = None, valid_for: timedelta | None = None) -> None:
+        now: datetime | None = None, valid_for: timedelta | None = None) -> bool:
     now = now or utcnow()
     with rt.db.transaction() as conn:
-        outbox.enqueue(conn, keys=rt.keys, policy=policy, pseudonym="p" * 32, e164=NUMBER,
+        return outbox.enqueue(conn, keys=rt.keys, policy=policy, pseudonym="p" * 32, e164=NUMBER,
                        text=f"message {key}", kind=kind, dedupe_key=key, now=now,
                        valid_until=now + valid_for if valid_for else None)
 
@@ -63,8 +63,8 @@ ACCEPTED = SendResult(SendOutcome.accepted, provider_message_id="prov-1")
 
 
 def test_a_message_is_queued_once_and_sent(runtime: Runtime, policy: OutboxPolicy) -> None:
-    put(runtime, policy, "a")
-    put(runtime, policy, "a")  # the same cause twice: one row
+    assert put(runtime, policy, "a")
+    assert not put(runtime, policy, "a")  # the same cause twice: one row, and it says so
     [claimed] = claim(runtime, policy)
     assert outbox.open_recipient(runtime.keys, claimed) == NUMBER
     assert claim(runtime, policy) == []  # leased

@@ -67,8 +67,9 @@ class Served:
 
 
 @contextmanager
-def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
-    """`gateway serve` on a free port, ready; stopped (SIGKILL if it must) at the end."""
+def serving(tmp_path: Path, *args: str, ready: bool = True, **env: str) -> Iterator[Served]:
+    """`gateway serve` on a free port, ready (or with ``ready=False`` only alive); stopped
+    (SIGKILL if it must) at the end."""
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("ab") as out:
@@ -82,7 +83,8 @@ def serving(tmp_path: Path, *args: str, **env: str) -> Iterator[Served]:
         while True:
             assert process.poll() is None, served.output()
             try:
-                if httpx.get(f"{served.base}/readyz", timeout=1).status_code == 200:
+                path = "/readyz" if ready else "/healthz"
+                if httpx.get(f"{served.base}{path}", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

@@ -2,8 +2,9 @@
 shows it (French and Bambara, count, encoding, budget) and the validator's problems; an
 editor for the definition and the flow's catalog entries (checked and previewed by a
 server round trip: no script needed; with flowcheck.js, the same check runs as one types,
-through ``POST /flows/{flow}/check``, whose fragment replaces the problems and the preview); a diff between two versions; publish and roll back
-after a confirmation page; and a phone in the page.
+through ``POST /flows/{flow}/check``, whose fragment replaces the problems and the
+preview); a diff between two versions; publish and roll back after a confirmation page;
+and a phone in the page.
 
 The phone in the page walks the published flows or a stored version through the real
 USSD webhook (the gateway's own ASGI app, called in-process as Africa's Talking would

@@ -54,3 +54,33 @@ def test_edit_a_bambara_prompt_preview_publish_and_walk_the_phone(page: Page,
     page.get_by_label("Votre réponse").fill("2")
     page.get_by_role("button", name="Envoyer").click()
     expect(page.locator("[data-screen]")).to_contain_text(OLD_BM_SHOWN)
+
+
+def test_the_editor_checks_and_previews_as_one_types(page: Page, served: Served) -> None:
+    """No button pressed: typing a Bambara thank-you too long for one USSD screen brings
+    the problem with its reason and the phone marked over budget; shortening it takes them
+    away. The count is read out by the aria-live region."""
+    sign_in(page)
+    page.goto("/dashboard/flows/poll/edit")
+    entry = page.locator('textarea[name="m.bm.ack-answer"]')
+    entry.fill("")
+    entry.press_sequentially("I ni ce, jaabi sɔrɔla. " * 8)
+    problem = page.locator(".problems li", has_text="key 'ack-answer' in bm")
+    expect(problem).to_contain_text("end screen of 183 septets, budget 160")
+    over = page.locator('.phone.over[lang="bm"]')
+    expect(over).to_have_count(1)
+    expect(over).to_contain_text("trop long")
+    expect(page.locator("[data-check=status][aria-live=polite]")).to_have_text(
+        "Vérification faite : 1 problème à corriger.")
+    expect(page).to_have_url(f"{served.url}/dashboard/flows/poll/edit")  # no round trip
+    shoot(page, "flow-edit-live-problem")
+
+    entry.fill("I ni ce, jaabi sɔrɔla.")
+    expect(page.locator(".problems li")).to_have_count(0)
+    expect(page.get_by_text("Aucun problème")).to_be_visible()
+    expect(page.locator(".phone.over")).to_have_count(0)
+    expect(page.locator('.phone[lang="bm"] .lcd', has_text="I ni ce, jaabi sòròla.")
+           ).to_have_count(1)
+    expect(page.locator("[data-check=status]")).to_have_text(
+        "Vérification faite : rien à corriger.")
+    shoot(page, "flow-edit-live-fixed")

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from gateway.app import create_app
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.store import queries
+from gateway.store import flow_versions, queries
 from tests.operators.dashboard_client import REVIEWER, assets, hidden, seams_for, sign_in
 from tests.phone import Phone
 
@@ -134,3 +134,43 @@ def test_a_reviewer_may_not_see_the_flows(dash: TestClient) -> None:
     assert sign_in(dash, REVIEWER).status_code == 303
     assert dash.get("/dashboard/flows").status_code == 403
     assert dash.get("/dashboard/flows/poll/phone").status_code == 403
+
+
+def test_the_live_check_answers_the_problems_and_screens_and_stores_nothing(
+        signed_in: TestClient, runtime: Runtime) -> None:
+    """What flowcheck.js posts as one types: the editor's form to /check; the answer is the
+    fragment it swaps in (problems, phone screens, the count for the aria-live region)."""
+    long_bm = "I ni ce, jaabi sɔrɔla. " * 8
+    form = editor_form(signed_in, **{"m.bm.ack-answer": long_bm})
+    part = signed_in.post("/dashboard/flows/poll/check", data=form)
+    assert part.status_code == 200, part.text
+    assert part.headers["cache-control"] == "no-store"
+    assert "<html" not in part.text  # a fragment, not a page
+    assert "key &#39;ack-answer&#39; in bm: end screen of 183 septets, budget 160" in part.text
+    assert '<figure class="phone over" lang="bm">' in part.text
+    assert "Vérification faite : 1 problème à corriger." in part.text
+    assert 'role="alert"' not in part.text  # the count is what the live region reads out
+
+    form["m.bm.ack-answer"] = "I ni ce, jaabi sɔrɔla."
+    part = signed_in.post("/dashboard/flows/poll/check", data=form)
+    assert "Aucun problème" in part.text and "rien à corriger" in part.text
+    assert "phone over" not in part.text
+
+    form["m.fr.poll-trust-army"] = "<b>x</b>"
+    part = signed_in.post("/dashboard/flows/poll/check", data=form)
+    assert "<b>x</b>" not in part.text and "&lt;b&gt;x&lt;/b&gt;" in part.text
+
+    with runtime.db.transaction() as conn:
+        assert [v.version for v in flow_versions.versions_of(conn, flow="poll")] == [1]
+
+
+def test_the_live_check_needs_the_csrf_token_a_session_and_an_operator(
+        signed_in: TestClient, dash: TestClient) -> None:
+    form = editor_form(signed_in)
+    assert signed_in.post("/dashboard/flows/poll/check",
+                          data={**form, "csrf": "forged"}).status_code == 403
+    signed_in.cookies.clear()
+    gone = signed_in.post("/dashboard/flows/poll/check", data=form, follow_redirects=False)
+    assert gone.status_code == 303 and "/dashboard/login" in gone.headers["location"]
+    assert sign_in(dash, REVIEWER).status_code == 303
+    assert dash.post("/dashboard/flows/poll/check", data=form).status_code == 403

@@ -349,6 +349,8 @@ RULES: dict[str, Rule] = {
     "GET /dashboard/flows/{flow}/edit": page(OPERATORS),
     "POST /dashboard/flows/{flow}/edit": page(OPERATORS, lambda w: Call(form={
         "definition": w.flow()["definition"], "action": "check"})),
+    "POST /dashboard/flows/{flow}/check": page(OPERATORS, lambda w: Call(form={
+        "definition": w.flow()["definition"]})),
     "GET /dashboard/flows/{flow}/diff": page(OPERATORS, lambda _w: Call(
         query={"old": "1", "new": "1"})),
     "GET /dashboard/flows/{flow}/publish/{version}": page(OPERATORS),

@@ -1,8 +1,10 @@
 """The flow pages: the flows, each drawn as a diagram with every screen as a feature phone
 shows it (French and Bambara, count, encoding, budget) and the validator's problems; an
 editor for the definition and the flow's catalog entries (checked and previewed by a
-server round trip: no script needed); a diff between two versions; publish and roll back
-after a confirmation page; and a phone in the page.
+server round trip: no script needed; with flowcheck.js, the same check runs as one types,
+through ``POST /flows/{flow}/check``, whose fragment replaces the problems and the
+preview); a diff between two versions; publish and roll back after a confirmation page;
+and a phone in the page.
 
 The phone in the page walks the published flows or a stored version through the real
 USSD webhook (the gateway's own ASGI app, called in-process as Africa's Talking would
@@ -165,6 +167,25 @@ def router(dash: Dashboard) -> APIRouter:
         status = 422 if report["errors"] and form.get("action") == "save" else 200
         return await editor(request, session, flow, definition=definition,
                             messages=messages, base=base, report=report, status=status)
+
+    @r.post("/flows/{flow}/check")
+    async def live_check(request: Request, flow: str) -> Response:
+        """The editor's check as one types (flowcheck.js posts the editor's form): the
+        problems, the preview and their count as an HTML fragment; nothing stored."""
+        session = await dash.signed_in(request)
+        require(session.principal, Role.operator)
+        form = await read_form(request)
+        check_csrf(request, form, session.csrf_token)
+        definition = form.get("definition").replace("\r\n", "\n")
+        messages = _messages_of(form, languages())
+        base = int(form.get("base")) if form.get("base").isdigit() else 0
+        report = await transact(lambda conn: flows.check_draft(
+            conn, who=session.principal, library=library(), rules=rules(), flow=flow,
+            definition=definition, messages=messages))
+        return render(request, "flows/check.html", session=session, report=report,
+                      screens=_screens_by_step(report["screens"], SHOWN), shown=SHOWN,
+                      diagram=_diagram(definition, flow, base),
+                      headers={"Cache-Control": "no-store"})
 
     @r.get("/flows/{flow}/diff")
     async def diff(request: Request, flow: str) -> Response:

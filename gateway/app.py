@@ -37,7 +37,13 @@ from gateway.runtime import Runtime, build_runtime
 from gateway.settings import Settings
 from gateway.store import queries
 from gateway.store.batches import Batches
-from gateway.store.db import DatabaseBusy, DatabaseUnavailable, waiting
+from gateway.store.db import (
+    CHECKPOINT_SECONDS,
+    Database,
+    DatabaseBusy,
+    DatabaseUnavailable,
+    waiting,
+)
 from gateway.store.models import utcnow
 
 log = logging.getLogger("gateway.app")
@@ -54,6 +60,9 @@ READY_CACHE_SECONDS = 0.5  # a probe's answer serves the /readyz requests this l
 RETRY_AFTER_SECONDS = 5  # told to providers with a 503
 DB_PROCESS_START_SECONDS = 60  # the start waits this long for the USSD database process
 RESTART_SECONDS = 6.0  # a hop's patience while that process is replaced (AT allows 10 s)
+# SQLite: a request waiting for the write lock tries again at least this often (another
+# process holding the file's lock does not say when it lets go).
+SQLITE_RETRY_SECONDS = 0.01
 
 
 class GatewayApp(FastAPI):
@@ -134,6 +143,23 @@ def _within(fn: Callable[..., Any], args: tuple[Any, ...], deadline: float) -> A
         return fn(*args)
 
 
+async def checkpoint_wal(db: Database) -> None:
+    """SQLite: copy the WAL into the database file every ``CHECKPOINT_SECONDS`` after
+    anything was committed, on a thread, outside every transaction: SQLite's own
+    checkpoint would run inside the commit that crossed its threshold, and every writer of
+    the process (USSD hops included) would wait for its copying and fsyncs."""
+    seen = db.commits
+    while True:
+        await asyncio.sleep(CHECKPOINT_SECONDS)
+        if db.commits == seen:
+            continue
+        seen = db.commits
+        try:
+            await asyncio.to_thread(db.checkpoint)
+        except Exception as exc:  # the file's disk may be full; SQLite's own takes over
+            log.warning("database: WAL checkpoint failed (%s)", exc.__class__.__name__)
+
+
 def driver_operational_errors() -> list[type[Exception]]:
     """The drivers' own OperationalError classes (raised by statements run straight on
     the driver connection)."""
@@ -184,13 +210,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                 rt.batches = Batches(rt.db, rt.loop)
                 rt.hop_jobs = InThread(rt.batches)
         task = asyncio.create_task(background(rt)) if background else None
+        checkpoints = asyncio.create_task(checkpoint_wal(rt.db)) if rt.db.sqlite else None
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            for running in (task, checkpoints):
+                if running is not None:
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await running
             if isinstance(rt.hop_jobs, DbWorker):
                 await rt.hop_jobs.aclose()
             if rt.batches is not None:
@@ -238,19 +266,30 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
         the database; ``DatabaseUnavailable`` (nothing stored) when it cannot.
 
         SQLite work is short and serialised by its write lock: run it inline, without
-        waiting for the lock; if another connection holds it, wait for it on a thread, so
-        that the event loop (every other request, ``/readyz``) never waits behind a locked
-        file. PostgreSQL round trips are network waits: run them on the service's database
-        threads (the shared thread pool when the app runs without its lifespan)."""
+        waiting for the lock; while another connection holds it, wait for the lock to be
+        handed back without blocking the event loop (every other request, ``/readyz``),
+        then try again inline, until ``wait`` has passed. A request waiting so goes before
+        the background writers (a broadcast being queued, the outbox worker): it waits at
+        most for the transaction in progress, and its work never runs on a thread, where
+        it would take turns at the interpreter lock with the event loop. PostgreSQL round
+        trips are network waits: run them on the service's database threads (the shared
+        thread pool when the app runs without its lifespan)."""
         db = rt.db
         if not db.available():
             raise DatabaseUnavailable()
         if db.sqlite:
-            try:
-                with waiting(0):
-                    return fn(*args)
-            except DatabaseBusy:
-                pass
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    with waiting(0):
+                        return fn(*args)
+                except DatabaseBusy:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseUnavailable()
+                # Another process may hold the file's lock: nothing tells when it is free.
+                await db.turn_free(min(left, SQLITE_RETRY_SECONDS))
         job = functools.partial(_within, fn, args, time.monotonic() + wait)
         if db.sqlite or db_threads is None:
             pending: Awaitable[Any] = run_in_threadpool(job)

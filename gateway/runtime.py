@@ -38,7 +38,7 @@ from gateway.outbox.worker import Progress, Worker
 from gateway.privacy import keys as keys_mod
 from gateway.settings import Settings, production_problems
 from gateway.store.batches import Batches
-from gateway.store.db import Database
+from gateway.store.db import Database, DatabaseBusy, waiting
 from gateway.store.migrate import SchemaBehind, prepare_database
 from gateway.store.models import utcnow
 
@@ -177,15 +177,36 @@ def make_worker(rt: Runtime, *, clock: Callable[[], datetime] = utcnow) -> Worke
     mail = referrals.Mail.of(rt.settings)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-    def jobs(now: datetime) -> Progress:
-        expanded = broadcasts.run_due(rt.db, policy=rt.outbox_policy, rules=rules, now=now)
+    def expand(now: datetime) -> Progress:
+        return broadcasts.run_due(rt.db, policy=rt.outbox_policy, rules=rules, now=now)
+
+    def expand_on_loop(now: datetime) -> Progress:
+        # SQLite: a chunk is a couple of milliseconds of work in C, serialised with every
+        # other write of the process anyway. On a thread it took turns at the interpreter
+        # lock with the event loop while holding the write lock, and a USSD hop waited for
+        # all of those turns; on the loop it runs whole, between two requests, and never
+        # waits for the lock (a hop holds it: next time).
+        try:
+            with waiting(0):
+                return expand(now)
+        except DatabaseBusy:
+            return Progress(more=True)
+
+    def deliver(now: datetime) -> Progress:
         _, more = referrals.deliver_due(rt.db, keys=rt.keys,
                                         vocab=vocabulary(rt.engine.content), mail=mail,
                                         owner=owner, now=now)
-        return Progress(queued=expanded.queued, more=expanded.more or more)
+        return Progress(more=more)
+
+    def jobs(now: datetime) -> Progress:
+        if rt.db.sqlite:
+            return deliver(now)
+        expanded, delivered = expand(now), deliver(now)
+        return Progress(queued=expanded.queued, more=expanded.more or delivered.more)
 
     return Worker(db=rt.db, keys=rt.keys, sender=rt.sender, policy=rt.outbox_policy,
-                  wake=lambda: rt.wake, daily=purge, jobs=jobs, clock=clock)
+                  wake=lambda: rt.wake, daily=purge, jobs=jobs,
+                  loop_jobs=expand_on_loop if rt.db.sqlite else None, clock=clock)
 
 
 async def run_worker(rt: Runtime, stop: asyncio.Event | None = None) -> None:

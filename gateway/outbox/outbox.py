@@ -45,9 +45,11 @@ from sqlalchemy import (
     Connection,
     Executable,
     Select,
+    String,
     and_,
     bindparam,
     case,
+    cast,
     func,
     literal,
     or_,
@@ -187,12 +189,14 @@ class ToContacts:
     ``to_contacts``): built once, run many times with the time and the WHERE's parameters."""
 
     statement: Executable
+    returning: bool  # count what RETURNING gives back (psycopg's rowcount is -1 here)
 
     def run(self, conn: Connection, *, now: datetime, valid_until: datetime,
             **params: Any) -> int:
         """Queue them; how many were queued (a contact already queued is skipped)."""
         values = {"now_": now, "valid_until_": valid_until, **params}
-        return len(conn.execute(self.statement, values).all())
+        result = conn.execute(self.statement, values)
+        return len(result.all()) if self.returning else int(result.rowcount)
 
 
 def to_contacts(
@@ -206,8 +210,9 @@ def to_contacts(
     contact with neither is skipped. The number is copied from the vault as it is, still
     sealed with the contact's own data key, so queueing opens and seals nothing, and an
     erasure (which shreds that key) leaves the queued copy unreadable too; the worker opens
-    it when it sends. Dedupe key: ``dedupe_prefix`` + pseudonym, so running it twice queues
-    nothing twice."""
+    it when it sends. Each message names its contact's id (``contact_id``) and its dedupe
+    key is ``dedupe_prefix`` + that id, so running it twice queues nothing twice, and rows
+    queued in contact order land in order in every index they touch."""
     c, v = queries.contacts.c, queries.vault.c
     languages = sorted(texts)
     costs = {lang: sms_cost(texts[lang]) for lang in languages}
@@ -221,9 +226,10 @@ def to_contacts(
     chosen = default_language if fallback is not None else None
     now = bindparam("now_", type_=outbox.c.created_at.type)
     columns = {
-        "dedupe_key": literal(dedupe_prefix) + c.pseudonym,
+        "dedupe_key": literal(dedupe_prefix) + cast(c.id, String),
         "kind": literal(kind),
         "pseudonym": c.pseudonym,
+        "contact_id": c.id,
         "recipient": v.number,
         "text": text_of,
         "encoding": by_language({k: x.encoding for k, x in costs.items()},
@@ -243,23 +249,23 @@ def to_contacts(
     rows = (select(*(expr.label(name) for name, expr in columns.items()))
             .select_from(queries.contacts.join(queries.vault, v.pseudonym == c.pseudonym))
             .where(*where, c.stopped.is_(False), v.number.like("n%"), text_of.is_not(None)))
-    stmt = queries._insert(conn, outbox).from_select(list(columns), rows) \
-        .on_conflict_do_nothing().returning(outbox.c.id)  # rowcount: -1 with psycopg here
-    return ToContacts(stmt)
+    stmt = queries._insert(conn, outbox).from_select(list(columns), rows).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":  # its rowcount counts the rows inserted
+        return ToContacts(stmt, returning=False)
+    return ToContacts(stmt.returning(outbox.c.id), returning=True)
 
 
 def cancel_for(conn: Connection, *, pseudonym: str, keep_control: bool = True,
                now: datetime, kinds: Sequence[str] | None = None) -> int:
     """Cancel what is queued for a contact who stopped or erased their data (with
     ``kinds``, only messages of those kinds: broadcasts, for one who unsubscribed)."""
-    where = and_(outbox.c.pseudonym == pseudonym, outbox.c.status == "queued")
+    where = [outbox.c.status == "queued"]
     if keep_control:
-        where = and_(where, outbox.c.kind != "control")
+        where.append(outbox.c.kind != "control")
     if kinds is not None:
-        where = and_(where, outbox.c.kind.in_(list(kinds)))
-    result = conn.execute(update(outbox).where(where).values(status="cancelled",
-                                                                  updated_at=now))
-    return int(result.rowcount)
+        where.append(outbox.c.kind.in_(list(kinds)))
+    return sum(int(conn.execute(update(outbox).where(theirs, *where).values(
+        status="cancelled", updated_at=now)).rowcount) for theirs in queries.outbox_of(pseudonym))
 
 
 # --- claiming ------------------------------------------------------------------------
@@ -382,11 +388,17 @@ def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime,
 def cancel_stopped(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> int:
     """Cancel what is queued for stopped contacts but their control answers (STOP cancels
     their queue at once; this catches whatever was queued in a race with it)."""
-    stopped = select(queries.contacts.c.pseudonym).where(queries.contacts.c.stopped.is_(True))
-    return int(conn.execute(update(outbox).where(
+    c = queries.contacts.c
+    stopped = (  # a broadcast's messages by contact id, the others by pseudonym
+        and_(outbox.c.contact_id.is_(None),
+             outbox.c.pseudonym.in_(select(c.pseudonym).where(c.stopped.is_(True)))),
+        and_(outbox.c.contact_id.is_not(None),
+             outbox.c.contact_id.in_(select(c.id).where(c.stopped.is_(True)))),
+    )
+    return sum(int(conn.execute(update(outbox).where(
         outbox.c.provider == policy.provider, outbox.c.status == "queued",
-        outbox.c.kind != "control", outbox.c.pseudonym.in_(stopped),
-    ).values(status="cancelled", updated_at=now)).rowcount)
+        outbox.c.kind != "control", theirs,
+    ).values(status="cancelled", updated_at=now)).rowcount) for theirs in stopped)
 
 
 def _due(*, fenced: bool) -> Select[Any]:

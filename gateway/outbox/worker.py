@@ -31,19 +31,21 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from gateway.channels.base import OutboundSms, Sender, SendOutcome, SendResult
 from gateway.outbox import outbox
 from gateway.outbox.outbox import OutboxPolicy
 from gateway.privacy.keys import KeyGone, KeyRing
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, in_background
 from gateway.store.models import utcnow
 
 log = logging.getLogger("gateway.outbox.worker")
+T = TypeVar("T")
 
 IDLE_SECONDS = 0.5  # nothing due: look again after this (retries fall due unannounced)
 TIDY_SECONDS = 5.0  # outbox housekeeping (expiry, dead leases), at most
@@ -88,12 +90,15 @@ class Worker:
     message is queued; ``daily`` is called about once a day from the housekeeping (the
     composition hands it the retention purge); ``jobs`` is called over and over beside
     the sending loop, on a thread, one bounded step each time (the composition hands it
-    the broadcasts' expansion and the referrals' delivery)."""
+    the referrals' delivery, and on PostgreSQL the broadcasts' expansion); ``loop_jobs``
+    likewise but on the event loop itself, for steps of a few milliseconds that must not
+    wait for anything (on SQLite, the broadcasts' expansion: see ``make_worker``)."""
 
     def __init__(self, *, db: Database, keys: KeyRing, sender: Sender, policy: OutboxPolicy,
                  wake: Callable[[], asyncio.Event],
                  daily: Callable[[datetime], str] | None = None,
                  jobs: Callable[[datetime], Progress] | None = None,
+                 loop_jobs: Callable[[datetime], Progress] | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.db = db
         self.keys = keys
@@ -102,6 +107,7 @@ class Worker:
         self.wake = wake
         self.daily = daily
         self.jobs = jobs
+        self.loop_jobs = loop_jobs
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.sent = 0  # sends recorded
@@ -134,28 +140,30 @@ class Worker:
                  "%.0f s a send", self.owner, self.policy.provider, self.policy.rate,
                  self.slots, self.policy.send_timeout)
         wake = self.wake()
-        jobs = asyncio.create_task(self._run_jobs(stop, wake)) if self.jobs else None
+        jobs = [asyncio.create_task(self._run_jobs(stop, wake, job, on_loop))
+                for job, on_loop in ((self.jobs, False), (self.loop_jobs, True)) if job]
         try:
             while not stop.is_set():
                 await self._turn_safely()
                 await self._sleep(stop, wake)
         finally:
-            if jobs is not None:
+            if jobs:
                 stop.set()  # the jobs end after the step they are in...
             await self._finish()
-            if jobs is not None:
-                await jobs  # ... which a thread cannot cut short
+            for task in jobs:
+                await task  # ... which a thread cannot cut short
         if self._daily_task is not None and not self._daily_task.done():
             log.info("worker: letting the retention purge finish its batch")
             await asyncio.wait([self._daily_task])
         log.info("worker %s stopped after %d messages", self.owner, self.sent)
 
-    async def _run_jobs(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
-        assert self.jobs is not None
+    async def _run_jobs(self, stop: asyncio.Event, wake: asyncio.Event,
+                        job: Callable[[datetime], Progress], on_loop: bool) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                progress = await self.run_jobs_once()
+                progress = job(self.clock()) if on_loop else \
+                    await self._thread(job, self.clock())
             except Exception as exc:  # the database may be away: wait and try again
                 log.error("worker: background job: %s; retrying shortly",
                           exc.__class__.__name__)
@@ -168,11 +176,18 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
 
+    @staticmethod
+    def _thread(fn: Callable[..., T], *args: Any) -> Coroutine[Any, Any, T]:
+        """``fn(*args)`` on a thread, as background work: on SQLite a request waiting for
+        the write lock goes first."""
+        return asyncio.to_thread(in_background, fn, *args)
+
     async def run_jobs_once(self) -> Progress:
-        """One step of the background jobs, on a thread (none: nothing done)."""
-        if self.jobs is None:
-            return Progress()
-        return await asyncio.to_thread(self.jobs, self.clock())
+        """One step of each background job (none: nothing done)."""
+        done = [self.loop_jobs(self.clock())] if self.loop_jobs else []
+        if self.jobs is not None:
+            done.append(await self._thread(self.jobs, self.clock()))
+        return Progress(queued=sum(p.queued for p in done), more=any(p.more for p in done))
 
     async def _turn_safely(self) -> None:
         try:
@@ -198,7 +213,7 @@ class Worker:
             want = self.slots - len(self._in_flight)
         if not (finished or renew or want > 0):
             return
-        claimed, claim_at, more = await asyncio.to_thread(self._database, now, mono,
+        claimed, claim_at, more = await self._thread(self._database, now, mono,
                                                           finished, renew, want)
         self._written(finished)
         for i in renew:
@@ -213,12 +228,12 @@ class Worker:
     async def _chores(self, now: datetime) -> None:
         if self._last_housekeeping is None or now - self._last_housekeeping > HOUSEKEEPING_EVERY:
             self._last_housekeeping = now  # a failure waits for the next round, not a loop
-            if await asyncio.to_thread(self._housekeeping, now) and (
+            if await self._thread(self._housekeeping, now) and (
                     self._daily_task is None or self._daily_task.done()):
                 # The daily job runs beside the sending, never in its way.
-                self._daily_task = asyncio.ensure_future(asyncio.to_thread(self._daily, now))
+                self._daily_task = asyncio.ensure_future(self._thread(self._daily, now))
         if self._last_tidy is None or now - self._last_tidy >= self._tidy_every:
-            await asyncio.to_thread(self._tidy, now)
+            await self._thread(self._tidy, now)
             self._last_tidy = now
 
     def _finished_due(self, mono: float) -> list[Finished]:
@@ -300,7 +315,7 @@ class Worker:
         Tests and tools drain a queue with it; ``run`` is the worker."""
         now, mono = self.clock(), time.monotonic()
         await self._chores(now)
-        claimed, _, more = await asyncio.to_thread(self._database, now, mono, [], [],
+        claimed, _, more = await self._thread(self._database, now, mono, [], [],
                                                    self.slots)
         for message in claimed:
             self._start(message, now, mono)
@@ -308,7 +323,7 @@ class Worker:
             await asyncio.wait([f.task for f in self._in_flight.values()])
         finished = list(self._finished)
         if finished:
-            await asyncio.to_thread(self._database, self.clock(), mono, finished, [], 0)
+            await self._thread(self._database, self.clock(), mono, finished, [], 0)
             self._written(finished)
         return len(claimed), more
 

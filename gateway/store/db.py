@@ -22,6 +22,8 @@ SQLite database that cannot be opened for writing at start (its disk full) gets 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -29,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -41,8 +43,14 @@ BUSY_TIMEOUT_MS = 10_000  # background work (the worker, the purge, commands)
 PG_CONNECT_TIMEOUT = 5  # seconds: never hang on an unreachable server
 RETRY_AFTER_SECONDS = 1.0  # after a failure, the database is left alone this long
 MIN_FREE_BYTES = 1 << 20  # readiness: an SQLite file's disk needs at least this much free
+T = TypeVar("T")
 _WAIT: ContextVar[float | None] = ContextVar("gateway_db_wait", default=None)
 _DEFERRED: ContextVar[bool] = ContextVar("gateway_db_deferred", default=False)
+_BACKGROUND: ContextVar[bool] = ContextVar("gateway_db_background", default=False)
+# SQLite: a background writer (``background()``) waits this long at most, in steps of
+# YIELD_STEP_SECONDS, while a request waits for this process's writing turn.
+YIELD_MAX_SECONDS = 0.05
+YIELD_STEP_SECONDS = 0.0005
 
 
 class DatabaseBusy(Exception):
@@ -65,6 +73,11 @@ class WritersTurn:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owner: int | None = None
+        # Requests waiting for the turn (``Database.turn_free``): background writers let
+        # them go first. Callbacks to call once when the turn is next handed back.
+        self.wanted = 0
+        self._on_release: list[Callable[[], None]] = []
+        self._callbacks = threading.Lock()
 
     def acquire(self, *, blocking: bool = True, timeout: float = -1) -> bool | None:
         """True: taken; False: not in time; None: this thread holds it already."""
@@ -80,10 +93,56 @@ class WritersTurn:
     def release(self) -> None:
         self._owner = None
         self._lock.release()
+        if self._on_release:
+            with self._callbacks:
+                callbacks, self._on_release = self._on_release, []
+            for callback in callbacks:
+                callback()
+
+    def when_free(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the releasing thread) when the turn is next handed back,
+        or at once if nobody holds it."""
+        with self._callbacks:
+            if self._lock.locked():
+                self._on_release.append(callback)
+                return
+        callback()
+
+    def want(self, change: int) -> None:
+        """A request starts (+1) or stops (-1) waiting for the turn."""
+        with self._callbacks:
+            self.wanted += change
+
+    def let_requests_first(self) -> None:
+        """A background writer's courtesy: while a request waits for the turn, wait (a
+        little) before taking it."""
+        if not self.wanted:
+            return
+        give_up = time.monotonic() + YIELD_MAX_SECONDS
+        while self.wanted and time.monotonic() < give_up:
+            time.sleep(YIELD_STEP_SECONDS)
 
 
 class DiskFull(DatabaseUnavailable):
     """The SQLite file's disk has (almost) no space left."""
+
+
+@contextmanager
+def background() -> Iterator[None]:
+    """Within this block (this thread or task), transactions are background work (the
+    outbox worker, broadcasts being queued, the purge): on SQLite they let a request that
+    waits for this process's writing turn go first."""
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
+
+def in_background(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` as background work (see ``background``); for ``asyncio.to_thread``."""
+    with background():
+        return fn(*args)
 
 
 @contextmanager
@@ -110,7 +169,14 @@ def _unavailable(exc: BaseException) -> bool:
     if isinstance(orig, (psycopg.errors.TransactionRollback, psycopg.errors.QueryCanceled)):
         return False  # a deadlock or a cancelled statement: that transaction only
     return isinstance(orig, psycopg.OperationalError)
-WAL_CHECKPOINT_PAGES = 10_000
+# SQLite's WAL is copied back into the database file by ``Database.checkpoint``, which a
+# service runs in the background every CHECKPOINT_SECONDS; a checkpoint by SQLite itself,
+# which runs in the transaction whose commit crossed this many pages (~200 MB) while that
+# transaction still held this process's writing turn (every writer waited behind its
+# copying and fsyncs: 100 ms and more), is only the safety net of a process that runs no
+# background checkpoints (a command, a test).
+WAL_CHECKPOINT_PAGES = 50_000
+CHECKPOINT_SECONDS = 0.5
 KEPT_CONNECTIONS = 8
 KEPT_IDLE_SECONDS = 10.0  # a kept connection idle longer goes back through the pool's ping
 
@@ -154,9 +220,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoint the WAL every ~40 MB rather than every 4 MB: each checkpoint stalls
-        # the writer for its fsyncs (a few ms), so fewer of them keep latency's tail short.
-        cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        cur.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")  # see above
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -205,6 +269,9 @@ class Database:
         # The time spent here counts against the wait the context allows. (Other processes
         # still meet at SQLite's lock.)
         self._writers = WritersTurn() if self.sqlite else None
+        self.commits = 0  # transactions committed (roughly: threads may race on it)
+        self._checkpointer: Any = None  # SQLite: the raw connection checkpoints run on
+        self._checkpoint_lock = threading.Lock()
 
     @contextmanager
     def _turn(self) -> Iterator[float | None]:
@@ -216,6 +283,8 @@ class Database:
             yield wait
             return
         started = time.monotonic()
+        if _BACKGROUND.get():
+            self._writers.let_requests_first()
         if wait is None:
             mine = self._writers.acquire(timeout=BUSY_TIMEOUT_MS / 1000)
         elif wait <= 0:
@@ -255,6 +324,27 @@ class Database:
                 raise
             self._keep(conn, self._kept)
             self.failed_at = None
+            self.commits += 1
+
+    def checkpoint(self) -> int | None:
+        """SQLite: copy what the WAL holds into the database file, as far as the readers
+        allow (a passive checkpoint: it takes no lock a reader or a writer waits for, and
+        waits for none), on a connection of its own; how many of the WAL's frames are in
+        the file now. Run it off the request path (a service does, every
+        ``CHECKPOINT_SECONDS``). PostgreSQL: None."""
+        if not self.sqlite:
+            return None
+        with self._checkpoint_lock:
+            if self._checkpointer is None:
+                self._checkpointer = self.engine.raw_connection()
+            try:
+                row = self._checkpointer.cursor().execute(
+                    "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except Exception:
+                self._checkpointer.close()
+                self._checkpointer = None
+                raise
+        return int(row[2]) if row else 0
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -323,6 +413,29 @@ class Database:
             raw.execute(f"PRAGMA busy_timeout={ms}")
             info["busy_ms"] = ms
         return wait
+
+    async def turn_free(self, timeout: float) -> None:
+        """Wait, without blocking the event loop, until this process's SQLite writing turn
+        is handed back or ``timeout`` passes (another process may hold SQLite's own lock:
+        then nothing tells, and the caller tries again after the timeout). Background
+        writers let the caller go first meanwhile."""
+        writers = self._writers
+        if writers is None:
+            return
+        loop = asyncio.get_running_loop()
+        freed = asyncio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed since
+                loop.call_soon_threadsafe(freed.set)
+
+        writers.want(+1)
+        try:
+            writers.when_free(wake)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(freed.wait(), timeout)
+        finally:
+            writers.want(-1)
 
     def available(self) -> bool:
         """False for a moment after the database failed: requests answer "try again later"
@@ -435,5 +548,9 @@ class Database:
             return False
 
     def dispose(self) -> None:
+        with self._checkpoint_lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
         self._close_kept()
         self.engine.dispose()

@@ -19,7 +19,19 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Executable, Row, Table, case, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Executable,
+    Row,
+    Table,
+    and_,
+    case,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.store.models import (
@@ -408,6 +420,17 @@ def is_tombstoned(conn: Connection, *, pseudonym: str) -> bool:
     return conn.execute(stmt).first() is not None
 
 
+def outbox_of(pseudonym: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """Two conditions that together find a contact's outbox messages, each through its own
+    index (run a statement once with each): a broadcast's messages by the contact's id, the
+    others by pseudonym. The first needs the contact row: use it before deleting that."""
+    o = _outbox.c
+    contact_id = select(contacts.c.id).where(contacts.c.pseudonym == pseudonym)
+    return (and_(o.contact_id.is_(None), o.pseudonym == pseudonym),
+            and_(o.contact_id.is_not(None), o.contact_id == contact_id.scalar_subquery(),
+                 o.pseudonym == pseudonym))
+
+
 def erase_contact(conn: Connection, *, pseudonym: str, now: datetime) -> None:
     """Erase what is kept about a contact and leave a tombstone.
 
@@ -419,6 +442,8 @@ def erase_contact(conn: Connection, *, pseudonym: str, now: datetime) -> None:
     retention job clears it later. The next purge copies the tombstone into the key file,
     where a database restore cannot take it back (``retention.purge``).
     """
+    for theirs in outbox_of(pseudonym):  # before the contact, whose id finds broadcasts'
+        conn.execute(delete(_outbox).where(theirs, _outbox.c.status != "sending"))
     conn.execute(delete(vault).where(vault.c.pseudonym == pseudonym))
     conn.execute(delete(poll_answers).where(poll_answers.c.pseudonym == pseudonym))
     conn.execute(update(reports).where(reports.c.pseudonym == pseudonym)
@@ -427,8 +452,6 @@ def erase_contact(conn: Connection, *, pseudonym: str, now: datetime) -> None:
     conn.execute(delete(_conversations).where(_conversations.c.pseudonym == pseudonym))
     # Keep provider ids (a retried message must stay a duplicate), unlinked.
     conn.execute(update(_inbound).where(_inbound.c.pseudonym == pseudonym).values(pseudonym=""))
-    conn.execute(delete(_outbox).where(_outbox.c.pseudonym == pseudonym,
-                                       _outbox.c.status != "sending"))
     conn.execute(
         update(sessions).where(sessions.c.pseudonym == pseudonym)
         .values(state="", status="erased")
@@ -444,6 +467,10 @@ def erase_restored(conn: Connection, *, pseudonym: str, erased_at: datetime) -> 
     erasure keeps what they did since). True when something was there."""
     changed = 0
     for stmt in (
+        # Their messages first: a broadcast's are found by the contact's id.
+        *(delete(_outbox).where(theirs, _outbox.c.status != "sending",
+                                _outbox.c.created_at < erased_at)
+          for theirs in outbox_of(pseudonym)),
         delete(contacts).where(contacts.c.pseudonym == pseudonym,
                                contacts.c.created_at < erased_at),
         delete(vault).where(vault.c.pseudonym == pseudonym, vault.c.updated_at < erased_at),
@@ -455,8 +482,6 @@ def erase_restored(conn: Connection, *, pseudonym: str, erased_at: datetime) -> 
                                      _conversations.c.updated_at < erased_at),
         update(_inbound).where(_inbound.c.pseudonym == pseudonym,
                                _inbound.c.received_at < erased_at).values(pseudonym=""),
-        delete(_outbox).where(_outbox.c.pseudonym == pseudonym, _outbox.c.status != "sending",
-                              _outbox.c.created_at < erased_at),
         update(sessions).where(sessions.c.pseudonym == pseudonym,
                                sessions.c.created_at < erased_at, sessions.c.state != "")
         .values(state="", status="erased"),

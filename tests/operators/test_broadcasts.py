@@ -497,6 +497,21 @@ def test_an_erased_resident_receives_nothing(client: TestClient, runtime: Runtim
         runtime.keys.pseudonym("+22370000402")}  # nothing of theirs is kept
 
 
+def test_a_restored_backup_of_an_erased_resident_loses_their_queued_message_again(
+        runtime: Runtime, rules: Rules) -> None:
+    """A broadcast's messages are found by contact id (not pseudonym): the erasure of a
+    contact a database restore brought back still finds and deletes them."""
+    [kept, erased] = seed(runtime, "koro", "fr", 2)
+    made, _ = create(runtime, rules, request(cercles=["koro"]))
+    assert queue_all(runtime, rules) == 2
+    with runtime.db.transaction() as conn:
+        assert queries.erase_restored(conn, pseudonym=runtime.keys.pseudonym(erased),
+                                      erased_at=utcnow() + timedelta(seconds=1))
+    assert {r.pseudonym for r in outbox_of(runtime, made.id)} == {runtime.keys.pseudonym(kept)}
+    send_due(runtime)
+    assert [to for to, _ in sent_to(runtime)] == [kept]
+
+
 def test_a_queued_message_holds_the_vaults_sealed_number_not_a_new_copy(
         runtime: Runtime, rules: Rules) -> None:
     """Queueing copies each number from the vault still sealed under the contact's own

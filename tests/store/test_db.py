@@ -90,3 +90,93 @@ def test_a_transaction_ended_on_another_thread_hands_the_writers_turn_back(
     with db_mod.waiting(1.0), database.transaction() as conn:
         done.append(int(conn.execute(text("SELECT 2")).scalar_one()))
     assert done == [2]
+
+
+def sqlite_only(database: Database) -> None:
+    if not database.sqlite:
+        pytest.skip("SQLite only: PostgreSQL has no writers' turn in the process")
+
+
+def test_a_request_waiting_for_the_write_lock_is_woken_when_it_is_handed_back(
+        database: Database) -> None:
+    """A USSD hop that finds the lock taken waits on the event loop and is woken the
+    moment the transaction ends, not at its next look (it once waited on a thread, taking
+    turns at the interpreter lock with the loop)."""
+    import asyncio
+    import threading
+
+    sqlite_only(database)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with database.transaction():
+            held.set()
+            release.wait(5)
+
+    async def wait_for_turn() -> float:
+        thread = threading.Thread(target=hold)
+        thread.start()
+        held.wait(5)
+        with pytest.raises(db_mod.DatabaseBusy), db_mod.waiting(0), database.transaction():
+            pass
+        asyncio.get_running_loop().call_later(0.2, release.set)
+        started = time.monotonic()
+        await database.turn_free(timeout=5.0)
+        waited = time.monotonic() - started
+        thread.join()
+        return waited
+
+    waited = asyncio.run(wait_for_turn())
+    assert 0.15 < waited < 2.0  # woken at the release, long before the 5 s timeout
+    with db_mod.waiting(0), database.transaction() as conn:
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_background_work_lets_a_waiting_request_go_first(database: Database) -> None:
+    """While a request waits for the writers' turn, a background transaction (the outbox
+    worker, a broadcast's chunk, the purge) waits before taking it, up to a bound."""
+    import threading
+
+    sqlite_only(database)
+    writers = database._writers
+    assert writers is not None
+    order: list[str] = []
+    writers.want(+1)  # a request is waiting
+
+    def background() -> None:
+        with db_mod.background(), database.transaction():
+            order.append("background")
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    time.sleep(0.02)
+    order.append("request")
+    writers.want(-1)
+    thread.join(5)
+    assert order == ["request", "background"]
+
+    # Nobody waiting, or waiting too long: background work is not held back for good.
+    writers.want(+1)
+    started = time.monotonic()
+    with db_mod.background(), database.transaction():
+        pass
+    writers.want(-1)
+    assert time.monotonic() - started < db_mod.YIELD_MAX_SECONDS + 1.0
+
+
+def test_a_checkpoint_copies_the_wal_into_the_file_outside_every_transaction(
+        database: Database) -> None:
+    """The service copies SQLite's WAL back into the file on its own schedule (SQLite's
+    own checkpoint ran inside the commit that crossed its threshold, while every other
+    writer waited)."""
+    if not database.sqlite:
+        assert database.checkpoint() is None
+        return
+    with database.transaction() as conn:
+        conn.execute(text("CREATE TABLE filler (x TEXT)"))
+        conn.execute(text("INSERT INTO filler VALUES (:x)"), [{"x": "y" * 500}] * 200)
+    copied = database.checkpoint()
+    assert copied is not None and copied > 0
+    with database.transaction() as conn:  # and writing goes on
+        conn.execute(text("INSERT INTO filler VALUES ('z')"))
+    assert database.commits >= 2

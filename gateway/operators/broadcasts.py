@@ -730,7 +730,7 @@ def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) 
         count, last = conn.execute(chunk.span, {"cursor_": row.cursor, "n_": rules.chunk}).one()
         last = int(last) if count else int(row.cursor)
         queued = chunk.queue.run(conn, now=now, valid_until=row.valid_until,
-                                 cursor_=row.cursor, last_=last) if count else 0
+                                 cursor_=row.cursor, last_=last, n_=rules.chunk) if count else 0
         finished = count < rules.chunk
         conn.execute(_MOVE_ON, {"id_": row.id, "cursor": last, "expanded": row.expanded + queued,
                                 "expanded_at": now if finished else None, "updated_at": now})
@@ -778,7 +778,8 @@ def _chunk_statements(conn: Connection, *, policy: OutboxPolicy, rules: Rules,
         conn, policy=policy, kind="broadcast",
         where=[after, c.id <= bindparam("last_", type_=c.id.type), *audience],
         texts=json.loads(row.texts), default_language=rules.default_language,
-        dedupe_prefix=f"broadcast:{int(row.id)}:", broadcast_id=int(row.id))
+        dedupe_prefix=f"broadcast:{int(row.id)}:", broadcast_id=int(row.id),
+        limit=bindparam("n_", type_=c.id.type))
     if len(_CHUNKS) >= _CHUNKS_KEPT:
         _CHUNKS.clear()
     found = _CHUNKS[key] = _Chunk(span, queue)

@@ -202,7 +202,7 @@ class ToContacts:
 def to_contacts(
     conn: Connection, *, policy: OutboxPolicy, kind: str, where: Sequence[ColumnElement[bool]],
     texts: Mapping[str, str], default_language: str, dedupe_prefix: str,
-    broadcast_id: int | None = None,
+    broadcast_id: int | None = None, limit: ColumnElement[int] | None = None,
 ) -> ToContacts:
     """Queue one message to each contact ``where`` selects (clauses on ``contact``) who has
     a number in the vault and has not stopped: the text of the contact's language in
@@ -212,7 +212,9 @@ def to_contacts(
     erasure (which shreds that key) leaves the queued copy unreadable too; the worker opens
     it when it sends. Each message names its contact's id (``contact_id``) and its dedupe
     key is ``dedupe_prefix`` + that id, so running it twice queues nothing twice, and rows
-    queued in contact order land in order in every index they touch."""
+    queued in contact order land in order in every index they touch. ``limit``: at most
+    that many contacts, in id order (a chunk's: then PostgreSQL finds each one's number
+    through the vault's index instead of reading the whole vault to hash it)."""
     c, v = queries.contacts.c, queries.vault.c
     languages = sorted(texts)
     costs = {lang: sms_cost(texts[lang]) for lang in languages}
@@ -249,6 +251,8 @@ def to_contacts(
     rows = (select(*(expr.label(name) for name, expr in columns.items()))
             .select_from(queries.contacts.join(queries.vault, v.pseudonym == c.pseudonym))
             .where(*where, c.stopped.is_(False), v.number.like("n%"), text_of.is_not(None)))
+    if limit is not None:
+        rows = rows.order_by(c.id).limit(limit)
     stmt = queries._insert(conn, outbox).from_select(list(columns), rows).on_conflict_do_nothing()
     if conn.dialect.name == "sqlite":  # its rowcount counts the rows inserted
         return ToContacts(stmt, returning=False)

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Select,
     Table,
     and_,
     case,
@@ -154,10 +155,10 @@ def _retention_rules(db: Database, *, retention: Retention, now: datetime,
     # Finished outbound messages: their sealed numbers go with them.
     cutoff = now - timedelta(days=retention.outbox_days)
     done = outbox.outbox.c.status.not_in(LIVE)
+    finished = select(outbox.outbox.c.id).where(done, outbox.outbox.c.updated_at < cutoff)
     report.messages += _repeat(db, lambda conn: conn.execute(
         delete(outbox.outbox).where(outbox.outbox.c.id.in_(
-            select(outbox.outbox.c.id).where(done, outbox.outbox.c.updated_at < cutoff)
-            .limit(BATCH).scalar_subquery()))).rowcount)
+            finished.limit(BATCH).scalar_subquery()))).rowcount, probe=finished)
     cutoff = now - timedelta(days=INBOUND_DAYS)
     report.inbound += _repeat(db, lambda conn: conn.execute(
         delete(inbound).where(inbound.c.id.in_(
@@ -168,8 +169,14 @@ def _retention_rules(db: Database, *, retention: Retention, now: datetime,
             delete(conversations).where(conversations.c.expires_at < now)).rowcount
 
 
-def _repeat(db: Database, step: Callable[[Connection], int]) -> int:
-    """Run a batch statement in its own transaction until it changes nothing."""
+def _repeat(db: Database, step: Callable[[Connection], int],
+            probe: Select[Any] | None = None) -> int:
+    """Run a batch statement in its own transaction until it changes nothing. With
+    ``probe`` (the rows it would change), first look in a read-only transaction whether
+    there is anything to do: on SQLite a read takes no write lock, so the usual answer,
+    nothing, keeps no USSD hop waiting while a whole table is read."""
+    if probe is not None and not _any(db, probe):
+        return 0
     total = 0
     while True:
         with db.transaction() as conn:
@@ -179,28 +186,43 @@ def _repeat(db: Database, step: Callable[[Connection], int]) -> int:
             return total
 
 
+def _any(db: Database, rows: Select[Any]) -> bool:
+    with db.reading() as conn:
+        return conn.execute(rows.limit(1)).first() is not None
+
+
 def _chunks(items: list[_T], size: int = BATCH) -> Iterator[list[_T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
 def _by_id(db: Database, table: Table, pk: Column[Any], where: ColumnElement[bool],
-           columns: Iterable[Column[Any]], work: Callable[[Connection, Any], bool]) -> int:
-    """Walk the rows of ``table`` matching ``where`` in primary-key order, a batch per
-    transaction (rows locked on PostgreSQL), calling ``work`` on each; how many it
-    changed."""
+           columns: Iterable[Column[Any]], work: Callable[[Connection, Any], bool],
+           wants: Callable[[Any], bool] | None = None) -> int:
+    """Walk the rows of ``table`` matching ``where`` in primary-key order, calling ``work``
+    on each that ``wants`` picks (every one without it); how many it changed. Each batch is
+    read in a read-only transaction (on SQLite it takes no write lock: walking a hundred
+    thousand contacts to find the few to change kept USSD hops waiting); the rows picked
+    are read again, locked, in a write transaction of their own for ``work``."""
     changed, last = 0, None
+    columns = tuple(columns)
     while True:
+        stmt = select(pk, *columns).where(where)
+        if last is not None:
+            stmt = stmt.where(pk > last)
+        with db.reading() as conn:
+            rows = conn.execute(stmt.order_by(pk).limit(BATCH)).all()
+        if not rows:
+            return changed
+        last = rows[-1][0]
+        picked = [row[0] for row in rows if wants is None or wants(row)]
+        if not picked:
+            continue
         with db.transaction() as conn:
-            stmt = select(pk, *columns).where(where)
-            if last is not None:
-                stmt = stmt.where(pk > last)
-            rows = conn.execute(stmt.order_by(pk).limit(BATCH).with_for_update()).all()
-            if not rows:
-                return changed
-            for row in rows:
+            again = conn.execute(select(pk, *columns).where(where, pk.in_(picked))
+                                 .order_by(pk).with_for_update()).all()
+            for row in again:
                 changed += bool(work(conn, row))
-            last = rows[-1][0]
 
 
 # --- erasures a restore brought back -------------------------------------------------
@@ -312,38 +334,41 @@ def _clear_unreadable(db: Database, ring: KeyRing, *, now: datetime) -> int:
         return True
 
     cleared = _by_id(db, contacts, contacts.c.id, contacts.c.data_key.is_not(None),
-                     (contacts.c.pseudonym, contacts.c.data_key), data_keys)
+                     (contacts.c.pseudonym, contacts.c.data_key), data_keys,
+                     wants=lambda row: not ring.data_key_alive(row.data_key,
+                                                               pseudonym=row.pseudonym))
     masters = sorted(ring.master.aeads)
     vault = queries.vault
-    with db.transaction() as conn:  # numbers from before data keys, or with no key left
-        orphans = select(vault.c.pseudonym).outerjoin(
-            contacts, contacts.c.pseudonym == vault.c.pseudonym).where(
-            or_(and_(vault.c.number.like("m%"), _not_under(vault.c.number, "m", masters)),
-                and_(vault.c.number.like("n%"), contacts.c.data_key.is_(None))))
-        gone = [p for (p,) in conn.execute(orphans)]
-        for chunk in _chunks(gone):
-            conn.execute(delete(vault).where(vault.c.pseudonym.in_(chunk)))
-            conn.execute(update(contacts).where(contacts.c.pseudonym.in_(chunk))
-                         .values(subscribed=False, area=None))
-        cleared += len(gone)
+    # Numbers from before data keys, or with no key left (looked for without the write
+    # lock first: there are none but after a restore).
+    orphans = select(vault.c.pseudonym).outerjoin(
+        contacts, contacts.c.pseudonym == vault.c.pseudonym).where(
+        or_(and_(vault.c.number.like("m%"), _not_under(vault.c.number, "m", masters)),
+            and_(vault.c.number.like("n%"), contacts.c.data_key.is_(None))))
+    if _any(db, orphans):
+        with db.transaction() as conn:
+            gone = [p for (p,) in conn.execute(orphans)]
+            for chunk in _chunks(gone):
+                conn.execute(delete(vault).where(vault.c.pseudonym.in_(chunk)))
+                conn.execute(update(contacts).where(contacts.c.pseudonym.in_(chunk))
+                             .values(subscribed=False, area=None))
+            cleared += len(gone)
     box, sessions = outbox.outbox, queries.sessions
+    live_unreadable = select(box.c.id).where(_not_under(box.c.recipient, "m", masters),
+                                             box.c.status.in_(LIVE))
     cleared += _repeat(db, lambda conn: conn.execute(
-        update(box).where(box.c.id.in_(
-            select(box.c.id).where(_not_under(box.c.recipient, "m", masters),
-                                   box.c.status.in_(LIVE))
-            .limit(BATCH).scalar_subquery()))
+        update(box).where(box.c.id.in_(live_unreadable.limit(BATCH).scalar_subquery()))
         .values(recipient="", status="failed", last_error="key-gone", lease_owner=None,
-                lease_until=None, updated_at=now)).rowcount)
+                lease_until=None, updated_at=now)).rowcount, probe=live_unreadable)
+    unreadable = select(box.c.id).where(_not_under(box.c.recipient, "m", masters))
     cleared += _repeat(db, lambda conn: conn.execute(
-        update(box).where(box.c.id.in_(
-            select(box.c.id).where(_not_under(box.c.recipient, "m", masters))
-            .limit(BATCH).scalar_subquery())).values(recipient="")).rowcount)
+        update(box).where(box.c.id.in_(unreadable.limit(BATCH).scalar_subquery()))
+        .values(recipient="")).rowcount, probe=unreadable)
+    stale = select(sessions.c.id).where(_not_under(sessions.c.state, "m", masters))
     cleared += _repeat(db, lambda conn: conn.execute(
-        update(sessions).where(sessions.c.id.in_(
-            select(sessions.c.id).where(_not_under(sessions.c.state, "m", masters))
-            .limit(BATCH).scalar_subquery()))
+        update(sessions).where(sessions.c.id.in_(stale.limit(BATCH).scalar_subquery()))
         .values(state="", status=case((sessions.c.status == "active", "abandoned"),
-                                      else_=sessions.c.status))).rowcount)
+                                      else_=sessions.c.status))).rowcount, probe=stale)
     with db.transaction() as conn:
         cleared += conn.execute(delete(conversations).where(
             _not_under(conversations.c.state, "m", masters))).rowcount
@@ -375,7 +400,8 @@ def _seal_numbers_under_data_keys(db: Database, ring: KeyRing, *, now: datetime)
 
     del now
     return _by_id(db, vault, vault.c.pseudonym, vault.c.number.like("m%"),
-                  (vault.c.number, vault.c.updated_at), move)
+                  (vault.c.number, vault.c.updated_at), move,
+                  wants=lambda row: ring.master_alive(row.number))
 
 
 def _rewrap_data_keys(db: Database, ring: KeyRing, *, buckets: set[str] | None) -> int:

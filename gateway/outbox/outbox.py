@@ -389,20 +389,32 @@ def housekeeping(conn: Connection, *, policy: OutboxPolicy, now: datetime,
         updated_at=now))
 
 
+def _for_stopped(policy: OutboxPolicy) -> tuple[ColumnElement[bool], ...]:
+    """Queued messages for stopped contacts but their control answers, as two conditions
+    (a broadcast's messages by contact id, the others by pseudonym)."""
+    c = queries.contacts.c
+    common = and_(outbox.c.provider == policy.provider, outbox.c.status == "queued",
+                  outbox.c.kind != "control")
+    return (
+        and_(common, outbox.c.contact_id.is_(None),
+             outbox.c.pseudonym.in_(select(c.pseudonym).where(c.stopped.is_(True)))),
+        and_(common, outbox.c.contact_id.is_not(None),
+             outbox.c.contact_id.in_(select(c.id).where(c.stopped.is_(True)))),
+    )
+
+
+def any_for_stopped(conn: Connection, *, policy: OutboxPolicy) -> bool:
+    """Whether ``cancel_stopped`` has anything to cancel (it reads every queued message:
+    ask in a read-only transaction first, and take the write lock only when it has)."""
+    return any(conn.execute(select(outbox.c.id).where(theirs).limit(1)).first() is not None
+               for theirs in _for_stopped(policy))
+
+
 def cancel_stopped(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> int:
     """Cancel what is queued for stopped contacts but their control answers (STOP cancels
     their queue at once; this catches whatever was queued in a race with it)."""
-    c = queries.contacts.c
-    stopped = (  # a broadcast's messages by contact id, the others by pseudonym
-        and_(outbox.c.contact_id.is_(None),
-             outbox.c.pseudonym.in_(select(c.pseudonym).where(c.stopped.is_(True)))),
-        and_(outbox.c.contact_id.is_not(None),
-             outbox.c.contact_id.in_(select(c.id).where(c.stopped.is_(True)))),
-    )
-    return sum(int(conn.execute(update(outbox).where(
-        outbox.c.provider == policy.provider, outbox.c.status == "queued",
-        outbox.c.kind != "control", theirs,
-    ).values(status="cancelled", updated_at=now)).rowcount) for theirs in stopped)
+    return sum(int(conn.execute(update(outbox).where(theirs).values(
+        status="cancelled", updated_at=now)).rowcount) for theirs in _for_stopped(policy))
 
 
 def _due(*, fenced: bool) -> Select[Any]:

@@ -422,8 +422,11 @@ class Worker:
         """Cancel what is queued for stopped contacts (a broadcast's hundred thousand are
         read, so not every few seconds), expire stale delivery reports; whether the daily
         job is due."""
-        with self.db.transaction() as conn:
-            outbox.cancel_stopped(conn, policy=self.policy, now=now)
+        with self.db.reading() as conn:  # no write lock for the usual answer, none
+            stopped = outbox.any_for_stopped(conn, policy=self.policy)
+        if stopped:
+            with self.db.transaction() as conn:
+                outbox.cancel_stopped(conn, policy=self.policy, now=now)
         with self.db.transaction() as conn:
             expired = outbox.expire_pending(conn, older_than=now - PENDING_REPORTS_KEPT, now=now)
             # What the flood limits (dialogue/limits.py) no longer count: a day old.

@@ -479,6 +479,14 @@ def test_a_stop_the_worker_has_not_tidied_yet_is_still_honoured(runtime: Runtime
         queries.update_contact(conn, pseudonym=runtime.keys.pseudonym(number), stopped=True)
         assert outbox.claim(conn, policy=runtime.outbox_policy, owner="w", now=utcnow(),
                             tidy=False) == []
+    # The worker's sweep finds it without the write lock, then cancels it.
+    policy = runtime.outbox_policy
+    with runtime.db.reading() as conn:
+        assert outbox.any_for_stopped(conn, policy=policy)
+    with runtime.db.transaction() as conn:
+        assert outbox.cancel_stopped(conn, policy=policy, now=utcnow()) == 1
+    with runtime.db.reading() as conn:
+        assert not outbox.any_for_stopped(conn, policy=policy)
 
 
 def test_an_erased_resident_receives_nothing(client: TestClient, runtime: Runtime,

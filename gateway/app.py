@@ -291,7 +291,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None,
                 # Another process may hold the file's lock: nothing tells when it is free.
                 await db.turn_free(min(left, SQLITE_RETRY_SECONDS))
         job = functools.partial(_within, fn, args, time.monotonic() + wait)
-        if db.sqlite or db_threads is None:
+        if db_threads is None:  # PostgreSQL without the lifespan (SQLite returned above)
             pending: Awaitable[Any] = run_in_threadpool(job)
         else:
             pending = asyncio.get_running_loop().run_in_executor(db_threads, job)

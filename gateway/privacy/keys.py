@@ -231,8 +231,9 @@ class KeyRing:
 
     # --- per-contact data keys ---
 
-    def _wrapping(self, wrapped: str, pseudonym: str) -> AESGCM:
-        self.refresh()  # a shred elsewhere must not leave destroyed keys in this process
+    def _wrapping(self, wrapped: str, pseudonym: str, *, refresh: bool = True) -> AESGCM:
+        if refresh:  # a shred elsewhere must not leave destroyed keys in this process
+            self.refresh()
         version = version_of(wrapped)
         if wrapped.startswith("k"):
             family: Family | None = self.buckets.get(bucket_of(pseudonym))
@@ -259,10 +260,11 @@ class KeyRing:
         self.refresh()  # never wrap under a version being shredded
         return self._wrap(secrets.token_bytes(KEY_BYTES), pseudonym)
 
-    def data_key_alive(self, wrapped: str, *, pseudonym: str) -> bool:
-        """Whether the key file can still unwrap this data key."""
+    def data_key_alive(self, wrapped: str, *, pseudonym: str, refresh: bool = True) -> bool:
+        """Whether the key file can still unwrap this data key. ``refresh=False`` skips
+        looking at the key file first (a walk over every contact refreshes once)."""
         try:
-            self._wrapping(wrapped, pseudonym)
+            self._wrapping(wrapped, pseudonym, refresh=refresh)
         except (KeyGone, ValueError):
             return False
         return True

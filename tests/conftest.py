@@ -163,6 +163,10 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         content_dir=REPO,
         send_rate=1000.0,
         quiet_hours="",  # broadcasts are not held whatever the hour the tests run at
+        # A hop that meets a slow database answers the apology after this wait. The tests
+        # of that wait set their own; the others must not fail because a loaded CI machine
+        # (a PostgreSQL checkpoint after another test dropped its database) took 2 s once.
+        db_wait_seconds=8.0,
     )
 
 

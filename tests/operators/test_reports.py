@@ -191,9 +191,6 @@ def test_a_reviewer_sees_the_queue_of_their_cercles_only(
                                                  "label": "Autre / je ne sais pas"}
 
 
-# Filing the Koro report by USSD once met the database's 2 s wait on a machine loaded by
-# several test runs (the hop answered the apology; nothing to read back): rerun.
-@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize(("method", "suffix", "body"), ID_ROUTES,
                          ids=[f"{m} {s or '/'}" for m, s, _ in ID_ROUTES])
 def test_another_regions_report_is_a_404_like_a_missing_one_and_audited(

@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{','.join(f'{c:g}:{n}' for c, n in plan)} load={load_average()}")
             sender_us = sender_cost(receiver_url)
             httpx.get(receiver_url + "reset", timeout=10)
-            say(f"fake provider's sender alone (httpx, batches of 50 concurrent sends): "
+            say(f"fake provider's sender alone (aiohttp, 50 concurrent sends a batch): "
                 f"{sender_us:.0f} µs CPU per message")
             say(HEADER)
             for cap, count in plan:

@@ -50,5 +50,5 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.handlers.clear()
         logger.propagate = True
     # HTTP clients log each request's URL, and a send URL carries the recipient.
-    for name in ("httpx", "httpx2", "httpcore", "urllib3"):
+    for name in ("httpx", "httpx2", "httpcore", "urllib3", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)

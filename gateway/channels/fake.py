@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-import httpx
-
 from gateway.channels.base import OutboundSms, SendOutcome, SendResult
+from gateway.channels.http import AnswerLost, NotSent, ProviderClient
 
 log = logging.getLogger("gateway.channels.fake")
 NAME = "fake"
@@ -21,10 +20,8 @@ KEEP = 10_000  # messages kept in memory for inspection
 # Connections to the stand-in SMSC: as many as the worker keeps sends in flight
 # (``send_slots``), so that a request hanging until its timeout holds its own connection and
 # no other send waits behind it. The worker paces what it hands over, so only about
-# rate x answer time of them are open at once (httpcore checks every pooled connection on
-# every request: a few dozen idle ones cost CPU); KEEPALIVE bounds those kept idle.
+# rate x answer time of them are open at once.
 CONNECTIONS = 8
-KEEPALIVE = 16
 
 
 class FakeSender:
@@ -36,11 +33,8 @@ class FakeSender:
         # developer's look, never a growing record.
         self.sent: deque[OutboundSms] = deque(maxlen=KEEP)
         self.url = url
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, pool=None),  # waiting for a connection is not an error
-            limits=httpx.Limits(max_connections=connections,
-                                max_keepalive_connections=min(connections, KEEPALIVE)),
-        ) if url else None
+        self._client = ProviderClient(timeout=timeout, connections=connections) \
+            if url else None
 
     async def send(self, message: OutboundSms) -> SendResult:
         if self._client is not None and self.url is not None:
@@ -55,22 +49,23 @@ class FakeSender:
         payload = {"id": message.outbox_id, "to": message.to, "text": message.text,
                    "encoding": message.encoding}
         try:
-            response = await self._client.post(self.url, json=payload)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            answer = await self._client.post_json(self.url, payload)
+        except NotSent:
             return SendResult(SendOutcome.retry, code="connect")
-        except httpx.HTTPError:
+        except AnswerLost:
             return SendResult(SendOutcome.ambiguous, code="no-answer")
-        if response.is_success:
+        status = answer.status
+        if 200 <= status < 300:
             return SendResult(SendOutcome.accepted,
                               provider_message_id=f"fake-{message.outbox_id}")
-        code = str(response.status_code)
-        if response.status_code == 429 or response.status_code >= 500:
-            after = response.headers.get("retry-after")
+        code = str(status)
+        if status == 429 or status >= 500:
+            after = answer.retry_after
             return SendResult(SendOutcome.retry, code=code,
                               retry_after=float(after) if after and after.isdigit() else None,
-                              throttled=response.status_code == 429)
+                              throttled=status == 429)
         return SendResult(SendOutcome.failed, code=code)
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()

@@ -20,9 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, quote_from_bytes, urlsplit
-
-import httpx
+from urllib.parse import parse_qsl, quote, quote_from_bytes, urlencode, urlsplit, urlunsplit
 
 from gateway.channels.base import (
     DeliveryReport,
@@ -37,6 +35,7 @@ from gateway.channels.base import (
     send_slots,
 )
 from gateway.channels.forms import decode_form_bytes
+from gateway.channels.http import AnswerLost, NotSent, ProviderClient
 from gateway.logs import redact
 from gateway.settings import Settings
 from gateway.text.encoding import is_gsm7
@@ -285,22 +284,21 @@ class KannelSender:
     name = NAME
 
     def __init__(self, *, sendsms_url: str, sender: str | None, public_url: str,
-                 token: str | None = None, timeout: float = 10.0, connections: int = 100,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = httpx.URL(sendsms_url)
+                 token: str | None = None, timeout: float = 10.0,
+                 connections: int = 100) -> None:
+        self.base = urlsplit(sendsms_url)
+        # The URL's own parameters (username, password), which a message's never replace.
+        self.base_query = parse_qsl(self.base.query, keep_blank_values=True)
         self.sender = sender
         self.delivery_url = public_url.rstrip("/") + "/webhooks/kannel/delivery"
         # Kannel replaces %-escapes it knows (%d, %A, %C ...) in the dlr-url and keeps the
         # others: a percent-encoded printable ASCII token only ever has %2x..%7x, which
         # it keeps as they are (checked in from_settings).
         self.token_query = f"&token={quote(token, safe='')}" if token else ""
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            # One connection per send the worker keeps in flight (``send_slots``): a hung
-            # request holds its own, no other send waits behind it.
-            limits=httpx.Limits(max_connections=connections,
-                                max_keepalive_connections=min(connections, 20)),
-            follow_redirects=False, transport=transport)
+        # One connection per send the worker keeps in flight (``send_slots``): a hung
+        # request holds its own, no other send waits behind it.
+        self._client = ProviderClient(timeout=timeout, connect_timeout=min(timeout, 5.0),
+                                      connections=connections)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KannelSender:
@@ -342,20 +340,26 @@ class KannelSender:
             params["coding"] = "2"  # Kannel converts the UTF-8 text to UCS-2
         return params
 
+    def url(self, message: OutboundSms) -> str:
+        """The sendsms URL for ``message``: the configured one with the message's
+        parameters, every one percent-encoded (``%d`` in the dlr-url reaches Kannel as it
+        is written)."""
+        params = self.params(message)
+        pairs = [(k, v) for k, v in self.base_query if k not in params] + list(params.items())
+        query = urlencode(pairs, quote_via=quote, safe="")
+        return urlunsplit(self.base._replace(query=query, fragment=""))
+
     async def send(self, message: OutboundSms) -> SendResult:
-        url = self.url.copy_merge_params(self.params(message))
         try:
-            response = await self._client.get(url)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            log.warning("kannel: outbox #%d not sent (%s); will retry", message.outbox_id,
-                        exc.__class__.__name__)
+            answer = await self._client.get(self.url(message))
+        except NotSent as exc:
+            log.warning("kannel: outbox #%d not sent (%s); will retry", message.outbox_id, exc)
             return SendResult(SendOutcome.retry, code="connect")
-        except httpx.HTTPError as exc:  # sent, but the answer was lost
-            log.warning("kannel: outbox #%d answer lost (%s)", message.outbox_id,
-                        exc.__class__.__name__)
+        except AnswerLost as exc:  # sent, but the answer was lost
+            log.warning("kannel: outbox #%d answer lost (%s)", message.outbox_id, exc)
             return SendResult(SendOutcome.ambiguous, code="no-answer")
-        return self.classify(message.outbox_id, response.status_code, response.text,
-                             response.headers.get("retry-after"))
+        return self.classify(message.outbox_id, answer.status, answer.text,
+                             answer.retry_after)
 
     def classify(self, outbox_id: int, status: int, body: str,
                  retry_after: str | None = None) -> SendResult:
@@ -382,4 +386,4 @@ class KannelSender:
         return SendResult(SendOutcome.failed, code=code)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()

@@ -24,6 +24,7 @@ from gateway.operators.api import (
     reports,
 )
 from gateway.operators.api.deps import install_error_handlers
+from gateway.operators.api.no_nul import RefuseNul
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 
@@ -38,6 +39,7 @@ def build_api(settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     api.state.runtime = runtime
     api.state.settings = settings
     install_error_handlers(api)
+    api.add_middleware(RefuseNul)  # before any endpoint: PostgreSQL text holds no NUL
     api.include_router(auth.router)
     api.include_router(audit.router)
     broadcasts.install(api)

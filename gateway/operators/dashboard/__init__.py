@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from gateway.operators.access import Forbidden, NotFound, OutOfScope
 from gateway.operators.api.deps import _record_out_of_scope as record_out_of_scope
+from gateway.operators.api.no_nul import DropNulFromQuery
 from gateway.operators.dashboard import (
     audit,
     auth,
@@ -56,6 +57,7 @@ def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
     served instead of the domain modules (``wiring.default_seams``)."""
     dash = Dashboard(settings, runtime, seams, gateway=gateway)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(DropNulFromQuery)  # PostgreSQL text holds no NUL
     app.include_router(auth.router(dash))
     app.include_router(home.router(dash))
     app.include_router(broadcasts.router(dash))

@@ -118,19 +118,20 @@ def test_the_request_carries_the_parameters_percent_encoded_and_the_urls_own() -
            "%3D%25d&" in target + "&"
 
 
+async def get_once(client: ProviderClient, url: str) -> Answer:
+    """One request, then the client closed in the same event loop (as a worker does)."""
+    try:
+        return await client.get(url)
+    finally:
+        await client.close()
+
+
 def test_no_connection_means_not_sent() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
     client = ProviderClient(timeout=1.0, connections=2)
-
-    async def go() -> None:
-        try:
-            await client.get(f"http://127.0.0.1:{port}/")
-        finally:
-            await client.close()
-
     with pytest.raises(NotSent):
-        asyncio.run(go())
+        asyncio.run(get_once(client, f"http://127.0.0.1:{port}/"))
 
 
 def test_an_answer_that_never_comes_is_lost() -> None:
@@ -145,16 +146,9 @@ def test_an_answer_that_never_comes_is_lost() -> None:
     thread = threading.Thread(target=hold, daemon=True)
     thread.start()
     client = ProviderClient(timeout=0.3, connections=2)
-
-    async def go() -> None:
-        try:
-            await client.get(f"http://127.0.0.1:{listener.getsockname()[1]}/")
-        finally:
-            await client.close()
-
     try:
         with pytest.raises(AnswerLost):
-            asyncio.run(go())
+            asyncio.run(get_once(client, f"http://127.0.0.1:{listener.getsockname()[1]}/"))
     finally:
         release.set()
         thread.join(5)
@@ -165,15 +159,9 @@ def test_a_client_closed_in_one_event_loop_serves_the_next() -> None:
     """``asyncio.run`` twice (a worker stopped and started again in the same process, as
     the tests do): the second loop opens its own connection."""
     client = ProviderClient(timeout=2.0, connections=2)
-
-    async def once(url: str) -> Answer:
-        try:
-            return await client.get(url)
-        finally:
-            await client.close()
-
     with raw_server(OK, OK) as server:
         url = f"http://127.0.0.1:{server.port}/"
-        first, second = asyncio.run(once(url)), asyncio.run(once(url))
+        first = asyncio.run(get_once(client, url))
+        second = asyncio.run(get_once(client, url))
     assert first == second == Answer(202, "0: Accepted for delivery", None)
     assert len(server.requests) == 2

@@ -45,6 +45,17 @@ def test_a_nul_character_is_a_422_naming_where(
         422, {"detail": f"{where}: a NUL character is not text"})
 
 
+def test_a_json_body_sent_without_a_content_type_is_guarded_too(
+        client: TestClient, runtime: Runtime) -> None:
+    """FastAPI reads a body with no content type as JSON: so does the guard."""
+    admin = make(runtime, "awa", Role.admin)
+    answer = client.post(f"{API}/partners", headers=admin.auth,
+                         content=b'{"name": "AM\\u0000DH", "webhook_url": '
+                                 b'"http://127.0.0.1:9/hook", "secret": "s3cret-for-the-tests"}')
+    assert (answer.status_code, answer.json()) == (
+        422, {"detail": "body.name: a NUL character is not text"})
+
+
 def test_the_same_requests_without_it_are_answered(client: TestClient,
                                                    runtime: Runtime) -> None:
     """The guard refuses the NUL, not the request: the same ones, clean, work."""

@@ -55,7 +55,7 @@ class CampaignIn(Body):
     @classmethod
     def _names(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():
-            if "\x00" in item or len(item) > 64:
+            if len(item) > 64:
                 raise ValueError("a name of at most 64 characters")
         return value
 

@@ -48,10 +48,14 @@ def _in_path_or_query(scope: Scope) -> str | None:
 
 
 def _json(scope: Scope) -> bool:
+    """Whether the endpoint will read the body as JSON: FastAPI does when it says so, and
+    when it names no content type at all."""
+    if scope.get("method") in ("GET", "HEAD"):
+        return False
     for name, value in scope.get("headers", ()):
         if name == b"content-type":
             return b"json" in value.lower()
-    return False
+    return True
 
 
 async def _buffered(receive: Receive) -> tuple[bytes, Receive]:

@@ -88,3 +88,18 @@ def test_a_postgres_database_behind_the_latest_migration_refuses_to_start(
     engine.dispose()
     with pytest.raises(StartupError, match="needs " + migrate.head()):
         build_runtime(settings)
+
+
+def test_postgres_samples_few_outbox_rows_for_its_statistics(empty_postgres_url: str) -> None:
+    """Every outbox column, a new one too, has the small statistics target: an ANALYZE of
+    a queue a broadcast just filled samples 3,000 rows (about 20 ms), not 30,000 (300 ms
+    of a core the USSD hops share)."""
+    engine = make_engine(empty_postgres_url)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        targets = dict(conn.exec_driver_sql(
+            "SELECT attname, attstattarget FROM pg_attribute WHERE attrelid = "
+            "'outbox'::regclass AND attnum > 0 AND NOT attisdropped").all())
+    engine.dispose()
+    assert set(targets) == set(SQLModel.metadata.tables["outbox"].columns.keys())
+    assert set(targets.values()) == {10}, targets

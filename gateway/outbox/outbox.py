@@ -55,6 +55,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 
@@ -216,6 +217,16 @@ def to_contacts(
     that many contacts, in id order (a chunk's: then PostgreSQL finds each one's number
     through the vault's index instead of reading the whole vault to hash it)."""
     c, v = queries.contacts.c, queries.vault.c
+    source: Any = queries.contacts.join(queries.vault, v.pseudonym == c.pseudonym)
+    number: ColumnElement[str] = v.number
+    if limit is not None and conn.dialect.name == "postgresql":
+        # A chunk: each contact's number by one probe of the vault's index. Joined plainly,
+        # PostgreSQL chose to hash the whole vault for every chunk (100,000 rows read for
+        # 1,000 wanted: 19 ms of a 34 ms chunk); a lateral subquery it may not flatten
+        # (OFFSET 0) can only be a probe per contact (5 ms).
+        sealed = (select(v.number.label("number")).where(v.pseudonym == c.pseudonym)
+                  .offset(0).lateral("sealed"))
+        source, number = queries.contacts.join(sealed, true()), sealed.c.number
     languages = sorted(texts)
     costs = {lang: sms_cost(texts[lang]) for lang in languages}
     fallback = texts.get(default_language)
@@ -232,7 +243,7 @@ def to_contacts(
         "kind": literal(kind),
         "pseudonym": c.pseudonym,
         "contact_id": c.id,
-        "recipient": v.number,
+        "recipient": number,
         "text": text_of,
         "encoding": by_language({k: x.encoding for k, x in costs.items()},
                                 costs[chosen].encoding if chosen else None),
@@ -249,8 +260,8 @@ def to_contacts(
         "updated_at": now,
     }
     rows = (select(*(expr.label(name) for name, expr in columns.items()))
-            .select_from(queries.contacts.join(queries.vault, v.pseudonym == c.pseudonym))
-            .where(*where, c.stopped.is_(False), v.number.like("n%"), text_of.is_not(None)))
+            .select_from(source)
+            .where(*where, c.stopped.is_(False), number.like("n%"), text_of.is_not(None)))
     if limit is not None:
         rows = rows.order_by(c.id).limit(limit)
     stmt = queries._insert(conn, outbox).from_select(list(columns), rows).on_conflict_do_nothing()

@@ -54,7 +54,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     true,
     update,
 )
@@ -686,22 +685,13 @@ def queue_depth(conn: Connection) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
-_STALE = text(
-    "SELECT n_mod_since_analyze > 1000 + :fraction * n_live_tup FROM pg_stat_user_tables "
-    "WHERE relid = CAST(:table AS regclass)")
-
-
 def analyze_if_stale(conn: Connection, *, fraction: float = 0.1) -> bool:
     """PostgreSQL: refresh the outbox's planner statistics when a tenth of it (``fraction``)
-    changed since they were taken (autovacuum's own rule, should autovacuum be off or not
-    there yet). Without them, right after a large broadcast, every claim sorts the whole
-    queue. True when it analyzed; nothing to do on SQLite."""
-    if conn.dialect.name != "postgresql":
-        return False
-    if not conn.execute(_STALE, {"table": outbox.name, "fraction": fraction}).scalar():
-        return False
-    conn.exec_driver_sql(f"ANALYZE {outbox.name}")
-    return True
+    changed since they were taken (``queries.refresh_statistics``). Without them, right
+    after a large broadcast, every claim sorts the whole queue. True when it analyzed;
+    nothing to do on SQLite."""
+    return bool(queries.refresh_statistics(conn, tables=[outbox.name], base=1000,
+                                           fraction=fraction))
 
 
 def any_due(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> bool:

@@ -415,8 +415,9 @@ class Worker:
         with self.db.transaction() as conn:
             outbox.housekeeping(conn, policy=self.policy, now=now, stopped=False)
         with self.db.transaction() as conn:
-            if outbox.analyze_if_stale(conn):
-                log.info("worker: outbox statistics refreshed")
+            refreshed = queries.refresh_statistics(conn)
+        if refreshed:
+            log.debug("worker: statistics refreshed: %s", ", ".join(refreshed))
 
     def _housekeeping(self, now: datetime) -> bool:
         """Cancel what is queued for stopped contacts (a broadcast's hundred thousand are

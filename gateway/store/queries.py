@@ -26,10 +26,12 @@ from sqlalchemy import (
     Row,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -608,6 +610,36 @@ def replace_data_key(conn: Connection, *, pseudonym: str, wrapped: str) -> None:
     conn.execute(update(reports).where(reports.c.pseudonym == pseudonym,
                                        reports.c.text.is_not(None)).values(text=None))
     conn.execute(delete(vault).where(vault.c.pseudonym == pseudonym))
+
+
+# The tables the USSD hops, the SMS and the outbox look rows up in, one at a time.
+LOOKED_UP = (sessions.name, contacts.name, vault.name, _conversations.name, _outbox.name)
+_STALE = text(
+    "SELECT relname FROM pg_stat_user_tables WHERE relname IN :tables "
+    "AND n_mod_since_analyze > :base + :fraction * n_live_tup ORDER BY relname",
+).bindparams(bindparam("tables", expanding=True))
+
+
+def refresh_statistics(conn: Connection, *, tables: Sequence[str] = LOOKED_UP,
+                       base: int = 50, fraction: float = 0.1) -> list[str]:
+    """PostgreSQL: ANALYZE each of ``tables`` that changed by more than ``base`` rows and
+    ``fraction`` of its rows since its statistics were taken (autovacuum's own rule,
+    applied now instead of at its next round, a minute or more away, or never where it is
+    off); the tables analyzed. Nothing on SQLite.
+
+    Why now: a plan is kept (psycopg prepares the statements a connection runs often, a
+    PL/pgSQL function keeps its plans), and one made while a table was nearly empty reads
+    every row. On a fresh database the USSD hops' session saves and lookups scanned the
+    whole session table, each hop slower than the one before (0.1 ms to 0.9 ms a save
+    within a minute of the benchmark); an ANALYZE makes every kept plan of the table
+    plan again."""
+    if conn.dialect.name != "postgresql":
+        return []
+    stale = [str(name) for name in conn.execute(
+        _STALE, {"tables": list(tables), "base": base, "fraction": fraction}).scalars()]
+    for name in stale:
+        conn.exec_driver_sql(f"ANALYZE {name}")
+    return stale
 
 
 def bump(conn: Connection, *, name: str, by: int = 1, now: datetime) -> None:

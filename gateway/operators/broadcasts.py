@@ -97,7 +97,11 @@ MAX_SEGMENTS = 6
 MAX_CHARACTERS = 2_000  # far beyond 6 segments: refused before it is measured
 DEFAULT_VALID_FOR = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=1)  # a send_at this little in the past means "now"
-CHUNK = 1_000  # contacts queued per transaction (PostgreSQL)
+# Contacts queued per transaction (PostgreSQL): about 14 ms of the server's CPU at 100,000
+# contacts. On two cores a USSD hop that meets a chunk waits for a core; with 1,000 the
+# hops' p99 while queueing was about a third higher (16-22 ms against 12-18 ms) and
+# everyone was queued no sooner (bench/broadcast.py).
+CHUNK = 500
 # SQLite has one writer at a time, and a chunk runs on the event loop (see
 # runtime.make_worker): a USSD hop that arrives meanwhile waits for the whole chunk, so
 # chunks are small there (50: about 2.5 ms on the benchmark's two cores, 100: 4 ms).

@@ -69,6 +69,7 @@ from bench.common import (
     wait_http,
 )
 from bench.ussd_hops import SCRIPTS, Numbers, RawClient
+from gateway.operators.dashboard.broadcasts import POLL_SECONDS
 
 TARGET_PREVIEW_S = 1.0
 TARGET_QUEUE_S = 30.0
@@ -76,7 +77,6 @@ TARGET_MEMORY_MB = 250.0
 TARGET_P99_RATIO = 2.0
 TARGET_RATE = (0.95, 1.0)
 USERS = 8
-VIEWER_SECONDS = 3.0  # the dashboard's progress page asks this often (POLL_SECONDS)
 WARM_UP_SECONDS = 5.0
 PURGE_DONE = "worker: retention purge done"  # the gateway's log, at INFO
 SEED_BATCH = 5_000
@@ -178,7 +178,7 @@ class Operator:
         return made.id
 
     def progress(self, broadcast_id: int) -> tuple[int, bool, dict[str, int]]:
-        """What the progress page shows (it asks every ``VIEWER_SECONDS``): the counts
+        """What the progress page shows (it asks every ``POLL_SECONDS``): the counts
         read every outbox row of the broadcast."""
         with self.rt.db.reading() as conn:  # takes no write lock the service waits for
             found = self.broadcasts.get(conn, who=self.who, broadcast_id=broadcast_id)
@@ -405,7 +405,7 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         async def viewer() -> None:  # an operator on the progress page meanwhile
             while not finished:
                 await asyncio.to_thread(operator.progress, broadcast_id)
-                await asyncio.sleep(VIEWER_SECONDS)
+                await asyncio.sleep(POLL_SECONDS)
 
         watcher = asyncio.create_task(watch())
         viewing = asyncio.create_task(viewer())

@@ -745,7 +745,8 @@ def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) 
         # queue grows by half (a plan made while it was small sorts the whole queue at every
         # claim; the worker refreshes them at a tenth, every few seconds).
         with db.transaction() as conn:
-            outbox.analyze_if_stale(conn, fraction=0.5)
+            queries.refresh_statistics(conn, tables=[messages_out.name], base=1000,
+                                       fraction=0.5)
     return Progress(queued=queued, more=True)
 
 

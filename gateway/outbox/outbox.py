@@ -29,7 +29,7 @@ scan every queued row. During quiet hours (``OutboxPolicy.quiet``) a claim takes
 messages of a higher priority than broadcasts: the index range stops before them, and they
 wait in the queue until the quiet period ends. On PostgreSQL that plan needs the table's
 statistics to be current: a broadcast of many thousand rows makes them stale at once, so
-the worker refreshes them (``analyze_if_stale``) when autovacuum has not.
+they are refreshed as it grows (``queries.refresh_statistics``) when autovacuum has not.
 """
 
 from __future__ import annotations
@@ -683,15 +683,6 @@ def queue_depth(conn: Connection) -> int:
     stmt = select(func.count()).select_from(outbox).where(
         outbox.c.status.in_(("queued", "sending")))
     return int(conn.execute(stmt).scalar_one())
-
-
-def analyze_if_stale(conn: Connection, *, fraction: float = 0.1) -> bool:
-    """PostgreSQL: refresh the outbox's planner statistics when a tenth of it (``fraction``)
-    changed since they were taken (``queries.refresh_statistics``). Without them, right
-    after a large broadcast, every claim sorts the whole queue. True when it analyzed;
-    nothing to do on SQLite."""
-    return bool(queries.refresh_statistics(conn, tables=[outbox.name], base=1000,
-                                           fraction=fraction))
 
 
 def any_due(conn: Connection, *, policy: OutboxPolicy, now: datetime) -> bool:

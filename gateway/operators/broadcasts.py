@@ -97,10 +97,11 @@ MAX_SEGMENTS = 6
 MAX_CHARACTERS = 2_000  # far beyond 6 segments: refused before it is measured
 DEFAULT_VALID_FOR = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=1)  # a send_at this little in the past means "now"
-# Contacts queued per transaction (PostgreSQL): about 14 ms of the server's CPU at 100,000
-# contacts. On two cores a USSD hop that meets a chunk waits for a core; with 1,000 the
-# hops' p99 while queueing was about a third higher (16-22 ms against 12-18 ms) and
-# everyone was queued no sooner (bench/broadcast.py).
+# Contacts queued per transaction (PostgreSQL): about 12 ms at 100,000 contacts, half a
+# megabyte of WAL that a USSD hop committing meanwhile waits to flush with its own. With
+# 1,000 the hops' p99 while queueing was about a third higher (16-22 ms against 12-18 ms)
+# and everyone was queued no sooner; with 250 it was no lower and the queueing took a
+# third longer (bench/broadcast.py).
 CHUNK = 500
 # SQLite has one writer at a time, and a chunk runs on the event loop (see
 # runtime.make_worker): a USSD hop that arrives meanwhile waits for the whole chunk, so
@@ -731,10 +732,18 @@ def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) 
         chunk = _chunk_statements(conn, policy=policy, rules=rules, row=row)
         # The next recipients by contact id. PostgreSQL: locked until this commits, so an
         # erasure, a stop or an unsubscription comes first or finds their message queued.
-        count, last = conn.execute(chunk.span, {"cursor_": row.cursor, "n_": rules.chunk}).one()
-        last = int(last) if count else int(row.cursor)
-        queued = chunk.queue.run(conn, now=now, valid_until=row.valid_until,
-                                 cursor_=row.cursor, last_=last, n_=rules.chunk) if count else 0
+        times = {"now": now, "valid_until": row.valid_until}
+        if isinstance(chunk.queue, outbox.ChunkToContacts):
+            taken = chunk.queue.run(conn, cursor_=row.cursor, n_=rules.chunk, **times)
+            count, queued = taken.contacts, taken.queued
+            last = int(row.cursor) if taken.last is None else taken.last
+        else:
+            assert chunk.span is not None
+            count, last = conn.execute(chunk.span,
+                                       {"cursor_": row.cursor, "n_": rules.chunk}).one()
+            last = int(last) if count else int(row.cursor)
+            queued = chunk.queue.run(conn, cursor_=row.cursor, last_=last, n_=rules.chunk,
+                                     **times) if count else 0
         finished = count < rules.chunk
         conn.execute(_MOVE_ON, {"id_": row.id, "cursor": last, "expanded": row.expanded + queued,
                                 "expanded_at": now if finished else None, "updated_at": now})
@@ -752,9 +761,11 @@ def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) 
 
 @dataclass(frozen=True)
 class _Chunk:
-    span: Select[Any]  # how many recipients are next, and the last one's contact id
-    # (params cursor_, n_)
-    queue: outbox.ToContacts  # their messages (params cursor_, last_)
+    # SQLite: how many recipients are next, and the last one's contact id (params cursor_,
+    # n_), then their messages (params cursor_, last_). PostgreSQL: no span; ``queue`` does
+    # both in one statement (params cursor_, n_).
+    span: Select[Any] | None
+    queue: outbox.ToContacts | outbox.ChunkToContacts
 
 
 _CHUNKS: dict[tuple[Any, ...], _Chunk] = {}
@@ -773,21 +784,27 @@ def _chunk_statements(conn: Connection, *, policy: OutboxPolicy, rules: Rules,
     c = contacts.c
     audience = _audience(Target.loads(row.target), rules)
     after = c.id > bindparam("cursor_", type_=c.id.type)
-    ids = (select(c.id).select_from(_WITH_NUMBER).where(after, *audience).order_by(c.id)
-           .limit(bindparam("n_", type_=c.id.type)).with_for_update(read=True, of=contacts)
-           .subquery())
-    span: Any = select(  # one row, not a thousand ids
-        func.count(), func.max(ids.c.id)).select_from(ids)
-    # The same contacts again, as the range of ids they span (no list of a thousand ids).
-    queue = outbox.to_contacts(
-        conn, policy=policy, kind="broadcast",
-        where=[after, c.id <= bindparam("last_", type_=c.id.type), *audience],
-        texts=json.loads(row.texts), default_language=rules.default_language,
-        dedupe_prefix=f"broadcast:{int(row.id)}:", broadcast_id=int(row.id),
-        limit=bindparam("n_", type_=c.id.type))
+    n = bindparam("n_", type_=c.id.type)
+    queueing: dict[str, Any] = {
+        "policy": policy, "kind": "broadcast", "texts": json.loads(row.texts),
+        "default_language": rules.default_language,
+        "dedupe_prefix": f"broadcast:{int(row.id)}:", "broadcast_id": int(row.id)}
+    if conn.dialect.name == "postgresql":
+        found = _Chunk(None, outbox.chunk_to_contacts(conn, where=[after, *audience], limit=n,
+                                                      **queueing))
+    else:
+        ids = (select(c.id).select_from(_WITH_NUMBER).where(after, *audience).order_by(c.id)
+               .limit(n).subquery())
+        span: Any = select(  # one row, not a thousand ids
+            func.count(), func.max(ids.c.id)).select_from(ids)
+        # The same contacts again, as the range of ids they span (no list of a thousand ids).
+        queue = outbox.to_contacts(
+            conn, where=[after, c.id <= bindparam("last_", type_=c.id.type), *audience],
+            limit=n, **queueing)
+        found = _Chunk(span, queue)
     if len(_CHUNKS) >= _CHUNKS_KEPT:
         _CHUNKS.clear()
-    found = _CHUNKS[key] = _Chunk(span, queue)
+    _CHUNKS[key] = found
     return found
 
 

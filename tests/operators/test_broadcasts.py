@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from gateway.app import deliver
 from gateway.channels.base import DeliveryReport, DeliveryStatus, SendOutcome, SendResult
@@ -420,6 +421,38 @@ def test_the_job_queues_in_chunks_and_a_repeated_chunk_queues_nothing_twice(
     assert {r.kind for r in rows} == {"broadcast"}
     assert {r.priority for r in rows} == {outbox.PRIORITY["broadcast"]}
     assert get(runtime, made.id).counts.recipients == 30
+
+
+def test_a_chunk_holds_its_contacts_until_it_commits(runtime: Runtime, rules: Rules) -> None:
+    """PostgreSQL: the contacts a chunk took stay locked until its messages are committed,
+    so a stop, an unsubscription or an erasure of one of them waits, then finds the message
+    queued and cancels it; a contact the chunk did not reach is not held."""
+    if runtime.db.sqlite:
+        pytest.skip("SQLite has one writer at a time: a stop cannot run during a chunk")
+    seed(runtime, "mopti-konna", "fr", 4)
+    made, _ = create(runtime, rules, request(communes=["mopti-konna"]))
+    c = queries.contacts.c
+    with runtime.db.transaction() as conn:
+        row = conn.execute(select(broadcasts.broadcasts).where(
+            broadcasts.broadcasts.c.id == made.id)).one()
+        chunk = broadcasts._chunk_statements(conn, policy=runtime.outbox_policy, rules=rules,
+                                             row=row)
+        ids = list(conn.execute(select(c.id).where(c.area == "mopti-konna").order_by(c.id))
+                   .scalars())
+    with runtime.db.engine.connect() as chunking, chunking.begin():
+        taken = chunk.queue.run(chunking, now=utcnow(), valid_until=row.valid_until,
+                                cursor_=0, n_=3)
+        assert taken == outbox.Taken(contacts=3, last=ids[2], queued=3)
+        with runtime.db.engine.connect() as stopping:
+            for contact_id, held in ((ids[0], True), (ids[3], False)):
+                with stopping.begin():
+                    stopping.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+                    stop = update(queries.contacts).where(c.id == contact_id).values(stopped=True)
+                    if held:
+                        with pytest.raises(OperationalError, match="lock timeout"):
+                            stopping.execute(stop)
+                    else:
+                        stopping.execute(stop)
 
 
 def test_the_worker_runs_the_job_and_sends(runtime: Runtime, rules: Rules) -> None:

@@ -732,18 +732,10 @@ def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) 
         chunk = _chunk_statements(conn, policy=policy, rules=rules, row=row)
         # The next recipients by contact id. PostgreSQL: locked until this commits, so an
         # erasure, a stop or an unsubscription comes first or finds their message queued.
-        times = {"now": now, "valid_until": row.valid_until}
-        if isinstance(chunk.queue, outbox.ChunkToContacts):
-            taken = chunk.queue.run(conn, cursor_=row.cursor, n_=rules.chunk, **times)
-            count, queued = taken.contacts, taken.queued
-            last = int(row.cursor) if taken.last is None else taken.last
-        else:
-            assert chunk.span is not None
-            count, last = conn.execute(chunk.span,
-                                       {"cursor_": row.cursor, "n_": rules.chunk}).one()
-            last = int(last) if count else int(row.cursor)
-            queued = chunk.queue.run(conn, cursor_=row.cursor, last_=last, n_=rules.chunk,
-                                     **times) if count else 0
+        taken = chunk.run(conn, now=now, valid_until=row.valid_until, cursor_=row.cursor,
+                          n_=rules.chunk)
+        count, queued = taken.contacts, taken.queued
+        last = int(row.cursor) if taken.last is None else taken.last
         finished = count < rules.chunk
         conn.execute(_MOVE_ON, {"id_": row.id, "cursor": last, "expanded": row.expanded + queued,
                                 "expanded_at": now if finished else None, "updated_at": now})
@@ -760,14 +752,26 @@ def run_due(db: Database, *, policy: OutboxPolicy, rules: Rules, now: datetime) 
 
 
 @dataclass(frozen=True)
-class _Chunk:
-    # SQLite: how many recipients are next, and the last one's contact id (params cursor_,
-    # n_), then their messages (params cursor_, last_). PostgreSQL: no span; ``queue`` does
-    # both in one statement (params cursor_, n_).
-    span: Select[Any] | None
-    queue: outbox.ToContacts | outbox.ChunkToContacts
+class _SpanThenQueue:
+    """SQLite's chunk (it has no data-modifying CTE to do it in one statement, as
+    ``outbox.chunk_to_contacts`` does on PostgreSQL): how many recipients are next and the
+    last one's contact id (one row, not a thousand ids), then their messages, as the range
+    of ids they span."""
+
+    span: Select[Any]  # params cursor_, n_
+    queue: outbox.ToContacts  # params cursor_, last_, n_
+
+    def run(self, conn: Connection, *, now: datetime, valid_until: datetime, cursor_: int,
+            n_: int) -> outbox.Taken:
+        count, last = conn.execute(self.span, {"cursor_": cursor_, "n_": n_}).one()
+        if not count:
+            return outbox.Taken(contacts=0, last=None, queued=0)
+        queued = self.queue.run(conn, now=now, valid_until=valid_until, cursor_=cursor_,
+                                last_=int(last), n_=n_)
+        return outbox.Taken(contacts=int(count), last=int(last), queued=queued)
 
 
+_Chunk = outbox.ChunkToContacts | _SpanThenQueue  # run(conn, now, valid_until, cursor_, n_)
 _CHUNKS: dict[tuple[Any, ...], _Chunk] = {}
 _CHUNKS_KEPT = 32
 
@@ -778,9 +782,9 @@ def _chunk_statements(conn: Connection, *, policy: OutboxPolicy, rules: Rules,
     them on SQLite)."""
     key = (int(row.id), row.target, row.texts, conn.dialect.name, policy.provider,
            rules.default_language, rules.languages)
-    found = _CHUNKS.get(key)
-    if found is not None:
-        return found
+    kept = _CHUNKS.get(key)
+    if kept is not None:
+        return kept
     c = contacts.c
     audience = _audience(Target.loads(row.target), rules)
     after = c.id > bindparam("cursor_", type_=c.id.type)
@@ -789,19 +793,17 @@ def _chunk_statements(conn: Connection, *, policy: OutboxPolicy, rules: Rules,
         "policy": policy, "kind": "broadcast", "texts": json.loads(row.texts),
         "default_language": rules.default_language,
         "dedupe_prefix": f"broadcast:{int(row.id)}:", "broadcast_id": int(row.id)}
+    found: _Chunk
     if conn.dialect.name == "postgresql":
-        found = _Chunk(None, outbox.chunk_to_contacts(conn, where=[after, *audience], limit=n,
-                                                      **queueing))
+        found = outbox.chunk_to_contacts(conn, where=[after, *audience], limit=n, **queueing)
     else:
         ids = (select(c.id).select_from(_WITH_NUMBER).where(after, *audience).order_by(c.id)
                .limit(n).subquery())
-        span: Any = select(  # one row, not a thousand ids
-            func.count(), func.max(ids.c.id)).select_from(ids)
-        # The same contacts again, as the range of ids they span (no list of a thousand ids).
-        queue = outbox.to_contacts(
-            conn, where=[after, c.id <= bindparam("last_", type_=c.id.type), *audience],
-            limit=n, **queueing)
-        found = _Chunk(span, queue)
+        span: Any = select(func.count(), func.max(ids.c.id)).select_from(ids)  # one row
+        found = _SpanThenQueue(
+            span,
+            outbox.to_contacts(conn, where=[after, c.id <= bindparam("last_", type_=c.id.type),
+                                            *audience], limit=n, **queueing))
     if len(_CHUNKS) >= _CHUNKS_KEPT:
         _CHUNKS.clear()
     _CHUNKS[key] = found

@@ -440,8 +440,8 @@ def test_a_chunk_holds_its_contacts_until_it_commits(runtime: Runtime, rules: Ru
         ids = list(conn.execute(select(c.id).where(c.area == "mopti-konna").order_by(c.id))
                    .scalars())
     with runtime.db.engine.connect() as chunking, chunking.begin():
-        taken = chunk.queue.run(chunking, now=utcnow(), valid_until=row.valid_until,
-                                cursor_=0, n_=3)
+        taken = chunk.run(chunking, now=utcnow(), valid_until=row.valid_until, cursor_=0,
+                          n_=3)
         assert taken == outbox.Taken(contacts=3, last=ids[2], queued=3)
         with runtime.db.engine.connect() as stopping:
             for contact_id, held in ((ids[0], True), (ids[3], False)):

@@ -105,8 +105,9 @@ def test_a_radio_host_sees_its_show_and_not_another(page: Page, served: Served) 
     page.context.clear_cookies()
 
     sign_in(page, "kaoural")
-    # The sign-in's redirect must land before the next address is typed, or the cookie
-    # never arrives (seen once under load: the campaigns page asked to sign in again).
+    # Signed in before the next address is typed. (Once, under load, this sign-in was
+    # refused: the first on-air page's stream, its cookies gone, had reopened the sign-in
+    # page in the background and replaced the form's token; test_sign_in.py's two tabs.)
     page.wait_for_url("**/dashboard/")
     page.goto("/dashboard/campaigns")
     expect(page.get_by_role("link", name="Débat du jeudi")).to_be_visible()

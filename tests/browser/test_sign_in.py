@@ -5,6 +5,7 @@ from __future__ import annotations
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import shoot, sign_in
+from tests.operators.dashboard_client import OPERATOR, PASSWORD
 
 
 def test_a_wrong_password_then_the_right_one_then_sign_out(page: Page) -> None:
@@ -47,3 +48,17 @@ def test_the_bambara_toggle(page: Page) -> None:
     expect(page.get_by_role("heading", name="Cikanw")).to_be_visible()  # the cookie kept it
     page.get_by_role("link", name="Français").click()
     expect(page.get_by_role("heading", name="Diffusions")).to_be_visible()
+
+
+def test_two_tabs_on_the_sign_in_page_both_sign_in(page: Page) -> None:
+    """The second tab's sign-in page (or the redirect a signed-out page's live stream gets
+    in the background) must not spoil the first tab's form."""
+    page.goto("/dashboard/login")
+    other = page.context.new_page()
+    other.goto("/dashboard/login")
+    page.get_by_label("Nom d'utilisateur").fill(OPERATOR.name)
+    page.get_by_label("Mot de passe").fill(PASSWORD)
+    page.get_by_role("button", name="Se connecter").click()
+    expect(page.get_by_role("heading", name="Tableau de bord")).to_be_visible()
+    other.reload()  # now signed in: the sign-in page sends it on
+    expect(other).to_have_url("/dashboard/")

@@ -4,6 +4,7 @@ weight, and the broadcast journey's form plumbing. The browser side is tests/bro
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -120,6 +121,36 @@ def test_sign_in_never_sends_elsewhere(dash: TestClient, target: str) -> None:
         "csrf": hidden(page.text, "csrf"), "username": OPERATOR.name,
         "password": "correct horse battery staple", "next": target}, follow_redirects=False)
     assert response.headers["location"] == "/dashboard/"
+
+
+def test_a_second_sign_in_page_does_not_spoil_the_first(dash: TestClient) -> None:
+    """Two tabs on the sign-in page, or the sign-in page a signed-out page's script is sent
+    to in the background: the browser keeps one token, so the first form still signs in."""
+    first = dash.get("/dashboard/login")
+    second = dash.get("/dashboard/login")
+    assert hidden(second.text, "csrf") == hidden(first.text, "csrf")
+    response = dash.post("/dashboard/login", data={
+        "csrf": hidden(first.text, "csrf"), "username": OPERATOR.name,
+        "password": "correct horse battery staple", "next": "/dashboard/"},
+        follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/dashboard/"
+
+
+def test_a_forged_login_cookie_is_not_taken_as_the_token(dash: TestClient) -> None:
+    dash.cookies.set("dannaya_login", "<script>", path="/dashboard/login")
+    token = hidden(dash.get("/dashboard/login").text, "csrf")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", token)
+
+
+@pytest.mark.parametrize("path", ["/dashboard/broadcasts/recipients?cercle=mopti",
+                                  "/dashboard/broadcasts/1/status",
+                                  "/dashboard/onair/1/stream"])
+def test_a_page_script_whose_session_ended_is_told_so(dash: TestClient, path: str) -> None:
+    """What pages' scripts ask in the background answers 401, not the sign-in page (which
+    a script cannot show, and whose form token it would only replace)."""
+    response = dash.get(path, follow_redirects=False)
+    assert response.status_code == 401
+    assert "set-cookie" not in response.headers
 
 
 def test_the_session_cookie_is_http_only_and_lax(dash: TestClient) -> None:

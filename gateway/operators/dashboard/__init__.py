@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from gateway.operators.access import Forbidden, NotFound, OutOfScope
 from gateway.operators.api.deps import _record_out_of_scope as record_out_of_scope
@@ -47,6 +47,9 @@ from gateway.settings import Settings
 
 __all__ = ["PREFIX", "Seams", "dashboard_app"]
 log = logging.getLogger("gateway.operators.dashboard")
+# What pages' scripts ask in the background (the recipients count, a broadcast's progress,
+# the on-air stream), never typed in an address bar.
+_ASKED_BY_SCRIPTS = ("/recipients", "/status", "/stream")
 
 
 def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
@@ -79,7 +82,12 @@ def dashboard_app(settings: Settings, *, runtime: Callable[[], Runtime],
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, _exc: Exception) -> Response:
         target = request.url.path
-        if request.method != "GET" or target.endswith(("/status", "/recipients")):
+        if target.endswith(_ASKED_BY_SCRIPTS):
+            # A page's own script (a progress poll, a live stream) whose session ended:
+            # a plain 401 it can show, not a sign-in page it cannot read.
+            return PlainTextResponse("Sign in again.", status_code=401,
+                                     headers={"Cache-Control": "no-store"})
+        if request.method != "GET":
             target = PREFIX + "/"
         return dash.redirect(f"{PREFIX}/login?next={target}")
 

@@ -17,7 +17,7 @@ from gateway.operators.dashboard.web import (
     SESSION_COOKIE,
     Dashboard,
     check_csrf,
-    new_token,
+    login_token,
     read_form,
     safe_next,
 )
@@ -32,7 +32,7 @@ def router(dash: Dashboard) -> APIRouter:
                    error: tuple[str, dict[str, int]] | None = None,
                    notice: str | None = None, status: int = 200,
                    headers: dict[str, str] | None = None) -> Response:
-        token = new_token()
+        token = login_token(request)
         response = dash.render(request, "login.html", session=None, status=status,
                                headers=headers,
                                login_csrf=token, username=username, error=error,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import mimetypes
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -335,6 +336,18 @@ class Dashboard:
 
 def new_token() -> str:
     return secrets.token_urlsafe(24)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
+def login_token(request: Request) -> str:
+    """The sign-in form's CSRF token: the one this browser already holds, else a new one.
+    Every sign-in page a browser opens (a second tab, or the redirect a page's own
+    background request gets once its session has ended) then carries the same token, so
+    opening one never makes another's form fail the check."""
+    held = request.cookies.get(LOGIN_COOKIE, "")
+    return held if _TOKEN.fullmatch(held) else new_token()
 
 
 def safe_next(target: str | None) -> str:

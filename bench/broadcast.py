@@ -20,8 +20,9 @@ migrate``):
    broadcast's row);
 5. keep the load on for ``--send-window`` seconds more while the worker sends: the send
    rate counted at the receiver, against the cap;
-6. the service's peak memory (VmHWM of ``gateway serve`` and of its database process on
-   PostgreSQL).
+6. the service's peak memory: the highest total Pss of ``gateway serve`` and its child
+   processes (on PostgreSQL the USSD database process and the outbox worker), sampled every
+   half second (each process's VmHWM is shown too; it counts shared pages in each).
 
     .venv/bin/python -m bench.broadcast [--database sqlite|postgres] [--contacts 100000]
 
@@ -78,6 +79,7 @@ TARGET_P99_RATIO = 2.0
 TARGET_RATE = (0.95, 1.0)
 USERS = 8
 WARM_UP_SECONDS = 5.0
+MEMORY_EVERY_S = 0.5
 PURGE_DONE = "worker: retention purge done"  # the gateway's log, at INFO
 SEED_BATCH = 5_000
 FR = ("Réunion d'information sur la sécurité à la mairie samedi à 10h. Entrée libre, "
@@ -300,6 +302,39 @@ def peak_memory_mb(pid: int) -> dict[str, float]:
     return out
 
 
+def pss_mb(pid: int) -> dict[str, float]:
+    """Proportional set size (Pss: a page shared by n processes counts 1/n in each) of a
+    process and of its children, in MB: their sum is what they take from the machine. The
+    worker on PostgreSQL is a fork of the service and shares most of its pages, which
+    VmHWM counts whole in each process."""
+    out: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if int(entry.name) != pid and parent != pid:
+                continue
+            rollup = (entry / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                label = "service" if int(entry.name) == pid else f"child {entry.name}"
+                out[label] = int(line.split()[1]) / 1024
+    return out
+
+
+async def watch_pss(pid: int, peak: dict[str, float]) -> None:
+    """Keep in ``peak`` the breakdown of the highest total Pss seen, every half second."""
+    while True:
+        now = await asyncio.to_thread(pss_mb, pid)
+        if sum(now.values()) > sum(peak.values()):
+            peak.clear()
+            peak.update(now)
+        await asyncio.sleep(MEMORY_EVERY_S)
+
+
 # --- one run -----------------------------------------------------------------------------
 
 
@@ -316,7 +351,8 @@ class Result:
     sent_while_queueing: int = 0
     send_rate: float = float("nan")
     cap: float = 0.0
-    memory_mb: dict[str, float] = field(default_factory=dict)
+    memory_mb: dict[str, float] = field(default_factory=dict)  # peak total Pss
+    vmhwm_mb: dict[str, float] = field(default_factory=dict)  # each process's own peak
     phases: list[Phase] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     log_errors: int = 0
@@ -372,6 +408,8 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         log = work / "gateway.log"
         server = gateway(["serve", "--port", str(port)], env=env, cwd=work, log=log)
         wait_http(f"http://127.0.0.1:{port}/healthz", server, log)
+        pss_peak: dict[str, float] = {}
+        memory = asyncio.create_task(watch_pss(server.pid, pss_peak))
         wait_http(receiver_url + "count", receiver, work / "receiver.log")
         numbers = Numbers(seed=args.seed)
         # The worker's start-up chores (the retention purge and the stopped contacts' sweep
@@ -424,7 +462,9 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         count1 = int(httpx.get(receiver_url + "count", timeout=10).text)
         result.send_rate = (count1 - count0) / (time.perf_counter() - window0)
         result.phases.append(sending)
-        result.memory_mb = peak_memory_mb(server.pid)
+        result.vmhwm_mb = peak_memory_mb(server.pid)
+        memory.cancel()
+        result.memory_mb = dict(pss_peak)
         _, _, result.counts = operator.progress(broadcast_id)
         result.log_errors = sum(1 for line in log.read_text(errors="replace").splitlines()
                                 if " ERROR " in line)
@@ -454,8 +494,10 @@ def report(r: Result, say: Callable[[str], None]) -> bool:
         ("queue all", f"{r.queue_s:.1f} s for {r.queued} messages "
                       f"({r.queued / r.queue_s:.0f}/s; {r.sent_while_queueing} sent meanwhile)",
          f"< {TARGET_QUEUE_S:g} s", r.queue_s < TARGET_QUEUE_S and r.queued >= r.contacts),
-        ("peak memory", f"{r.memory_total:.0f} MB ("
-                        + ", ".join(f"{k} {v:.0f}" for k, v in r.memory_mb.items()) + ")",
+        ("peak memory (Pss)", f"{r.memory_total:.0f} MB ("
+                              + ", ".join(f"{k} {v:.0f}" for k, v in r.memory_mb.items())
+                              + "; VmHWM " + ", ".join(f"{k} {v:.0f}"
+                                                       for k, v in r.vmhwm_mb.items()) + ")",
          f"< {TARGET_MEMORY_MB:g} MB", r.memory_total < TARGET_MEMORY_MB),
         ("USSD p99 queueing/idle", f"{r.p99_ratio:.2f}",
          f"<= {TARGET_P99_RATIO:g}", r.p99_ratio <= TARGET_P99_RATIO),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import getpass
 import sys
@@ -146,7 +147,8 @@ def cmd_serve(host: str, port: int, worker: bool) -> int:
     from gateway.app import create_app
     from gateway.errors import StartupError
     from gateway.logs import configure_logging
-    from gateway.runtime import build_runtime, run_worker
+    from gateway.outbox.worker_process import WorkerProcess, run_worker_process
+    from gateway.runtime import build_runtime
 
     class Server(uvicorn.Server):
         """uvicorn's server, except that a graceful shutdown on SIGTERM or SIGINT exits 0:
@@ -164,13 +166,20 @@ def cmd_serve(host: str, port: int, worker: bool) -> int:
     except StartupError as exc:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return EXIT_PROBLEMS
-    app = create_app(settings, runtime=runtime, background=run_worker if worker else None,
-                     db_process=True)
+    child = None if runtime.db.sqlite or not worker else WorkerProcess(settings)
+    background = functools.partial(run_worker_process, child=child) if worker else None
+    app = create_app(settings, runtime=runtime, background=background, db_process=True)
     server = Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                    access_log=False, server_header=False,
                                    timeout_graceful_shutdown=20))
     _freeze_start_up_objects()
-    server.run()
+    if child is not None:
+        child.start(forked_from=runtime)  # before the loop, its threads and connections
+    try:
+        server.run()
+    finally:
+        if child is not None:  # (the app's shutdown stopped it, unless it never started)
+            child.stop()
     return EXIT_OK
 
 

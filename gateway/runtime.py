@@ -62,6 +62,8 @@ class Runtime:
     hop_jobs: HopJobs | None = None  # ... given to these (InThread(batches), or DbWorker)
     live: Hub | None = None  # live figures (API and dashboard streams), made on first use
     library: Library | None = None  # the flow versions published, by generation
+    # The worker runs in another process (gateway.outbox.worker_process): how to wake it.
+    wake_elsewhere: Callable[[], None] | None = None
 
     def live_hub(self) -> Hub:
         """The process's one hub of live figures, shared by the API and the dashboard."""
@@ -76,7 +78,10 @@ class Runtime:
 
     def notify(self) -> None:
         """Wake the worker: a message was queued (safe from any thread)."""
-        if self.loop is not None and self.loop.is_running():
+        elsewhere = self.wake_elsewhere
+        if elsewhere is not None:
+            elsewhere()
+        elif self.loop is not None and self.loop.is_running():
             self.loop.call_soon_threadsafe(self.wake.set)
 
 

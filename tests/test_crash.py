@@ -225,3 +225,51 @@ def _up(base: str) -> bool:
         return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_serve_on_postgresql_sends_from_a_worker_process_it_starts_again(
+        settings: Settings, smsc: FakeSmsc, tmp_path: Path) -> None:
+    """`gateway serve` on PostgreSQL: the outbox worker is a child process of its own. A
+    reply queued by the service goes out through it; killed, it is started again and the
+    next reply goes out too; a SIGTERM of the service stops it with the service."""
+    if settings.database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: on SQLite the worker runs in the service's process")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    server = start(["serve", "--port", str(port)],
+                   environment(settings, GATEWAY_FAKE_SMSC_URL=smsc.url), log)
+
+    def workers() -> list[int]:
+        return [int(line.split("worker process ")[1].split()[0])
+                for line in log.read_text().splitlines() if "worker process " in line
+                and " started" in line]
+
+    def poll(n: int) -> None:
+        assert httpx.post(f"{base}/webhooks/africastalking/sms", timeout=10, data={
+            "from": f"+22370020{n:03d}", "to": "36123", "text": "SONDAGE",
+            "id": f"ATXid_w{n}", "date": "2026-11-24 10:00:00"}).status_code == 200
+
+    try:
+        wait_for(lambda: _up(base), 30, "the gateway to start")
+        wait_for(lambda: len(workers()) == 1, 10, "the worker process")
+        first = workers()[0]
+        assert first != server.pid
+        assert f"PPid:\t{server.pid}\n" in Path(f"/proc/{first}/status").read_text()
+        poll(1)
+        wait_for(lambda: len(smsc.received) == 1, 30, "the first reply")
+        wait_for(lambda: {s for _, s in statuses(settings).values()} == {"sent"}, 30,
+                 "the first reply recorded as sent")
+
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len(workers()) == 2, 30, "another worker process")
+        second = workers()[1]
+        assert second != first
+        poll(2)
+        wait_for(lambda: len(smsc.received) == 2, 30, "the reply after the restart")
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+    wait_for(lambda: not Path(f"/proc/{second}").exists(), 10, "the worker to stop too")
+    assert {s for _, s in statuses(settings).values()} == {"sent"}
+    assert "Traceback" not in log.read_text()

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.outbox.worker_process")
 
 NICENESS = 5  # below the service's hops, which residents wait for on the line
-RESTART_SECONDS = 1.0  # the child died: start another after this long
+RESTART_SECONDS = 1.0  # the child died: start another after this long, doubled up to
+RESTART_MAX_SECONDS = 30.0  # this while each lived less than this
 WATCH_SECONDS = 0.5  # how often the service looks whether the child is alive
 STOP_SECONDS = 30.0  # the child's last sends and their records, then it is killed
 
@@ -126,22 +127,36 @@ async def run_worker_process(rt: Runtime, child: WorkerProcess | None = None) ->
         await run_worker(rt)
         return
     child = child or WorkerProcess(rt.settings)
+    pause = RESTART_SECONDS
     try:
         while True:
             if not child.alive:
                 child.start()
             rt.wake_elsewhere = child.wake
             log.info("worker process %s started", child.pid)
+            began = time.monotonic()
             while child.alive:
                 await asyncio.sleep(WATCH_SECONDS)
             rt.wake_elsewhere = None
             child.stop(0)  # reaped: closes the old pipe
+            # One that dies at once (the database away at its start) is tried less often.
+            pause = RESTART_SECONDS if time.monotonic() - began > RESTART_MAX_SECONDS \
+                else min(pause * 2, RESTART_MAX_SECONDS)
             log.error("the worker process ended (exit code %s); starting another in %.0f s",
-                      child.exit_code, RESTART_SECONDS)
-            await asyncio.sleep(RESTART_SECONDS)
+                      child.exit_code, pause)
+            await asyncio.sleep(pause)
     finally:
         rt.wake_elsewhere = None
         await asyncio.to_thread(child.stop)
+
+
+def _become_child() -> None:
+    """The parent stops it (by closing the pipe), not a Ctrl-C or a SIGTERM sent to the
+    whole process group; and the hops' processes go first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
 
 
 def serve(settings: Settings, wakes: Connection) -> None:
@@ -149,10 +164,7 @@ def serve(settings: Settings, wakes: Connection) -> None:
     from gateway.logs import configure_logging
     from gateway.runtime import build_runtime
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(NICENESS)
+    _become_child()
     configure_logging()
     started = time.monotonic()
     rt = build_runtime(settings)  # the parent checked keys, content and schema already
@@ -165,10 +177,7 @@ def serve(settings: Settings, wakes: Connection) -> None:
 def _forked(rt: Runtime, wakes: Connection, parents_end: int) -> None:
     """The forked child's main: the worker over the service's own runtime, copied."""
     os.close(parents_end)  # or the pipe would never close while the child lives
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(NICENESS)
+    _become_child()
     rt.db.engine.dispose(close=False)  # (empty: the parent disposed of it before the fork)
     asyncio.run(_work(rt, wakes))
 

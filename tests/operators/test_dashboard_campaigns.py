@@ -86,11 +86,13 @@ def test_role_by_page(dash: TestClient, show: int, who: Principal) -> None:
 
 
 def test_signed_out_the_pages_send_to_the_sign_in(dash: TestClient, show: int) -> None:
-    for path in ("/dashboard/campaigns", f"/dashboard/onair/{show}",
-                 f"/dashboard/onair/{show}/stream"):
+    for path in ("/dashboard/campaigns", f"/dashboard/onair/{show}"):
         response = dash.get(path, follow_redirects=False)
         assert response.status_code == 303
         assert response.headers["location"].startswith("/dashboard/login")
+    # The page's stream is told, not sent to a page it cannot show.
+    assert dash.get(f"/dashboard/onair/{show}/stream",
+                    follow_redirects=False).status_code == 401
 
 
 def test_the_form_needs_its_csrf_token_and_names_the_problems(dash: TestClient,

@@ -282,31 +282,9 @@ def until(deadline: float) -> Callable[[], bool]:
 # --- memory ------------------------------------------------------------------------------
 
 
-def peak_memory_mb(pid: int) -> dict[str, float]:
-    """VmHWM (peak resident set) of a process and of its children, in MB."""
-    out: dict[str, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if int(entry.name) != pid and parent != pid:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                label = "service" if int(entry.name) == pid else f"child {entry.name}"
-                out[label] = int(line.split()[1]) / 1024
-    return out
-
-
-def pss_mb(pid: int) -> dict[str, float]:
-    """Proportional set size (Pss: a page shared by n processes counts 1/n in each) of a
-    process and of its children, in MB: their sum is what they take from the machine. The
-    worker on PostgreSQL is a fork of the service and shares most of its pages, which
-    VmHWM counts whole in each process."""
+def _tree_mb(pid: int, *, file: str, field: str) -> dict[str, float]:
+    """One figure (``field`` of /proc/<pid>/``file``, in kB) of a process and of its
+    children, in MB, labelled "service" and "child <pid>"."""
     out: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -315,14 +293,27 @@ def pss_mb(pid: int) -> dict[str, float]:
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if int(entry.name) != pid and parent != pid:
                 continue
-            rollup = (entry / "smaps_rollup").read_text()
-        except OSError:
+            text = (entry / file).read_text()
+        except OSError:  # gone meanwhile
             continue
-        for line in rollup.splitlines():
-            if line.startswith("Pss:"):
+        for line in text.splitlines():
+            if line.startswith(field):
                 label = "service" if int(entry.name) == pid else f"child {entry.name}"
                 out[label] = int(line.split()[1]) / 1024
     return out
+
+
+def peak_memory_mb(pid: int) -> dict[str, float]:
+    """VmHWM (peak resident set) of a process and of its children, in MB."""
+    return _tree_mb(pid, file="status", field="VmHWM:")
+
+
+def pss_mb(pid: int) -> dict[str, float]:
+    """Proportional set size (Pss: a page shared by n processes counts 1/n in each) of a
+    process and of its children, in MB: their sum is what they take from the machine. The
+    worker on PostgreSQL is a fork of the service and shares most of its pages, which
+    VmHWM counts whole in each process."""
+    return _tree_mb(pid, file="smaps_rollup", field="Pss:")
 
 
 async def watch_pss(pid: int, peak: dict[str, float]) -> None:

@@ -20,14 +20,21 @@ migrate``):
    broadcast's row);
 5. keep the load on for ``--send-window`` seconds more while the worker sends: the send
    rate counted at the receiver, against the cap;
-6. the service's peak memory: the highest total Pss of ``gateway serve`` and its child
+6. cancel the broadcast (as an operator would: the time it takes is reported), wait until
+   the receiver counts nothing more, and measure idle USSD latency once more: "idle" in the
+   ratio below is both idle phases' hops together, before and after (this machine is shared
+   and its other load drifts over the minutes of a run: one idle phase before the queueing
+   compared a quiet minute with a busy one as often as the queueing with the idle; each
+   phase's own ratio is printed too);
+7. the service's peak memory: the highest total Pss of ``gateway serve`` and its child
    processes (on PostgreSQL the USSD database process and the outbox worker), sampled every
    half second (each process's VmHWM is shown too; it counts shared pages in each).
 
     .venv/bin/python -m bench.broadcast [--database sqlite|postgres] [--contacts 100000]
 
 Targets: preview < 1 s; queueing < 30 s; peak memory < 250 MB; USSD p99 while queueing
-<= 2x idle; send rate 0.95-1.0 of the cap. Results go to stdout and to bench/out/.
+<= 2x idle (before and after); send rate 0.95-1.0 of the cap. Results go to stdout and
+to bench/out/.
 """
 
 from __future__ import annotations
@@ -195,6 +202,11 @@ class Operator:
                 b.id == broadcast_id)).scalar_one()
         return expanded_at is not None
 
+    def cancel(self, broadcast_id: int) -> None:
+        with self.rt.db.transaction() as conn:
+            self.broadcasts.cancel(conn, who=self.who, broadcast_id=broadcast_id,
+                                   now=datetime.now(UTC))
+
     def close(self) -> None:
         self.rt.db.dispose()
 
@@ -215,9 +227,9 @@ class Phase:
 
 
 async def ussd_load(port: int, rate: float, numbers: Numbers, done: Callable[[], bool],
-                    pid: int, name: str) -> Phase:
+                    pid: int, name: str, samples: list[float] | None = None) -> Phase:
     """USERS users, together ``rate`` hops per second on a fixed schedule, walking the
-    real flows, until ``done()``; hop latencies."""
+    real flows, until ``done()``; hop latencies (each one, in ms, added to ``samples``)."""
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     interval = USERS / rate
@@ -260,6 +272,8 @@ async def ussd_load(port: int, rate: float, numbers: Numbers, done: Callable[[],
     await asyncio.gather(*(user(i * interval / USERS) for i in range(USERS)))
     wall = time.perf_counter() - wall0
     ms = [x * 1000 for x in latencies]
+    if samples is not None:
+        samples.extend(ms)
     return Phase(name=name, seconds=wall, hops=len(ms), p50_ms=percentile(ms, 50),
                  p99_ms=percentile(ms, 99), max_ms=max(ms) if ms else float("nan"),
                  errors=dict(errors), server_cpu=(cpu_seconds(pid) - cpu0) / wall)
@@ -273,6 +287,18 @@ async def wait_for_line(log: Path, text: str, *, timeout: float) -> float:
             raise SystemExit(f"no {text!r} in {log} within {timeout:g} s")
         await asyncio.sleep(0.2)
     return time.perf_counter() - started
+
+
+async def settled(count_url: str, quiet_s: float = 2.0) -> None:
+    """Wait until the receiver has counted nothing new for ``quiet_s`` seconds (after a
+    cancel: the sends already handed over finish)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        last, since = -1, time.perf_counter()
+        while time.perf_counter() - since < quiet_s:
+            count = int((await client.get(count_url)).text)
+            if count != last:
+                last, since = count, time.perf_counter()
+            await asyncio.sleep(0.2)
 
 
 def until(deadline: float) -> Callable[[], bool]:
@@ -345,13 +371,17 @@ class Result:
     memory_mb: dict[str, float] = field(default_factory=dict)  # peak total Pss
     vmhwm_mb: dict[str, float] = field(default_factory=dict)  # each process's own peak
     phases: list[Phase] = field(default_factory=list)
+    idle_p99_ms: float = float("nan")  # both idle phases' hops together
+    cancel_s: float = float("nan")
     counts: dict[str, int] = field(default_factory=dict)
     log_errors: int = 0
 
+    def phase(self, name: str) -> Phase:
+        return next(p for p in self.phases if p.name == name)
+
     @property
     def p99_ratio(self) -> float:
-        by = {p.name: p for p in self.phases}
-        return by["queueing"].p99_ms / by["idle"].p99_ms
+        return self.phase("queueing").p99_ms / self.idle_p99_ms
 
     @property
     def rate_ratio(self) -> float:
@@ -411,9 +441,10 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         say(f"the worker's start-up purge ended {purged:.1f} s after the service answered")
         await ussd_load(port, args.ussd_rate, numbers,
                         until(time.perf_counter() + WARM_UP_SECONDS), server.pid, "warm-up")
+        idle_ms: list[float] = []
         idle = await ussd_load(port, args.ussd_rate, numbers,
                                until(time.perf_counter() + args.ussd_seconds), server.pid,
-                               "idle")
+                               "idle", idle_ms)
         result.phases.append(idle)
 
         broadcast_id = await asyncio.to_thread(operator.create)
@@ -457,6 +488,15 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         memory.cancel()
         result.memory_mb = dict(pss_peak)
         _, _, result.counts = operator.progress(broadcast_id)
+        began = time.perf_counter()
+        await asyncio.to_thread(operator.cancel, broadcast_id)
+        result.cancel_s = time.perf_counter() - began
+        await settled(receiver_url + "count")
+        again = await ussd_load(port, args.ussd_rate, numbers,
+                                until(time.perf_counter() + args.ussd_seconds), server.pid,
+                                "idle again", idle_ms)
+        result.phases.append(again)
+        result.idle_p99_ms = percentile(idle_ms, 99)
         result.log_errors = sum(1 for line in log.read_text(errors="replace").splitlines()
                                 if " ERROR " in line)
         return result
@@ -471,13 +511,16 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
 
 
 def report(r: Result, say: Callable[[str], None]) -> bool:
-    say(f"{'phase':<9} {'seconds':>7} {'hops':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+    say(f"{'phase':<10} {'seconds':>7} {'hops':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
         f"{'srv cpu':>7} errors")
     for p in r.phases:
-        say(f"{p.name:<9} {p.seconds:>7.1f} {p.hops:>6} {p.p50_ms:>7.2f} {p.p99_ms:>7.2f} "
+        say(f"{p.name:<10} {p.seconds:>7.1f} {p.hops:>6} {p.p50_ms:>7.2f} {p.p99_ms:>7.2f} "
             f"{p.max_ms:>7.1f} {p.server_cpu:>6.0%} {sum(p.errors.values())}"
             + (f" {p.errors}" if p.errors else ""))
     preview = statistics.median(r.preview_s)
+    queueing = r.phase("queueing").p99_ms
+    before = queueing / r.phase("idle").p99_ms
+    after = queueing / r.phase("idle again").p99_ms
     checks = [
         ("preview", f"{preview * 1000:.0f} ms (median of {len(r.preview_s)}, first "
                     f"{r.preview_s[0] * 1000:.0f} ms) for {r.preview['recipients']} recipients",
@@ -490,7 +533,9 @@ def report(r: Result, say: Callable[[str], None]) -> bool:
                               + "; VmHWM " + ", ".join(f"{k} {v:.0f}"
                                                        for k, v in r.vmhwm_mb.items()) + ")",
          f"< {TARGET_MEMORY_MB:g} MB", r.memory_total < TARGET_MEMORY_MB),
-        ("USSD p99 queueing/idle", f"{r.p99_ratio:.2f}",
+        ("USSD p99 queueing/idle", f"{r.p99_ratio:.2f} (idle p99 {r.idle_p99_ms:.2f} ms, both "
+                                   f"phases; against each: {before:.2f} before, "
+                                   f"{after:.2f} after)",
          f"<= {TARGET_P99_RATIO:g}", r.p99_ratio <= TARGET_P99_RATIO),
         ("send rate/cap", f"{r.rate_ratio:.3f} ({r.send_rate:.1f}/s of {r.cap:g}/s)",
          f"{TARGET_RATE[0]}-{TARGET_RATE[1]}",
@@ -500,6 +545,7 @@ def report(r: Result, say: Callable[[str], None]) -> bool:
     for name, value, target, met in checks:
         say(f"{name:<23} {value}  target {target}: {'MET' if met else 'MISSED'}")
     errors = sum(sum(p.errors.values()) for p in r.phases)
+    say(f"cancelled afterwards in {r.cancel_s:.1f} s")
     say(f"counts at the end: {r.counts}; USSD errors: {errors}; "
         f"gateway log: {r.log_errors} ERROR line(s)")
     return all(met for *_, met in checks) and not errors and not r.log_errors

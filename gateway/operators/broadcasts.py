@@ -665,7 +665,6 @@ def counts_of(conn: Connection, *, broadcast_ids: Sequence[int]) -> dict[int, Co
     if not broadcast_ids:
         return {}
     m = messages_out.c
-    queries.one_core(conn)  # polled every few seconds by each progress page
     stmt = (select(m.broadcast_id, m.status, func.count())
             .where(m.broadcast_id.in_(list(broadcast_ids)))
             .group_by(m.broadcast_id, m.status))

@@ -195,6 +195,24 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+# PostgreSQL plans a read over a large table (a broadcast's hundred thousand outbox rows,
+# a million answers) with parallel workers: on the two cores a deployment in Mopti has,
+# the query then takes every core for its duration, and the USSD hops arriving meanwhile
+# wait (a progress page's counts, asked every 3 s, were a quarter of the slowest hops
+# while a broadcast was queued). The gateway's reads are operators' and background work,
+# lower in priority than the hops: one core each, a little slower, the rest left to the
+# hops. The setting is the session's default; a statement may raise it with SET LOCAL.
+PARALLEL_WORKERS = "-c max_parallel_workers_per_gather=0"
+
+
+def _options(url: str) -> str:
+    """libpq's ``options`` for the gateway's connections: the URL's own, if it has any
+    (``?options=-csearch_path%3Ddannaya``), then PARALLEL_WORKERS."""
+    given = make_url(url).query.get("options")
+    given = given[-1] if isinstance(given, tuple) else given
+    return f"{given} {PARALLEL_WORKERS}" if given else PARALLEL_WORKERS
+
+
 def make_engine(url: str) -> Engine:
     if is_sqlite(url):
         # A small pool: opening a connection re-runs the PRAGMAs below.
@@ -206,10 +224,12 @@ def make_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     # Up to 2 x KEPT_CONNECTIONS stay checked out between uses (transactions and autocommit
-    # USSD hops keep their own), so the pool allows that many beyond its usual ten.
+    # USSD hops keep their own), so the pool allows that many beyond its usual ten. No
+    # query plans parallel workers (PARALLEL_WORKERS): see there.
     return create_engine(url, pool_size=10, max_overflow=2 * KEPT_CONNECTIONS + 4,
                          pool_pre_ping=True,
-                         connect_args={"connect_timeout": PG_CONNECT_TIMEOUT})
+                         connect_args={"connect_timeout": PG_CONNECT_TIMEOUT,
+                                       "options": _options(url)})
 
 
 def _configure_sqlite(engine: Engine) -> None:

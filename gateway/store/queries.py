@@ -620,17 +620,6 @@ _STALE = text(
 ).bindparams(bindparam("tables", expanding=True))
 
 
-def one_core(conn: Connection) -> None:
-    """PostgreSQL: the rest of this transaction plans no parallel query. An operator's
-    read over a broadcast's hundred thousand outbox rows was planned with two parallel
-    workers: three processes on a two-core machine, every core taken for its 30 ms, and
-    the USSD hops arriving meanwhile waited (they were a quarter of the slowest hops while
-    a broadcast was queued). On one core it takes a little longer and leaves the others to
-    the hops. Nothing on SQLite."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
-
-
 def refresh_statistics(conn: Connection, *, tables: Sequence[str] = LOOKED_UP,
                        base: int = 50, fraction: float = 0.1) -> list[str]:
     """PostgreSQL: ANALYZE each of ``tables`` that changed by more than ``base`` rows and

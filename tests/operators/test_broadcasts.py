@@ -706,27 +706,3 @@ def test_counts_follow_the_delivery_reports(runtime: Runtime, rules: Rules) -> N
     assert get(runtime, made.id).counts == broadcasts.Counts(recipients=4, delivered=3,
                                                              failed=1)
 
-
-def test_the_counts_leave_the_other_cores_to_the_hops(runtime: Runtime, rules: Rules) -> None:
-    """A progress page asks its broadcast's counts every few seconds; on PostgreSQL that
-    read plans no parallel workers (it took every core of a two-core machine from the
-    USSD hops while a broadcast was queued)."""
-    if runtime.db.sqlite:
-        pytest.skip("PostgreSQL's planner")
-    seed(runtime, "mopti-konna", "fr", 20)
-    made, _ = create(runtime, rules, request(communes=["mopti-konna"]))
-    queue_all(runtime, rules)
-    counted = "EXPLAIN SELECT status, count(*) FROM outbox WHERE broadcast_id = %s GROUP BY status"
-
-    def plan(conn: Any) -> str:
-        return "\n".join(r[0] for r in conn.exec_driver_sql(counted, (made.id,)))
-
-    with runtime.db.transaction() as conn:
-        for setting in ("parallel_setup_cost", "parallel_tuple_cost",  # a planner that
-                        "min_parallel_table_scan_size"):  # would go parallel for anything
-            conn.exec_driver_sql(f"SET LOCAL {setting} = 0")
-        conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
-        conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
-        assert "Gather" in plan(conn)
-        assert broadcasts.counts_of(conn, broadcast_ids=[made.id])[made.id].recipients == 20
-        assert "Gather" not in plan(conn)

@@ -7,12 +7,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import make_url
 
 from gateway.channels.base import UssdTurn
 from gateway.runtime import Runtime
 from gateway.store import db as db_mod
-from gateway.store.db import KEPT_IDLE_SECONDS, Database
+from gateway.store.db import KEPT_IDLE_SECONDS, Database, is_sqlite
 
 
 @pytest.fixture
@@ -180,3 +181,39 @@ def test_a_checkpoint_copies_the_wal_into_the_file_outside_every_transaction(
     with database.transaction() as conn:  # and writing goes on
         conn.execute(text("INSERT INTO filler VALUES ('z')"))
     assert database.commits >= 2
+
+
+COUNTED = "EXPLAIN SELECT status, count(*) FROM outbox GROUP BY status"
+
+
+def plan_forced_parallel(conn: Connection) -> str:
+    """The plan of a count over the outbox, with a planner that finds a parallel plan
+    cheaper for any table however small (as it does for a broadcast's 100,000 rows)."""
+    for setting in ("parallel_setup_cost", "parallel_tuple_cost",
+                    "min_parallel_table_scan_size"):
+        conn.exec_driver_sql(f"SET LOCAL {setting} = 0")
+    conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
+    conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+    return "\n".join(row[0] for row in conn.exec_driver_sql(COUNTED))
+
+
+@pytest.mark.parametrize("options", [None, "-c statement_timeout=12345"])
+def test_postgresql_plans_no_parallel_query_that_would_take_the_hops_cores(
+        database_url: str, options: str | None) -> None:
+    """Operators' reads take one core: the other is the USSD hops' (a parallel count of a
+    broadcast's messages, asked by its progress page, took both)."""
+    if is_sqlite(database_url):
+        pytest.skip("PostgreSQL's planner")
+    url = make_url(database_url)
+    if options:  # a URL with options of its own keeps them
+        url = url.update_query_dict({"options": options})
+    db = Database(url.render_as_string(hide_password=False))
+    try:
+        with db.transaction() as conn:
+            if options:
+                assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "12345ms"
+            assert "Gather" not in plan_forced_parallel(conn)
+            conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 2")
+            assert "Gather" in plan_forced_parallel(conn)  # the planner would have
+    finally:
+        db.dispose()

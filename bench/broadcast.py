@@ -289,16 +289,20 @@ async def wait_for_line(log: Path, text: str, *, timeout: float) -> float:
     return time.perf_counter() - started
 
 
-async def settled(count_url: str, quiet_s: float = 2.0) -> None:
+def received(receiver_url: str) -> int:
+    """How many messages the loopback receiver has counted."""
+    return int(httpx.get(receiver_url + "count", timeout=10).text)
+
+
+async def settled(receiver_url: str, quiet_s: float = 2.0) -> None:
     """Wait until the receiver has counted nothing new for ``quiet_s`` seconds (after a
     cancel: the sends already handed over finish)."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        last, since = -1, time.perf_counter()
-        while time.perf_counter() - since < quiet_s:
-            count = int((await client.get(count_url)).text)
-            if count != last:
-                last, since = count, time.perf_counter()
-            await asyncio.sleep(0.2)
+    last, since = -1, time.perf_counter()
+    while time.perf_counter() - since < quiet_s:
+        count = await asyncio.to_thread(received, receiver_url)
+        if count != last:
+            last, since = count, time.perf_counter()
+        await asyncio.sleep(0.2)
 
 
 def until(deadline: float) -> Callable[[], bool]:
@@ -450,7 +454,7 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         broadcast_id = await asyncio.to_thread(operator.create)
         created = time.perf_counter()
         finished: list[float] = []
-        sent_at_create = int(httpx.get(receiver_url + "count", timeout=10).text)
+        sent_at_create = received(receiver_url)
 
         async def watch() -> None:
             while True:
@@ -476,12 +480,12 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         result.queue_s = finished[0] - created
         result.phases.append(queueing)
         result.queued, _, _ = operator.progress(broadcast_id)
-        count0 = int(httpx.get(receiver_url + "count", timeout=10).text)
+        count0 = received(receiver_url)
         result.sent_while_queueing = count0 - sent_at_create
         window0 = time.perf_counter()
         sending = await ussd_load(port, args.ussd_rate, numbers,
                                   until(window0 + args.send_window), server.pid, "sending")
-        count1 = int(httpx.get(receiver_url + "count", timeout=10).text)
+        count1 = received(receiver_url)
         result.send_rate = (count1 - count0) / (time.perf_counter() - window0)
         result.phases.append(sending)
         result.vmhwm_mb = peak_memory_mb(server.pid)
@@ -491,7 +495,7 @@ async def bench(args: argparse.Namespace, work: Path, say: Callable[[str], None]
         began = time.perf_counter()
         await asyncio.to_thread(operator.cancel, broadcast_id)
         result.cancel_s = time.perf_counter() - began
-        await settled(receiver_url + "count")
+        await settled(receiver_url)
         again = await ussd_load(port, args.ussd_rate, numbers,
                                 until(time.perf_counter() + args.ussd_seconds), server.pid,
                                 "idle again", idle_ms)

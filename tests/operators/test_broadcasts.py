@@ -705,4 +705,3 @@ def test_counts_follow_the_delivery_reports(runtime: Runtime, rules: Rules) -> N
                                                message_id)) == "matched"
     assert get(runtime, made.id).counts == broadcasts.Counts(recipients=4, delivered=3,
                                                              failed=1)
-
